@@ -1,0 +1,1 @@
+"""tenantkit: multi-tenant SaaS middleware for Flask and Starlette."""

@@ -1,0 +1,117 @@
+"""The tenant of the current request, job or test, held in one ContextVar.
+
+Everything that must know the tenant (database sessions, audit, quotas) reads
+it from here; nothing falls back to a global tenant when it is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+
+from .errors import NoTenantError
+from .types import Identity, TenantConfig, validate_tenant_id
+
+
+@dataclass(frozen=True, slots=True)
+class TenantContext:
+    """What is bound for one request: who is calling and the tenant's config."""
+
+    identity: Identity
+    tenant: TenantConfig | None = None
+    request_id: str | None = None
+    client: str | None = None
+    user_agent: str | None = None
+
+    @property
+    def tenant_id(self) -> str:
+        return self.identity.tenant_id
+
+
+_current: ContextVar[TenantContext | None] = ContextVar("tenantkit.context", default=None)
+
+
+def bind(ctx: TenantContext) -> Token[TenantContext | None]:
+    """Bind ``ctx`` to the current context; reset with the returned token."""
+    return _current.set(ctx)
+
+
+def reset(token: Token[TenantContext | None]) -> None:
+    """Undo the ``bind`` that returned ``token``."""
+    _current.reset(token)
+
+
+def current_context() -> TenantContext:
+    """Return the bound context, or raise ``NoTenantError``."""
+    ctx = _current.get()
+    if ctx is None:
+        raise NoTenantError(
+            "no tenant in context: this code runs outside a tenant request; "
+            "use tenantkit.bound_tenant(...) in jobs and tests"
+        )
+    return ctx
+
+
+def get_context() -> TenantContext | None:
+    """Return the bound context or ``None`` (for code that handles both cases)."""
+    return _current.get()
+
+
+def current_identity() -> Identity:
+    """Return the identity of the current request, or raise ``NoTenantError``."""
+    return current_context().identity
+
+
+def current_tenant_id() -> str:
+    """Return the current tenant id, or raise ``NoTenantError``."""
+    return current_context().identity.tenant_id
+
+
+def current_tenant() -> TenantConfig:
+    """Return the current tenant's config, or raise ``NoTenantError``."""
+    ctx = current_context()
+    if ctx.tenant is None:
+        raise NoTenantError(
+            f"tenant {ctx.tenant_id!r} is bound without its config; bind a TenantConfig"
+        )
+    return ctx.tenant
+
+
+@contextmanager
+def bound_tenant(
+    tenant: str | TenantConfig | Identity,
+    *,
+    identity: Identity | None = None,
+    request_id: str | None = None,
+) -> Iterator[TenantContext]:
+    """Bind a tenant for the duration of a ``with`` block (jobs, scripts, tests).
+
+    ``tenant`` may be an id, a ``TenantConfig`` or an ``Identity``.
+    """
+    config: TenantConfig | None = None
+    if isinstance(tenant, Identity):
+        identity = tenant
+    elif isinstance(tenant, TenantConfig):
+        config = tenant
+        identity = identity or Identity(tenant_id=tenant.id, source="system")
+    else:
+        tenant_id = validate_tenant_id(tenant)
+        identity = identity or Identity(tenant_id=tenant_id, source="system")
+    ctx = TenantContext(identity=identity, tenant=config, request_id=request_id)
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
+def no_tenant() -> Iterator[None]:
+    """Run a block with no tenant bound (to test that code fails closed)."""
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)
