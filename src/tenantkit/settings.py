@@ -134,8 +134,8 @@ def _build(cls: type[T], config: Mapping[str, Any], prefix: str, overrides: Mapp
         key = prefix + f.name.upper()
         if f.name in overrides:
             kwargs[f.name] = overrides[f.name]
-        elif dataclasses.is_dataclass(hint):
-            kwargs[f.name] = _build(hint, config, key + "_", {})  # type: ignore[type-var]
+        elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(hint, config, key + "_", {})
         elif key in config:
             kwargs[f.name] = _coerce(config[key], hint, key)
     try:
@@ -149,9 +149,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value == ""):
-            if type(None) in args:
-                return None
+        if type(None) in args and (value is None or value == ""):
+            return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if not isinstance(value, str):

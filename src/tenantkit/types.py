@@ -6,9 +6,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from .errors import ValidationError
+
+T = TypeVar("T")
 
 TENANT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
@@ -118,3 +120,11 @@ class Decision:
     status: int
     problem: Mapping[str, Any]
     headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a cursor-paginated list; ``next_cursor`` is ``None`` on the last page."""
+
+    items: list[T]
+    next_cursor: str | None = None
