@@ -9,10 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import NoTenantError
 from .types import Identity, TenantConfig, validate_tenant_id
+
+
+@dataclass(slots=True)
+class TokenMeter:
+    """The tokens a handler reports for its request (settled against the reservation)."""
+
+    reserved: int = 0
+    used: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +32,7 @@ class TenantContext:
     request_id: str | None = None
     client: str | None = None
     user_agent: str | None = None
+    meter: TokenMeter = field(default_factory=TokenMeter)
 
     @property
     def tenant_id(self) -> str:
@@ -77,6 +86,13 @@ def current_tenant() -> TenantConfig:
             f"tenant {ctx.tenant_id!r} is bound without its config; bind a TenantConfig"
         )
     return ctx.tenant
+
+
+def report_tokens(used: int) -> None:
+    """Report the tokens this request really used; the reservation is settled to it."""
+    if isinstance(used, bool) or not isinstance(used, int) or used < 0:
+        raise ValueError("tokens used must be a non-negative int")
+    current_context().meter.used = used
 
 
 @contextmanager

@@ -71,6 +71,9 @@ class Settings:
 
     ``resolvers`` runs in order; ``"header"`` is honoured only when
     ``trust_tenant_header`` is set (an app behind a trusted gateway).
+    ``exclude_paths`` skip the pipeline (matched by whole segments);
+    ``policy_paths`` are the routes whose JSON body names a ``model`` and
+    ``tools``: the allow-lists are checked and tokens reserved there.
     """
 
     database_url: str = "sqlite:///tenantkit.db"
@@ -84,6 +87,7 @@ class Settings:
     api_key_secret: str | None = None
     api_key_environment: Literal["live", "test"] = "live"
     exclude_paths: tuple[str, ...] = ("/health", "/docs", "/openapi.json")
+    policy_paths: tuple[str, ...] = ("/v1/chat/completions", "/api/chat/completions")
     max_body_bytes: int = 1_048_576
     request_id_header: str = "X-Request-ID"
     jwt: JWTSettings = field(default_factory=JWTSettings)

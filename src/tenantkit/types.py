@@ -107,6 +107,7 @@ class RequestInfo:
     client: str | None = None
     scheme: str = "http"
     query_string: str = ""
+    request_id: str | None = None
 
     def header(self, name: str) -> str | None:
         """Return a header value by (case-insensitive) name."""

@@ -1,0 +1,78 @@
+"""Small request helpers shared by the pipeline and every adapter."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .errors import PROBLEM_CONTENT_TYPE, BadRequest, HTTPError
+from .types import Decision
+
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_from(value: str | None) -> str:
+    """Echo a client's request id when it is sane, else generate one."""
+    if value is not None and _SANE_REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def path_matches(path: str, prefixes: Iterable[str]) -> bool:
+    """Return whether ``path`` equals a prefix or lies below it by whole segments.
+
+    ``/health`` matches ``/health`` and ``/health/db``, never ``/healthz``.
+    """
+    for prefix in prefixes:
+        base = prefix.rstrip("/")
+        if base == "":
+            return True
+        if path == base or path.startswith(base + "/"):
+            return True
+    return False
+
+
+def parse_json_object(body: bytes) -> Mapping[str, Any]:
+    """Decode a JSON object body or raise ``BadRequest`` (400)."""
+    if not body:
+        raise BadRequest("request body is empty; a JSON object is required")
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return value
+
+
+def problem_decision(exc: HTTPError, *, instance: str | None = None) -> Decision:
+    """Render an ``HTTPError`` as a rejection ``Decision`` (the default ``on_reject``)."""
+    return Decision(
+        status=exc.status,
+        problem=exc.to_problem(instance),
+        headers=tuple(exc.headers.items()),
+    )
+
+
+def problem_bytes(decision: Decision) -> bytes:
+    """Serialise a decision's problem document."""
+    return json.dumps(decision.problem, separators=(",", ":"), default=str).encode()
+
+
+PROBLEM_HEADERS = (("content-type", PROBLEM_CONTENT_TYPE),)
+
+
+def parse_reported_tokens(value: str, current: int | None) -> int | None:
+    """Read the tokens an app reported in the token header; ignore a malformed value.
+
+    A count reported with ``report_tokens()`` wins over the header.
+    """
+    if current is not None:
+        return current
+    value = value.strip()
+    if not value.isdigit():
+        return None
+    return int(value)

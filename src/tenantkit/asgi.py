@@ -1,0 +1,175 @@
+"""Pure ASGI middleware: translate a request into the pipeline and its decision back.
+
+Starlette, FastAPI or any ASGI app::
+
+    app = TenantKitMiddleware(app, kit)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._request import parse_reported_tokens, problem_bytes, request_id_from
+from .context import bind, reset
+from .errors import PROBLEM_CONTENT_TYPE, HTTPError, PayloadTooLarge
+from .kit import Admission, TenantKit
+from .types import RequestInfo
+
+log = logging.getLogger("tenantkit")
+
+
+class TenantKitMiddleware:
+    """Resolve, admit and scope every HTTP request; pass ``lifespan`` through."""
+
+    def __init__(self, app: ASGIApp, kit: TenantKit) -> None:
+        self.app = app
+        self.kit = kit
+        self._rid_header = kit.settings.request_id_header
+        self._token_header = kit.settings.quota.token_header.lower()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        request_id = request_id_from(headers.get(self._rid_header))
+        info = _request_info(scope, headers, request_id)
+        if self.kit.is_excluded(info.path):
+            await self.app(scope, receive, self._stamp(send, request_id))
+            return
+        try:
+            body = None
+            if scope["type"] == "http" and self.kit.reads_body(info):
+                body, receive = await _buffer_body(
+                    receive, self.kit.settings.max_body_bytes, headers.get("content-length")
+                )
+            admission = await self.kit.admit_async(info, body)
+        except HTTPError as exc:
+            await self._reject(info, exc, scope, receive, send)
+            return
+        await self._run(admission, scope, receive, send, request_id)
+
+    async def _run(
+        self, admission: Admission, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        meter = admission.context.meter
+        state = {"started": False, "complete": False, "disconnected": False}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                out = MutableHeaders(scope=message)
+                reported = out.get(self._token_header)
+                if reported is not None:
+                    del out[self._token_header]
+                    meter.used = parse_reported_tokens(reported, meter.used)
+                for name, value in admission.headers:
+                    out.append(name, value)
+                out[self._rid_header] = request_id
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                state["complete"] = True
+            await send(message)
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not state["complete"]:
+                state["disconnected"] = True
+            return message
+
+        token = bind(admission.context)
+        failed = True
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+            failed = state["disconnected"] and not state["complete"]
+        finally:
+            reset(token)
+            with anyio.CancelScope(shield=True):
+                await self._finish(admission, failed)
+
+    async def _finish(self, admission: Admission, failed: bool) -> None:
+        try:
+            await self.kit.finish_async(admission, failed=failed)
+        except Exception:  # settling must never turn a served response into an error
+            log.exception("tenantkit: settling the token reservation failed")
+
+    async def _reject(
+        self, info: RequestInfo, exc: HTTPError, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        decision = self.kit.reject(info, exc)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.detail[:120]})
+            return
+        headers = dict(decision.headers)
+        headers[self._rid_header] = info.request_id or ""
+        response = Response(
+            problem_bytes(decision),
+            status_code=decision.status,
+            headers=headers,
+            media_type=PROBLEM_CONTENT_TYPE,
+        )
+        await response(scope, receive, send)
+
+    def _stamp(self, send: Send, request_id: str) -> Send:
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[self._rid_header] = request_id
+            await send(message)
+
+        return stamped
+
+
+def _request_info(scope: Scope, headers: Headers, request_id: str) -> RequestInfo:
+    client = scope.get("client")
+    query: bytes = scope.get("query_string", b"")
+    return RequestInfo(
+        method=scope.get("method", "GET"),
+        path=scope["path"],
+        headers={key: value for key, value in headers.items()},
+        client=client[0] if client else None,
+        scheme=scope.get("scheme", "http"),
+        query_string=query.decode("latin-1"),
+        request_id=request_id,
+    )
+
+
+async def _buffer_body(
+    receive: Receive, limit: int, content_length: str | None
+) -> tuple[bytes, Receive]:
+    """Read the whole body (at most ``limit`` bytes) and return a receive that replays it."""
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    pending: list[Message] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            pending.append(message)
+            break
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if pending:
+            return pending.pop(0)
+        message: Any = await receive()
+        return message  # type: ignore[no-any-return]
+
+    return body, replay

@@ -1,0 +1,250 @@
+"""The ``TenantKit`` facade: one framework-neutral request pipeline for every adapter.
+
+resolve identity → load tenant → policy → quotas → (app) → settle tokens.
+Adapters translate a request into a ``RequestInfo``, call ``admit`` (or
+``admit_async``), bind the returned context, run the app and call ``finish``.
+A rejection is an ``HTTPError`` turned into a ``Decision`` by ``on_reject``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio.to_thread
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from . import apikeys, tenants
+from ._db import make_engine
+from ._request import parse_json_object, path_matches, problem_decision
+from .apikeys import APIKeyStore
+from .context import TenantContext, TokenMeter
+from .errors import (
+    ConfigurationError,
+    HTTPError,
+    ServiceUnavailable,
+    StorageError,
+    TenantSuspended,
+    Unauthorized,
+)
+from .identity import IdentityChain, build_chain
+from .policy import Policy, estimate_tokens
+from .quotas import Grant, QuotaEngine, limits_for
+from .settings import Settings
+from .tenants import TenantStore
+from .types import Decision, Identity, RequestInfo, TenantConfig
+
+log = logging.getLogger("tenantkit")
+
+RejectHook = Callable[[RequestInfo, HTTPError], Decision]
+
+
+class CallCounter(Protocol):
+    """Anything that counts admitted API calls per tenant without blocking (usage metering)."""
+
+    def add(self, tenant_id: str) -> None: ...
+
+
+class _WouldBlock(Exception):
+    """A cache missed on the event loop: redo the lookup in a worker thread."""
+
+
+_blocking_allowed: ContextVar[bool] = ContextVar("tenantkit.blocking", default=True)
+
+
+@dataclass(slots=True)
+class Admission:
+    """An admitted request: who, which tenant, what was reserved, and its context."""
+
+    identity: Identity
+    tenant: TenantConfig
+    context: TenantContext
+    grant: Grant | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def default_on_reject(request: RequestInfo, exc: HTTPError) -> Decision:
+    """Render a rejection as an RFC 9457 problem document."""
+    return problem_decision(exc, instance=request.path)
+
+
+class TenantKit:
+    """Build every pipeline stage from ``Settings`` (each stage may be passed in instead)."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        engine: Engine | None = None,
+        tenant_store: TenantStore | None = None,
+        api_key_store: APIKeyStore | None = None,
+        quotas: QuotaEngine | None = None,
+        policy: Policy | None = None,
+        identity: IdentityChain | None = None,
+        on_reject: RejectHook | None = None,
+        call_counter: CallCounter | None = None,
+    ) -> None:
+        self.settings = settings = settings or Settings()
+        self.engine = engine or make_engine(settings.database_url)
+        self.tenants = tenant_store or TenantStore(self.engine, cache=settings.cache)
+        if api_key_store is None and settings.api_key_secret:
+            api_key_store = APIKeyStore(
+                self.engine,
+                secret=settings.api_key_secret,
+                cache=settings.cache,
+                environment=settings.api_key_environment,
+            )
+        if api_key_store is None and "api_key" in settings.resolvers and identity is None:
+            raise ConfigurationError(
+                "the 'api_key' resolver needs api_key_secret (TENANTKIT_API_KEY_SECRET)"
+            )
+        self.api_keys = api_key_store
+        self.quotas = quotas or QuotaEngine(settings.quota)
+        self.policy = policy or Policy()
+        verify = self._verify_api_key if api_key_store is not None else None
+        self.identity = identity or build_chain(settings, verify_api_key=verify)
+        self.on_reject: RejectHook = on_reject or default_on_reject
+        self.call_counter = call_counter
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> TenantKit:
+        """Build a kit from ``TENANTKIT_*`` environment variables."""
+        return cls(Settings.from_env(environ), **kwargs)
+
+    def create_all(self) -> None:
+        """Create tenantkit's own tables (tenants, API keys) if they do not exist."""
+        self.tenants.create_all()
+        if self.api_keys is not None:
+            self.api_keys.create_all()
+
+    # -- routing -----------------------------------------------------------------
+
+    def is_excluded(self, path: str) -> bool:
+        """Return whether ``path`` skips the pipeline (health, docs, admin...)."""
+        return path_matches(path, self.settings.exclude_paths)
+
+    def reads_body(self, request: RequestInfo) -> bool:
+        """Return whether the pipeline needs the body (policy and token routes)."""
+        return request.method not in ("GET", "HEAD", "OPTIONS") and path_matches(
+            request.path, self.settings.policy_paths
+        )
+
+    # -- admission ---------------------------------------------------------------
+
+    def admit(self, request: RequestInfo, body: bytes | None = None) -> Admission:
+        """Admit a request (sync) or raise the ``HTTPError`` that rejects it."""
+        identity, tenant = self._identify(request, True)
+        tokens = self._check_policy(request, tenant, body)
+        limits = limits_for(tenant, identity)
+        grant = self.quotas.acquire(limits, tokens=tokens) if limits else None
+        return self._admitted(request, identity, tenant, grant, tokens)
+
+    async def admit_async(self, request: RequestInfo, body: bytes | None = None) -> Admission:
+        """Admit a request without blocking the event loop (cache misses go to a thread)."""
+        try:
+            identity, tenant = self._identify(request, False)
+        except _WouldBlock:
+            identity, tenant = await anyio.to_thread.run_sync(self._identify, request, True)
+        tokens = self._check_policy(request, tenant, body)
+        limits = limits_for(tenant, identity)
+        grant = await self.quotas.acquire_async(limits, tokens=tokens) if limits else None
+        return self._admitted(request, identity, tenant, grant, tokens)
+
+    def finish(self, admission: Admission, *, failed: bool = False) -> None:
+        """Settle the token reservation with the reported count, or release it on failure."""
+        grant = admission.grant
+        if grant is None:
+            return
+        if failed:
+            self.quotas.release(grant)
+        elif admission.context.meter.used is not None:
+            self.quotas.settle(grant, admission.context.meter.used)
+
+    async def finish_async(self, admission: Admission, *, failed: bool = False) -> None:
+        """Async ``finish`` for the ASGI path."""
+        grant = admission.grant
+        if grant is None:
+            return
+        if failed:
+            await self.quotas.release_async(grant)
+        elif admission.context.meter.used is not None:
+            await self.quotas.settle_async(grant, admission.context.meter.used)
+
+    def reject(self, request: RequestInfo, exc: HTTPError) -> Decision:
+        """Turn a rejection into the response decision through ``on_reject``."""
+        return self.on_reject(request, exc)
+
+    # -- health ------------------------------------------------------------------
+
+    def health(self) -> dict[str, str]:
+        """Check the database and the quota storage: ``{"database": "ok"|"error", ...}``."""
+        checks = {"database": "ok", "quota_storage": "ok"}
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:  # any driver error means the check failed
+            log.warning("tenantkit health: database check failed", exc_info=True)
+            checks["database"] = "error"
+        if not self.quotas.health():
+            checks["quota_storage"] = "error"
+        return checks
+
+    # -- stages ------------------------------------------------------------------
+
+    def _identify(self, request: RequestInfo, blocking: bool) -> tuple[Identity, TenantConfig]:
+        token = _blocking_allowed.set(blocking)
+        try:
+            identity = self.identity.resolve(request)
+            if not blocking and self.tenants.peek(identity.tenant_id) is tenants.MISS:
+                raise _WouldBlock
+            tenant = self.tenants.get(identity.tenant_id)
+        except StorageError as exc:
+            log.error("tenantkit: the tenant store is unavailable: %s", exc)
+            raise ServiceUnavailable(
+                "the tenant store is unavailable", headers={"Retry-After": "1"}
+            ) from exc
+        finally:
+            _blocking_allowed.reset(token)
+        if not tenant.active:
+            raise TenantSuspended(f"tenant {tenant.id!r} is suspended", reason="suspended")
+        return identity, tenant
+
+    def _verify_api_key(self, key: str) -> Identity:
+        store = self.api_keys
+        if store is None:  # pragma: no cover - the chain is built without the resolver
+            raise Unauthorized("API keys are not enabled")
+        if not _blocking_allowed.get() and store.peek(key) is apikeys.MISS:
+            raise _WouldBlock
+        return store.verify(key).to_identity()
+
+    def _check_policy(self, request: RequestInfo, tenant: TenantConfig, body: bytes | None) -> int:
+        if body is None or not self.reads_body(request):
+            return 0
+        document = parse_json_object(body)
+        self.policy.check(tenant, document)
+        return estimate_tokens(document, self.settings.quota.default_token_estimate)
+
+    def _admitted(
+        self,
+        request: RequestInfo,
+        identity: Identity,
+        tenant: TenantConfig,
+        grant: Grant | None,
+        tokens: int,
+    ) -> Admission:
+        if self.call_counter is not None:
+            self.call_counter.add(tenant.id)
+        ctx = TenantContext(
+            identity=identity,
+            tenant=tenant,
+            request_id=request.request_id,
+            client=request.client,
+            user_agent=request.header("user-agent"),
+            meter=TokenMeter(reserved=tokens),
+        )
+        headers = grant.headers() if grant is not None else []
+        return Admission(identity, tenant, ctx, grant, headers)

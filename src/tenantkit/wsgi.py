@@ -1,0 +1,201 @@
+"""WSGI middleware: the same pipeline as the ASGI one, for Flask, Django or any WSGI app.
+
+The tenant context stays bound while the response iterable is produced and is
+reset when the server closes it (a streamed body is generated after the app
+returns). Per-request data is under ``environ["tenantkit.*"]``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._request import PROBLEM_HEADERS, parse_reported_tokens, problem_bytes, request_id_from
+from .context import bind, reset
+from .errors import HTTPError, PayloadTooLarge
+from .kit import Admission, TenantKit
+from .types import RequestInfo
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger("tenantkit")
+
+ENVIRON_IDENTITY = "tenantkit.identity"
+ENVIRON_TENANT = "tenantkit.tenant"
+ENVIRON_REQUEST_ID = "tenantkit.request_id"
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+
+
+class TenantKitWSGIMiddleware:
+    """Resolve, admit and scope every request of a WSGI app."""
+
+    def __init__(self, app: WSGIApplication, kit: TenantKit) -> None:
+        self.app = app
+        self.kit = kit
+        self._rid_header = kit.settings.request_id_header
+        self._token_header = kit.settings.quota.token_header.lower()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request_id = request_id_from(environ.get(_environ_key(self._rid_header)))
+        environ[ENVIRON_REQUEST_ID] = request_id
+        info = _request_info(environ, request_id)
+        if self.kit.is_excluded(info.path):
+            return self.app(environ, self._stamp(start_response, request_id, []))
+        try:
+            body = None
+            if self.kit.reads_body(info):
+                body = _read_body(environ, self.kit.settings.max_body_bytes)
+            admission = self.kit.admit(info, body)
+        except HTTPError as exc:
+            return self._reject(info, exc, start_response)
+        environ[ENVIRON_IDENTITY] = admission.identity
+        environ[ENVIRON_TENANT] = admission.tenant
+        return self._run(admission, environ, start_response, request_id)
+
+    def _run(
+        self,
+        admission: Admission,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        request_id: str,
+    ) -> Iterable[bytes]:
+        token = bind(admission.context)
+        finished = False
+
+        def finish(failed: bool) -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            try:
+                reset(token)
+            except ValueError:  # closed from another context: nothing of ours is bound there
+                pass
+            try:
+                self.kit.finish(admission, failed=failed)
+            except Exception:
+                log.exception("tenantkit: settling the token reservation failed")
+
+        try:
+            result = self.app(environ, self._stamp(start_response, request_id, admission))
+        except BaseException:
+            finish(True)
+            raise
+        return _ClosingIterator(result, finish)
+
+    def _stamp(
+        self, start_response: StartResponse, request_id: str, admission: Admission | list[Any]
+    ) -> StartResponse:
+        token_header = self._token_header
+
+        def wrapped(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            out: list[tuple[str, str]] = []
+            for name, value in headers:
+                if name.lower() == token_header and isinstance(admission, Admission):
+                    meter = admission.context.meter
+                    meter.used = parse_reported_tokens(value, meter.used)
+                    continue
+                out.append((name, value))
+            if isinstance(admission, Admission):
+                out.extend(admission.headers)
+            out.append((self._rid_header, request_id))
+            return start_response(status, out, exc_info)
+
+        return wrapped  # type: ignore[return-value]
+
+    def _reject(
+        self, info: RequestInfo, exc: HTTPError, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        decision = self.kit.reject(info, exc)
+        body = problem_bytes(decision)
+        headers = [*PROBLEM_HEADERS, *decision.headers, ("Content-Length", str(len(body)))]
+        headers.append((self._rid_header, info.request_id or ""))
+        start_response(_status_line(decision.status), headers)
+        return [body]
+
+
+class _ClosingIterator:
+    """Yield the app's body; on close, close it, reset the context and settle."""
+
+    def __init__(self, result: Iterable[bytes], finish: Callable[[bool], None]) -> None:
+        self._result = result
+        self._iter = iter(result)
+        self._finish = finish
+        self._failed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._iter)
+        except StopIteration:
+            raise
+        except BaseException:
+            self._failed = True
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish(self._failed)
+
+
+def _environ_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def _request_info(environ: WSGIEnvironment, request_id: str) -> RequestInfo:
+    headers: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers[key[5:].replace("_", "-").lower()] = value
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if environ.get(key):
+            headers[key.replace("_", "-").lower()] = environ[key]
+    raw_path: str = environ.get("PATH_INFO", "") or "/"
+    path = raw_path.encode("latin-1").decode("utf-8", "replace")
+    return RequestInfo(
+        method=environ.get("REQUEST_METHOD", "GET"),
+        path=path,
+        headers=headers,
+        client=environ.get("REMOTE_ADDR"),
+        scheme=environ.get("wsgi.url_scheme", "http"),
+        query_string=environ.get("QUERY_STRING", ""),
+        request_id=request_id,
+    )
+
+
+def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
+    """Read the body once (at most ``limit`` bytes) and put a replayable copy back."""
+    length = environ.get("CONTENT_LENGTH") or ""
+    stream = environ["wsgi.input"]
+    if length.isdigit():
+        if int(length) > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
+        body: bytes = stream.read(int(length))
+    else:
+        body = stream.read(limit + 1)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Error"
