@@ -1,0 +1,103 @@
+"""Settings: keyword arguments, TENANTKIT_* environment variables, Flask-style mappings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tenantkit.errors import ConfigurationError
+from tenantkit.settings import JWTSettings, Settings
+
+
+def test_defaults_are_safe() -> None:
+    """The default settings need a credential and never trust a bare tenant header."""
+    settings = Settings()
+    assert settings.require_credential is True
+    assert settings.trust_tenant_header is False
+    assert "header" not in settings.resolvers
+    assert settings.quota.storage_uri == "memory://"
+
+
+def test_frozen() -> None:
+    """Settings cannot be mutated after construction."""
+    settings = Settings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.max_body_bytes = 1  # type: ignore[misc]
+
+
+def test_keyword_only() -> None:
+    """Positional arguments are refused: every option is named at the call site."""
+    with pytest.raises(TypeError):
+        Settings("sqlite://")  # type: ignore[misc]
+
+
+def test_from_env_parses_types_and_groups() -> None:
+    """Environment strings become ints, floats, bools, tuples and nested groups."""
+    settings = Settings.from_env(
+        {
+            "TENANTKIT_DATABASE_URL": "sqlite:///x.db",
+            "TENANTKIT_RESOLVERS": "jwt, api_key",
+            "TENANTKIT_MAX_BODY_BYTES": "2048",
+            "TENANTKIT_REQUIRE_CREDENTIAL": "no",
+            "TENANTKIT_JWT_SECRET": "s3cret",
+            "TENANTKIT_JWT_ALGORITHMS": "HS256",
+            "TENANTKIT_JWT_AUDIENCE": "",
+            "TENANTKIT_CACHE_TTL_SECONDS": "2.5",
+            "TENANTKIT_QUOTA_STORAGE_URI": "redis://127.0.0.1:6379/0",
+            "TENANTKIT_QUOTA_ON_FAILURE": "fail_open",
+            "UNRELATED": "ignored",
+        }
+    )
+    assert settings.database_url == "sqlite:///x.db"
+    assert settings.resolvers == ("jwt", "api_key")
+    assert settings.max_body_bytes == 2048
+    assert settings.require_credential is False
+    assert settings.jwt == JWTSettings(secret="s3cret", algorithms=("HS256",), audience=None)
+    assert settings.cache.ttl_seconds == 2.5
+    assert settings.quota.storage_uri == "redis://127.0.0.1:6379/0"
+    assert settings.quota.on_failure == "fail_open"
+
+
+def test_overrides_win_over_environment() -> None:
+    """Keyword arguments given to from_env take precedence over variables."""
+    settings = Settings.from_env({"TENANTKIT_MAX_BODY_BYTES": "10"}, max_body_bytes=20)
+    assert settings.max_body_bytes == 20
+
+
+def test_from_mapping_accepts_native_values() -> None:
+    """A Flask config holds Python values, not strings; they pass through."""
+    settings = Settings.from_mapping(
+        {"TENANTKIT_EXCLUDE_PATHS": ["/health", "/admin"], "TENANTKIT_MAX_BODY_BYTES": 99}
+    )
+    assert settings.exclude_paths == ("/health", "/admin")
+    assert settings.max_body_bytes == 99
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TENANTKIT_MAX_BODY_BYTES": "lots"}, "TENANTKIT_MAX_BODY_BYTES"),
+        ({"TENANTKIT_REQUIRE_CREDENTIAL": "maybe"}, "not a boolean"),
+        ({"TENANTKIT_RESOLVERS": "header"}, "trusted gateway"),
+        ({"TENANTKIT_RESOLVERS": "subdomain"}, "base_domain"),
+        ({"TENANTKIT_RESOLVERS": "path"}, "path_prefix"),
+        ({"TENANTKIT_MAX_BODY_BYTES": "0"}, "positive"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(env: dict[str, str], message: str) -> None:
+    """A malformed or unsafe configuration raises ConfigurationError naming the problem."""
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_env(env)
+
+
+def test_header_mode_needs_explicit_trust() -> None:
+    """The header resolver is accepted once trust_tenant_header is set."""
+    settings = Settings(resolvers=("header",), trust_tenant_header=True, require_credential=False)
+    assert settings.resolvers == ("header",)
+
+
+def test_configuration_error_is_a_value_error() -> None:
+    """ConfigurationError also carries the built-in meaning of ValueError."""
+    with pytest.raises(ValueError):
+        Settings(max_body_bytes=-1)
