@@ -7,6 +7,7 @@ returns). Per-request data is under ``environ["tenantkit.*"]``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -73,10 +74,9 @@ class TenantKitWSGIMiddleware:
             if finished:
                 return
             finished = True
-            try:
+            # Closed from another context: nothing of ours is bound there.
+            with contextlib.suppress(ValueError):
                 reset(token)
-            except ValueError:  # closed from another context: nothing of ours is bound there
-                pass
             try:
                 self.kit.finish(admission, failed=failed)
             except Exception:
