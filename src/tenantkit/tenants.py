@@ -1,0 +1,389 @@
+"""Tenant configs: the SQLAlchemy table, and a store that reads through a versioned cache.
+
+Writes go straight to the database; reads go through a cachetools TTL + LRU
+cache. An update or delete made through a store is seen by that store's next
+``get``; other processes see it once their cached entry expires.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import JSON, CheckConstraint, Integer, String, delete, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from ._cache import MISS, Miss, VersionedCache
+from ._db import Base, UTCDateTime, utcnow
+from .errors import Conflict, StorageError, TenantNotFound, ValidationError
+from .settings import CacheSettings
+from .types import Page, TenantConfig, TenantStatus, validate_tenant_id
+
+__all__ = ["MISS", "TenantRow", "TenantStore", "tenant_to_dict"]
+
+STATUSES: Final = ("active", "suspended")
+MAX_PAGE_SIZE: Final = 200
+UPDATABLE_FIELDS: Final = frozenset(
+    {
+        "name",
+        "status",
+        "plan",
+        "quota_requests_per_minute",
+        "quota_tokens_per_minute",
+        "allowed_models",
+        "allowed_tools",
+        "metadata",
+    }
+)
+
+
+class TenantRow(Base):
+    """One tenant's stored configuration (``TenantConfig`` is its immutable snapshot)."""
+
+    __tablename__ = "tenantkit_tenants"
+    __table_args__ = (CheckConstraint("status IN ('active', 'suspended')", name="status"),)
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
+    plan: Mapped[str] = mapped_column(String(64), nullable=False, default="free")
+    quota_requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    quota_tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    allowed_tools: Mapped[list[str] | None] = mapped_column(JSON)
+    # "metadata" is reserved on declarative classes; the column keeps the name.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, nullable=False, default=dict)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+    def to_config(self) -> TenantConfig:
+        """Return the immutable snapshot of this row."""
+        return TenantConfig(
+            id=self.id,
+            name=self.name,
+            status=_status(self.status),
+            plan=self.plan,
+            quota_requests_per_minute=self.quota_requests_per_minute,
+            quota_tokens_per_minute=self.quota_tokens_per_minute,
+            allowed_models=_tuple_or_none(self.allowed_models),
+            allowed_tools=_tuple_or_none(self.allowed_tools),
+            metadata=dict(self.meta or {}),
+            version=self.version,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+
+class TenantStore:
+    """Create, read, list, update and delete tenant configs; reads are cached.
+
+    ``cache`` sets the TTL, the LRU size and how long an unknown id is
+    remembered as unknown; ``clock`` (monotonic seconds) drives those TTLs.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        cache: CacheSettings = CacheSettings(),  # noqa: B008 - frozen value object
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self._cache: VersionedCache[str, TenantConfig] = VersionedCache(
+            version_of=lambda config: config.version,
+            ttl_seconds=cache.ttl_seconds,
+            negative_ttl_seconds=cache.negative_ttl_seconds,
+            maxsize=cache.maxsize,
+            clock=clock,
+        )
+
+    def create_all(self) -> None:
+        """Create the tenants table if it does not exist."""
+        with _storage_errors():
+            Base.metadata.create_all(self.engine, tables=[TenantRow.__table__])  # type: ignore[list-item]
+
+    def create(
+        self,
+        *,
+        id: str,
+        name: str | None = None,
+        status: TenantStatus = "active",
+        plan: str = "free",
+        quota_requests_per_minute: int | None = None,
+        quota_tokens_per_minute: int | None = None,
+        allowed_models: Sequence[str] | None = None,
+        allowed_tools: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> TenantConfig:
+        """Create a tenant; raise ``Conflict`` if the id is taken."""
+        tenant_id = validate_tenant_id(id, field_name="id")
+        values = _clean_fields(
+            {
+                "name": tenant_id if name is None else name,
+                "status": status,
+                "plan": plan,
+                "quota_requests_per_minute": quota_requests_per_minute,
+                "quota_tokens_per_minute": quota_tokens_per_minute,
+                "allowed_models": allowed_models,
+                "allowed_tools": allowed_tools,
+                "metadata": {} if metadata is None else metadata,
+            }
+        )
+        values["meta"] = values.pop("metadata")
+        now = utcnow()
+        row = TenantRow(id=tenant_id, version=1, created_at=now, updated_at=now, **values)
+        try:
+            with _storage_errors(), Session(self.engine) as session, session.begin():
+                session.add(row)
+                session.flush()
+                config = row.to_config()
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                raise Conflict(f"tenant {tenant_id!r} already exists", tenant_id=tenant_id) from exc
+            raise
+        self._cache.put(tenant_id, config)
+        return config
+
+    def get(self, tenant_id: str) -> TenantConfig:
+        """Return a tenant's config (cached); raise ``TenantNotFound`` for an unknown id."""
+        tenant_id = validate_tenant_id(tenant_id)
+        config = self._cache.get(tenant_id, self._load)
+        if config is None:
+            raise TenantNotFound(f"tenant {tenant_id!r} not found", tenant_id=tenant_id)
+        return config
+
+    def peek(self, tenant_id: str) -> TenantConfig | Miss | None:
+        """Return the cached config, ``None`` if cached as unknown, or ``MISS``; never blocks."""
+        return self._cache.peek(validate_tenant_id(tenant_id))
+
+    def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[TenantConfig]:
+        """Return one page of tenants ordered by id; pass ``next_cursor`` back for the next."""
+        limit = check_limit(limit)
+        after = _decode_cursor(cursor)
+        query = select(TenantRow).order_by(TenantRow.id).limit(limit + 1)
+        if after is not None:
+            query = query.where(TenantRow.id > after)
+        with _storage_errors(), Session(self.engine) as session:
+            configs = [row.to_config() for row in session.scalars(query)]
+        if len(configs) > limit:
+            configs = configs[:limit]
+            return Page(items=configs, next_cursor=_encode_cursor(configs[-1].id))
+        return Page(items=configs)
+
+    def update(
+        self, tenant_id: str, *, expected_version: int | None = None, **fields: Any
+    ) -> TenantConfig:
+        """Change the given fields and bump the version.
+
+        With ``expected_version``, the write happens only if the stored version
+        still equals it (compare-and-set in one SQL statement); otherwise
+        ``Conflict``.
+        """
+        tenant_id = validate_tenant_id(tenant_id)
+        unknown = sorted(set(fields) - UPDATABLE_FIELDS)
+        if unknown:
+            raise ValidationError(f"unknown field: {unknown[0]}", field=unknown[0])
+        if not fields:
+            raise ValidationError("no fields to update")
+        if expected_version is not None and (
+            isinstance(expected_version, bool) or not isinstance(expected_version, int)
+        ):
+            raise ValidationError("expected_version must be an integer", field="expected_version")
+        values = _clean_fields(fields)
+        if "metadata" in values:
+            values["meta"] = values.pop("metadata")
+        statement = (
+            update(TenantRow)
+            .where(TenantRow.id == tenant_id)
+            .values(**values, version=TenantRow.version + 1, updated_at=utcnow())
+            .returning(TenantRow)
+            .execution_options(synchronize_session=False)
+        )
+        if expected_version is not None:
+            statement = statement.where(TenantRow.version == expected_version)
+        with _storage_errors(), Session(self.engine) as session, session.begin():
+            row = session.scalars(statement).one_or_none()
+            updated = row is not None
+            if row is None:
+                row = session.get(TenantRow, tenant_id)
+            config = None if row is None else row.to_config()
+        if config is None:
+            self._cache.invalidate(tenant_id)
+            raise TenantNotFound(f"tenant {tenant_id!r} not found", tenant_id=tenant_id)
+        self._cache.put(tenant_id, config)
+        if not updated:
+            raise Conflict(
+                f"tenant {tenant_id!r} is at version {config.version}, not {expected_version}",
+                tenant_id=tenant_id,
+                current_version=config.version,
+            )
+        return config
+
+    def delete(self, tenant_id: str) -> None:
+        """Delete a tenant; raise ``TenantNotFound`` if there is none.
+
+        Its API keys are not touched: call ``APIKeyStore.delete_for_tenant``.
+        """
+        tenant_id = validate_tenant_id(tenant_id)
+        try:
+            with _storage_errors(), Session(self.engine) as session, session.begin():
+                result = session.execute(
+                    delete(TenantRow)
+                    .where(TenantRow.id == tenant_id)
+                    .returning(TenantRow.id)
+                    .execution_options(synchronize_session=False)
+                )
+                deleted = result.first() is not None
+        finally:
+            self._cache.invalidate(tenant_id)
+        if not deleted:
+            raise TenantNotFound(f"tenant {tenant_id!r} not found", tenant_id=tenant_id)
+
+    def invalidate(self, tenant_id: str) -> None:
+        """Drop a tenant from this store's cache (after a change made elsewhere)."""
+        self._cache.invalidate(validate_tenant_id(tenant_id))
+
+    def clear_cache(self) -> None:
+        """Drop every cached tenant."""
+        self._cache.clear()
+
+    def _load(self, tenant_id: str) -> TenantConfig | None:
+        with _storage_errors(), Session(self.engine) as session:
+            row = session.get(TenantRow, tenant_id)
+            return None if row is None else row.to_config()
+
+
+def tenant_to_dict(config: TenantConfig) -> dict[str, Any]:
+    """Return a JSON-ready dict of a tenant config (times as RFC 3339 UTC)."""
+    return {
+        "id": config.id,
+        "name": config.name,
+        "status": config.status,
+        "plan": config.plan,
+        "quota_requests_per_minute": config.quota_requests_per_minute,
+        "quota_tokens_per_minute": config.quota_tokens_per_minute,
+        "allowed_models": _list_or_none(config.allowed_models),
+        "allowed_tools": _list_or_none(config.allowed_tools),
+        "metadata": dict(config.metadata),
+        "version": config.version,
+        "created_at": _isoformat(config.created_at),
+        "updated_at": _isoformat(config.updated_at),
+    }
+
+
+def check_limit(limit: object) -> int:
+    """Return a page size in 1..200, or raise ``ValidationError`` naming ``limit``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValidationError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}", field="limit")
+    return limit
+
+
+def _clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate writable fields, naming the first bad one; return column values."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "name":
+            out[name] = _text(value, name, max_length=200)
+        elif name == "plan":
+            out[name] = _text(value, name, max_length=64)
+        elif name == "status":
+            out[name] = _status(value)
+        elif name in ("quota_requests_per_minute", "quota_tokens_per_minute"):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise ValidationError(f"{name} must be a non-negative integer or null", field=name)
+            out[name] = value
+        elif name in ("allowed_models", "allowed_tools"):
+            out[name] = _string_list(value, name)
+        elif name == "metadata":
+            out[name] = _metadata(value)
+    return out
+
+
+def _text(value: object, field: str, *, max_length: int) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > max_length:
+        raise ValidationError(
+            f"{field} must be a non-empty string of at most {max_length} characters", field=field
+        )
+    return value
+
+
+def _status(value: object) -> TenantStatus:
+    if value == "active":
+        return "active"
+    if value == "suspended":
+        return "suspended"
+    raise ValidationError("status must be 'active' or 'suspended'", field="status")
+
+
+def _string_list(value: object, field: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | frozenset | set):
+        raise ValidationError(f"{field} must be a list of strings or null", field=field)
+    items = list(value)
+    if not all(isinstance(item, str) and item and len(item) <= 200 for item in items):
+        raise ValidationError(f"{field} must hold non-empty strings", field=field)
+    return list(dict.fromkeys(items))
+
+
+def _metadata(value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ValidationError("metadata must be an object with string keys", field="metadata")
+    try:
+        # A JSON round trip both checks and deep-copies: the caller keeps its object.
+        copied: dict[str, Any] = json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"metadata must be JSON-serialisable: {exc}", field="metadata"
+        ) from exc
+    return copied
+
+
+def _tuple_or_none(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
+def _list_or_none(value: Sequence[str] | None) -> list[str] | None:
+    return None if value is None else list(value)
+
+
+def _isoformat(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def _encode_cursor(last_id: str) -> str:
+    raw = json.dumps({"after": last_id}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        if not isinstance(cursor, str) or len(cursor) > 200:
+            raise ValueError("cursor too long")
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        return validate_tenant_id(data["after"])
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise ValidationError("cursor is not valid", field="cursor") from exc
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Re-raise SQLAlchemy errors as ``StorageError`` (the original is the cause)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StorageError(f"tenant store failed: {type(exc).__name__}") from exc
