@@ -82,7 +82,6 @@ def key_family(algorithms: Iterable[str]) -> str:
 def verification_key(settings: JWTSettings) -> Any:
     """Return the prepared key that verifies tokens under ``settings``, checked for misuse."""
     family = key_family(settings.algorithms)
-    algorithm = get_default_algorithms()[settings.algorithms[0]]
     if family == "hmac":
         if not settings.secret:
             raise ConfigurationError(f"{settings.algorithms[0]} needs jwt.secret")
@@ -91,11 +90,11 @@ def verification_key(settings: JWTSettings) -> Any:
                 "jwt.secret holds a PEM/SSH key; HMAC algorithms need a shared secret, "
                 "public keys go in jwt.public_key with RS256/ES256"
             )
-        key = _prepare(algorithm, settings.secret, "jwt.secret")
+        key = _prepare(settings.algorithms[0], settings.secret, "jwt.secret")
     else:
         if not settings.public_key:
             raise ConfigurationError(f"{settings.algorithms[0]} needs jwt.public_key (PEM)")
-        key = _prepare(algorithm, settings.public_key, "jwt.public_key")
+        key = _prepare(settings.algorithms[0], settings.public_key, "jwt.public_key")
         if not isinstance(key, _PUBLIC_KEY_TYPES[family]):
             raise ConfigurationError(
                 f"jwt.public_key must be the public {family.upper()} key for "
@@ -118,14 +117,15 @@ def signing_key(settings: JWTSettings, private_key: str | bytes | None) -> Any:
         return verification_key(settings)
     if private_key is None:
         raise ConfigurationError(f"{settings.algorithms[0]} tokens need private_key (PEM)")
-    return _prepare(get_default_algorithms()[settings.algorithms[0]], private_key, "private_key")
+    return _prepare(settings.algorithms[0], private_key, "private_key")
 
 
-def _prepare(algorithm: Any, raw: str | bytes, what: str) -> Any:
+def _prepare(alg: str, raw: str | bytes, what: str) -> Any:
     try:
-        return algorithm.prepare_key(raw)
+        return get_default_algorithms()[alg].prepare_key(raw)
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
-        raise ConfigurationError(f"{what} is not a usable key: {exc}") from exc
+        kind = "secret" if FAMILIES[alg] == "hmac" else f"{FAMILIES[alg].upper()} key (PEM)"
+        raise ConfigurationError(f"{what} is not a usable {kind} for {alg}") from exc
 
 
 class TokenVerifier:
