@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -67,3 +68,45 @@ def redis_url() -> str:
 def redis_prefix() -> str:
     """A key prefix no other test or concurrent run uses."""
     return f"tk-test-{uuid.uuid4().hex[:10]}"
+
+
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256!"
+API_KEY_SECRET = "api-key-hmac-secret-for-the-test-suite-0123456789"
+
+
+@pytest.fixture
+def make_kit(tmp_path: Any) -> Callable[..., Any]:
+    """Build a ``TenantKit`` on a fresh SQLite file with tenants ``acme`` and ``globex``.
+
+    Keyword arguments override ``Settings`` fields; ``tenants`` maps extra
+    tenant ids to ``TenantStore.create`` keyword arguments.
+    """
+    from tenantkit.kit import TenantKit
+    from tenantkit.settings import JWTSettings, Settings
+
+    def factory(tenants: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> Any:
+        options: dict[str, Any] = {
+            "database_url": f"sqlite:///{tmp_path / f'kit-{uuid.uuid4().hex[:6]}.db'}",
+            "api_key_secret": API_KEY_SECRET,
+            "jwt": JWTSettings(secret=JWT_SECRET),
+        }
+        options.update(overrides)
+        kit = TenantKit(Settings(**options))
+        kit.create_all()
+        wanted = {"acme": {}, "globex": {}} if tenants is None else tenants
+        for tenant_id, fields in wanted.items():
+            kit.tenants.create(id=tenant_id, name=tenant_id.title(), **fields)
+        return kit
+
+    return factory
+
+
+@pytest.fixture
+def jwt_for() -> Callable[..., str]:
+    """Return a function minting a valid bearer JWT for a tenant under a kit's settings."""
+    from tenantkit.identity import encode_token
+
+    def mint(kit: Any, tenant_id: str, subject: str = "user-1", **claims: Any) -> str:
+        return str(encode_token(kit.settings, tenant_id=tenant_id, subject=subject, **claims))
+
+    return mint
