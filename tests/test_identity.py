@@ -670,8 +670,9 @@ def test_credential_for_a_with_hint_naming_b_is_403(
     request = req(hint_kw.pop("path", "/"), **auth, **hint_kw)
     with pytest.raises(TenantMismatch) as info:
         credential_chain(*hints).resolve(request)
-    assert info.value.status == 403
-    assert info.value.to_problem()["type"].endswith("tenant-mismatch")
+    problem = info.value.to_problem()
+    assert problem["status"] == 403 and problem["type"].endswith("tenant-mismatch")
+    assert problem["credential_tenant"] == "acme"
 
 
 def test_hints_naming_the_credential_tenant_pass() -> None:
@@ -741,6 +742,22 @@ def test_tenant_header_alone_is_ignored_without_the_header_resolver() -> None:
     chain = IdentityChain([PathResolver()], require_credential=False)
     with pytest.raises(Unauthorized):
         chain.resolve(req("/other", x_tenant_id="acme"))
+
+
+def test_chain_checks_its_configured_tenant_header() -> None:
+    """The mismatch check reads the chain's tenant_header, whatever its name."""
+    chain = IdentityChain([hs_resolver()], require_credential=True, tenant_header="X-Org")
+    token = hs_token("acme")
+    assert chain.resolve(req(authorization=f"Bearer {token}", x_tenant_id="globex"))
+    with pytest.raises(TenantMismatch):
+        chain.resolve(req(authorization=f"Bearer {token}", x_org="globex"))
+
+
+def test_chain_reraises_resolver_errors_unchanged() -> None:
+    """A malformed hint is a 400 even next to a valid credential; nothing is swallowed."""
+    request = req(authorization=f"Bearer {hs_token('acme')}", x_tenant_id="../x")
+    with pytest.raises(BadRequest):
+        credential_chain(HeaderResolver()).resolve(request)
 
 
 def test_chain_needs_a_resolver() -> None:
