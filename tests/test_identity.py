@@ -311,6 +311,8 @@ def test_path_resolver_refuses_a_bad_prefix(prefix: str) -> None:
         ("Bearer abc", "abc"),
         ("bearer  abc ", "abc"),
         ("BEARER abc", "abc"),
+        ("Bearer\tabc", "abc"),
+        ("", None),
         ("Basic dXNlcjpwYXNz", None),
         ("Bearer", ""),
         ("Bearer ", ""),

@@ -66,10 +66,10 @@ def bearer_token(request: RequestInfo) -> str | None:
     raw = request.header("authorization")
     if raw is None:
         return None
-    scheme, _, token = raw.strip().partition(" ")
-    if scheme.lower() != "bearer":
+    parts = raw.split(maxsplit=1)
+    if not parts or parts[0].lower() != "bearer":
         return None
-    return token.strip()
+    return parts[1].strip() if len(parts) > 1 else ""
 
 
 def _hint(value: str, source: IdentitySource, where: str) -> Identity:
