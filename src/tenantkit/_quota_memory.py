@@ -1,0 +1,177 @@
+"""In-process GCRA buckets: O(1) per limit, bounded memory, no background thread.
+
+Each bucket is one integer, its theoretical arrival time (TAT) in nanoseconds of
+the engine's clock. A limit of ``q`` per minute spends ``60/q`` seconds of TAT per
+unit and tolerates a TAT up to ``window`` ahead of now (``window`` = 60 s plus
+the configured burst seconds), which is a token bucket of ``q·window/60`` units
+refilled at ``q/60`` per second. All integer arithmetic: Retry-After is exact.
+
+A bucket whose TAT has passed is full and carries no information, so it can be
+dropped. Keys sit in a ring: every new key first inspects the two oldest
+entries, dropping the expired and rotating the live, which keeps the table near
+the number of keys active in the last window. ``max_keys`` is a hard cap: past
+it the oldest key is evicted (its bucket restarts full) and ``evicted`` counts it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ._quota_core import PERIOD_SECONDS, Outcome
+
+if TYPE_CHECKING:
+    from .quotas import Limit
+
+NS = 1_000_000_000
+PERIOD_NS = PERIOD_SECONDS * NS
+
+
+class MemoryBackend:
+    """Buckets in a dict guarded by one lock (safe under threads and on the event loop)."""
+
+    def __init__(self, *, burst_seconds: float, clock: Callable[[], float], max_keys: int) -> None:
+        self._window = PERIOD_NS + round(burst_seconds * NS)
+        self._clock = clock
+        self._max_keys = max_keys
+        self._lock = threading.Lock()
+        self._tat: dict[str, int] = {}
+        self._ring: deque[str] = deque()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._tat)
+
+    def acquire(self, limits: Sequence[Limit], costs: Sequence[int]) -> Outcome:
+        """Charge every limit its cost, or none if any would exceed its bucket."""
+        now = round(self._clock() * NS)
+        window = self._window
+        n = len(limits)
+        bases = [0] * n
+        news = [0] * n
+        retry = 0
+        blocker = -1
+        with self._lock:
+            tat = self._tat
+            staged: dict[str, int] = {}
+            for i in range(n):
+                limit = limits[i]
+                q = limit.per_minute
+                cost = costs[i]
+                key = limit.key
+                prior = staged.get(key)
+                if prior is None:
+                    prior = tat.get(key, 0)
+                base = prior if prior > now else now
+                bases[i] = base
+                if q <= 0:
+                    if retry < PERIOD_SECONDS:
+                        retry, blocker = PERIOD_SECONDS, i
+                    news[i] = base
+                    continue
+                # Admit only while at least one unit is left, even for a zero-cost reservation.
+                check = base + -(-(cost if cost > 0 else 1) * PERIOD_NS // q)
+                over = check - now - window
+                if over > 0:
+                    wait = -(-over // NS)
+                    if wait > retry:
+                        retry, blocker = wait, i
+                news[i] = staged[key] = base + -(-cost * PERIOD_NS // q)
+            if blocker >= 0:
+                return Outcome(
+                    False,
+                    *_state(limits, bases, now, window),
+                    retry_after=retry,
+                    blocker=blocker,
+                    stamp=now / NS,
+                )
+            for key, value in staged.items():
+                if key not in tat:
+                    self._make_room(now)
+                    self._ring.append(key)
+                tat[key] = value
+        return Outcome(True, *_state(limits, news, now, window), stamp=now / NS)
+
+    def adjust(
+        self, limits: Sequence[Limit], deltas: Sequence[int], stamp: float, ttl: float
+    ) -> None:
+        """Charge positive deltas; refund negative ones unless the grant is older than ``ttl``."""
+        now = round(self._clock() * NS)
+        fresh = now - round(stamp * NS) <= round(ttl * NS)
+        with self._lock:
+            tat = self._tat
+            for limit, delta in zip(limits, deltas, strict=True):
+                q = limit.per_minute
+                if delta == 0 or q <= 0 or (delta < 0 and not fresh):
+                    continue
+                prior = tat.get(limit.key)
+                if delta < 0:
+                    # A refund beyond a full bucket is meaningless; an absent bucket is full.
+                    if prior is not None and prior > now:
+                        tat[limit.key] = prior - (-delta * PERIOD_NS // q)
+                    continue
+                if prior is None:
+                    self._make_room(now)
+                    self._ring.append(limit.key)
+                    prior = now
+                tat[limit.key] = max(prior, now) + -(-delta * PERIOD_NS // q)
+
+    def _make_room(self, now: int) -> None:
+        """Drop or rotate the two oldest keys; evict past ``max_keys`` (lock held)."""
+        ring, tat = self._ring, self._tat
+        for _ in range(min(2, len(ring))):
+            key = ring.popleft()
+            if tat[key] <= now:
+                del tat[key]
+            else:
+                ring.append(key)
+        while len(tat) >= self._max_keys and ring:
+            del tat[ring.popleft()]
+            self.evicted += 1
+
+    async def acquire_async(self, limits: Sequence[Limit], costs: Sequence[int]) -> Outcome:
+        """Same as ``acquire``: memory never blocks the loop."""
+        return self.acquire(limits, costs)
+
+    async def adjust_async(
+        self, limits: Sequence[Limit], deltas: Sequence[int], stamp: float, ttl: float
+    ) -> None:
+        """Same as ``adjust``."""
+        self.adjust(limits, deltas, stamp, ttl)
+
+    def forget_denial(self, limits: Sequence[Limit]) -> None:
+        """Nothing to forget: memory caches no denials."""
+
+    def health(self) -> bool:
+        """Memory is always available."""
+        return True
+
+    async def health_async(self) -> bool:
+        """Memory is always available."""
+        return True
+
+    def close(self) -> None:
+        """Drop every bucket."""
+        with self._lock:
+            self._tat.clear()
+            self._ring.clear()
+
+    async def aclose(self) -> None:
+        """Drop every bucket."""
+        self.close()
+
+
+def _state(
+    limits: Sequence[Limit], tats: Sequence[int], now: int, window: int
+) -> tuple[list[int], list[int]]:
+    """Remaining whole units and whole seconds to full, per limit."""
+    remaining: list[int] = []
+    reset: list[int] = []
+    for limit, value in zip(limits, tats, strict=True):
+        level = value - now
+        left = (window - level) * limit.per_minute // PERIOD_NS
+        remaining.append(left if left > 0 else 0)
+        reset.append(-(-level // NS) if level > 0 else 0)
+    return remaining, reset
