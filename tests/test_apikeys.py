@@ -5,8 +5,10 @@ Every store test runs on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
+import json
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 
+from tenantkit._cli_tenants import register
 from tenantkit._db import make_engine
 from tenantkit.apikeys import (
     MISS,
@@ -36,6 +39,7 @@ from tenantkit.errors import (
     ValidationError,
 )
 from tenantkit.settings import CacheSettings
+from tenantkit.tenants import TenantRow
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 KEY_SHAPE = re.compile(r"tk_(live|test)_[0-9A-Za-z]{43}[0-9A-Za-z]{6}")
@@ -691,3 +695,111 @@ def _wait_for_waiters(store: APIKeyStore, count: int) -> None:
                 return
         threading.Event().wait(0.001)
     raise AssertionError("callers never queued")
+
+
+# -- CLI ----------------------------------------------------------------------
+
+
+def run_cli(argv: list[str]) -> int:
+    """Parse ``argv`` the way ``tenantkit`` does and run the chosen handler in-process."""
+    parser = argparse.ArgumentParser(prog="tenantkit")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+@pytest.fixture
+def cli_env(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the CLI's settings at the test database and secret; return the URL."""
+    url = engine.url.render_as_string(hide_password=False)
+    monkeypatch.setenv("TENANTKIT_DATABASE_URL", url)
+    monkeypatch.setenv("TENANTKIT_API_KEY_SECRET", SECRET)
+    return url
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
+    code = run_cli(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_cli_issue_list_revoke(
+    cli_env: str, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue prints the key once; list never shows it; revoke stops it working."""
+    issued = cli_json(
+        capsys,
+        ["api-keys", "issue", "acme", "--name", "ci", "--scope", "read:usage",
+         "--scope", "write:resources", "--rate-limit", "30", "--expires-in-days", "30"],
+    )  # fmt: skip
+    key = issued["key"]
+    assert KEY_SHAPE.fullmatch(key) and issued["prefix"] == key[:12]
+    assert issued["scopes"] == ["read:usage", "write:resources"]
+    assert issued["rate_limit"] == 30 and issued["expires_at"] is not None
+    store = APIKeyStore(engine, secret=SECRET)
+    assert store.verify(key).id == issued["id"]
+    run_cli(["api-keys", "list", "acme"])
+    out = capsys.readouterr().out
+    assert key not in out
+    assert [k["id"] for k in json.loads(out)["items"]] == [issued["id"]]
+    revoked = cli_json(capsys, ["api-keys", "revoke", "acme", issued["id"]])
+    assert revoked["revoked_at"] is not None
+    store.clear_cache()
+    with pytest.raises(Unauthorized):
+        store.verify(key)
+
+
+def test_cli_tenant_delete_removes_its_keys(
+    cli_env: str, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Deleting a tenant from the CLI also deletes its API keys."""
+    cli_json(capsys, ["tenants", "create", "acme"])
+    key = cli_json(capsys, ["api-keys", "issue", "acme", "--name", "ci"])["key"]
+    result = cli_json(capsys, ["tenants", "delete", "acme"])
+    assert result == {"deleted": "acme", "api_keys_deleted": 1}
+    with pytest.raises(Unauthorized):
+        APIKeyStore(engine, secret=SECRET).verify(key)
+    TenantRow.__table__.drop(engine, checkfirst=True)
+
+
+def test_cli_without_secret_exits_1(
+    cli_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key commands without TENANTKIT_API_KEY_SECRET exit 1 saying what to set."""
+    monkeypatch.delenv("TENANTKIT_API_KEY_SECRET")
+    assert run_cli(["api-keys", "issue", "acme", "--name", "ci"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "TENANTKIT_API_KEY_SECRET" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["api-keys", "revoke", "globex", "KEY"], "not found"),
+        (["api-keys", "revoke", "acme", "key_nope"], "not found"),
+        (["api-keys", "issue", "../x", "--name", "ci"], "tenant_id"),
+        (["api-keys", "issue", "acme", "--name", "ci", "--scope", "a b"], "scope"),
+        (["api-keys", "issue", "acme", "--name", "ci", "--expires-at", "2000-01-01T00:00Z"],
+         "future"),
+        (["api-keys", "list", "acme", "--limit", "0"], "limit"),
+    ],
+)  # fmt: skip
+def test_cli_key_errors_exit_1(
+    cli_env: str, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    """Key command errors (another tenant's key included) exit 1 with one line on stderr."""
+    key_id = cli_json(capsys, ["api-keys", "issue", "acme", "--name", "ci"])["id"]
+    assert run_cli([part.replace("KEY", key_id) for part in argv]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("error: ") and message in err
+
+
+def test_cli_rejects_naive_expiry(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An --expires-at without a timezone is a usage error (exit 2)."""
+    with pytest.raises(SystemExit) as info:
+        run_cli(["api-keys", "issue", "acme", "--name", "ci", "--expires-at", "2030-01-01"])
+    assert info.value.code == 2

@@ -5,6 +5,7 @@ Every test runs on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from tenantkit._cli_tenants import register
 from tenantkit._db import make_engine
 from tenantkit.errors import (
     Conflict,
@@ -659,3 +661,132 @@ def _wait_for_waiters(store: TenantStore, key: str, count: int) -> None:
                 return
         threading.Event().wait(0.001)
     raise AssertionError("callers never queued")
+
+
+# -- CLI ----------------------------------------------------------------------
+
+
+def run_cli(argv: list[str]) -> int:
+    """Parse ``argv`` the way ``tenantkit`` does and run the chosen handler in-process."""
+    parser = argparse.ArgumentParser(prog="tenantkit")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+@pytest.fixture
+def db_url(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The engine's URL, with no TENANTKIT_* settings leaking in from the environment."""
+    monkeypatch.delenv("TENANTKIT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("TENANTKIT_API_KEY_SECRET", raising=False)
+    return engine.url.render_as_string(hide_password=False)
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
+    code = run_cli(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_cli_tenant_lifecycle(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """create, show, list, update, suspend, activate and delete work and print JSON."""
+    db = ["--database-url", db_url]
+    created = cli_json(
+        capsys,
+        ["tenants", "create", "acme", "--name", "Acme", "--rpm", "60", "--allowed-models",
+         "gpt-4o, claude", "--allowed-tools", "", "--metadata", '{"tier": "gold"}', *db],
+    )  # fmt: skip
+    assert created["name"] == "Acme" and created["quota_requests_per_minute"] == 60
+    assert created["allowed_models"] == ["gpt-4o", "claude"]
+    assert created["allowed_tools"] == []
+    assert created["metadata"] == {"tier": "gold"}
+    assert cli_json(capsys, ["tenants", "show", "acme", *db])["version"] == 1
+    updated = cli_json(
+        capsys,
+        ["tenants", "update", "acme", "--plan", "pro", "--rpm", "none",
+         "--allowed-models", "*", "--expected-version", "1", *db],
+    )  # fmt: skip
+    assert updated["plan"] == "pro" and updated["version"] == 2
+    assert updated["quota_requests_per_minute"] is None
+    assert updated["allowed_models"] is None
+    assert updated["allowed_tools"] == [] and updated["name"] == "Acme"
+    assert cli_json(capsys, ["tenants", "suspend", "acme", *db])["status"] == "suspended"
+    assert cli_json(capsys, ["tenants", "activate", "acme", *db])["status"] == "active"
+    listed = cli_json(capsys, ["tenants", "list", *db])
+    assert [t["id"] for t in listed["items"]] == ["acme"] and listed["next_cursor"] is None
+    assert cli_json(capsys, ["tenants", "delete", "acme", *db])["deleted"] == "acme"
+    assert run_cli(["tenants", "show", "acme", *db]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_cli_list_pages(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``tenants list --limit --cursor`` walks the pages."""
+    store = TenantStore(make_engine(db_url))
+    store.create_all()
+    for tenant_id in ["alpha", "bravo", "charlie"]:
+        store.create(id=tenant_id)
+    first = cli_json(capsys, ["tenants", "list", "--limit", "2", "--database-url", db_url])
+    second = cli_json(
+        capsys,
+        ["tenants", "list", "--cursor", first["next_cursor"], "--database-url", db_url],
+    )
+    assert [t["id"] for t in first["items"] + second["items"]] == ["alpha", "bravo", "charlie"]
+    store.engine.dispose()
+
+
+def test_cli_reads_database_url_from_environment(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --database-url the CLI uses TENANTKIT_DATABASE_URL."""
+    monkeypatch.setenv("TENANTKIT_DATABASE_URL", db_url)
+    cli_json(capsys, ["tenants", "create", "acme"])
+    assert [t["id"] for t in cli_json(capsys, ["tenants", "list"])["items"]] == ["acme"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["tenants", "create", "../x"], "id must match"),
+        (["tenants", "create", "acme", "--rpm", "-1"], "quota_requests_per_minute"),
+        (["tenants", "update", "nobody", "--plan", "pro"], "not found"),
+        (["tenants", "update", "acme"], "no fields to update"),
+        (["tenants", "update", "acme", "--plan", "x", "--expected-version", "9"], "version"),
+        (["tenants", "create", "acme"], "already exists"),
+        (["tenants", "delete", "nobody"], "not found"),
+        (["tenants", "list", "--limit", "500"], "limit"),
+        (["tenants", "list", "--cursor", "junk"], "cursor"),
+    ],
+)
+def test_cli_user_errors_exit_1_with_a_message(
+    db_url: str, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    """A user error exits 1 with one clear line on stderr and no traceback."""
+    assert run_cli(["tenants", "create", "acme", "--database-url", db_url]) == 0
+    capsys.readouterr()
+    assert run_cli([*argv, "--database-url", db_url]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_cli_bad_database_url_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unusable database URL is a one-line error, not a traceback."""
+    monkeypatch.delenv("TENANTKIT_DATABASE_URL", raising=False)
+    assert run_cli(["tenants", "list", "--database-url", "nosuchdb://x"]) == 1
+    assert capsys.readouterr().err.startswith("error: cannot use database URL")
+    missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"
+    assert run_cli(["tenants", "list", "--database-url", missing]) == 1
+    assert capsys.readouterr().err.startswith("error: tenant store failed")
+
+
+def test_cli_rejects_bad_option_values(capsys: pytest.CaptureFixture[str]) -> None:
+    """Malformed option values are usage errors (exit 2) naming the option."""
+    with pytest.raises(SystemExit) as info:
+        run_cli(["tenants", "create", "acme", "--metadata", "[1]"])
+    assert info.value.code == 2
+    assert "--metadata" in capsys.readouterr().err
