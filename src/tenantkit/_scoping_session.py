@@ -1,0 +1,189 @@
+"""The session side of scoping: ``TenantSession`` and the events that filter, stamp and refuse.
+
+Every listener is registered on the ``TenantSession`` class, so it runs for
+the sessions tenantkit makes and for nothing else: no engine-wide or
+connection-level listener is ever installed.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from sqlalchemy import event, func, inspect, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
+from sqlalchemy.sql.dml import Insert
+
+from . import context
+from ._scoping_models import TENANT_COLUMN, TenantScoped, mapped_scoped_tables
+from ._scoping_statements import check_insert, scope_core, survey
+from .errors import CrossTenantError, NoTenantError
+
+OWNER_KEY = "tenantkit.tenant_id"
+UNSCOPED_KEY = "tenantkit.unscoped"
+SETTING = "app.tenant_id"
+
+_rls_verified: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
+class TenantSession(Session):
+    """A ``Session`` that belongs to one tenant and scopes every statement to it.
+
+    ``get()`` checks the session's tenant before it looks in the identity
+    map, so a cached object never reaches another tenant.
+    """
+
+    def get(self, *args: Any, **kw: Any) -> Any:
+        session_tenant(self)
+        return super().get(*args, **kw)
+
+    def get_one(self, *args: Any, **kw: Any) -> Any:
+        session_tenant(self)
+        return super().get_one(*args, **kw)
+
+    def merge(self, *args: Any, **kw: Any) -> Any:
+        session_tenant(self)
+        return super().merge(*args, **kw)
+
+
+def session_tenant(session: Session) -> str | None:
+    """Return the tenant ``session`` is scoped to (``None`` inside ``unscoped``); claim it.
+
+    The first use binds the session to the tenant in context; a use under any
+    other tenant raises ``CrossTenantError``, no tenant raises ``NoTenantError``.
+    """
+    if session.info.get(UNSCOPED_KEY):
+        return None
+    ctx = context.get_context()
+    if ctx is None:
+        raise NoTenantError(
+            "no tenant in context: a tenant-scoped session runs nothing without one; "
+            "bind a tenant (tenantkit.bound_tenant) or use unscoped() for admin work"
+        )
+    tenant_id = ctx.tenant_id
+    owner = session.info.setdefault(OWNER_KEY, tenant_id)
+    if owner != tenant_id:
+        raise CrossTenantError(
+            f"this session belongs to tenant {owner!r} and was used under {tenant_id!r}; "
+            "open one session per tenant (its identity map holds the first tenant's rows)"
+        )
+    return str(owner)
+
+
+def _do_orm_execute(state: ORMExecuteState) -> None:
+    tenant_id = session_tenant(state.session)
+    if tenant_id is None:
+        return
+    stmt: Any = state.statement
+    if state.is_relationship_load or state.is_column_load:
+        # built by the ORM from an entity already scoped; loader criteria below still apply
+        state.statement = _with_criteria(stmt, tenant_id)
+        return
+    orm = state.is_orm_statement and not state.is_insert
+    found = survey(stmt, orm=orm)
+    if found.raw_sql is not None and not _rls_active_for(state.session):
+        raise CrossTenantError(
+            f"{found.raw_sql} in a tenant-scoped session is refused: raw SQL cannot be "
+            "filtered, and PostgreSQL row-level security is not verified active for this "
+            "engine (see tenantkit.rls and `tenantkit db doctor`)"
+        )
+    if found.core:
+        stmt = scope_core(stmt, tenant_id, orm=orm, keep=found.options)
+    if isinstance(stmt, Insert):
+        stmt, params = check_insert(stmt, tenant_id, state.parameters)
+        state.parameters = params
+    for nested in found.inserts:
+        if nested is not state.statement:
+            check_insert(nested, tenant_id, None)
+    if state.is_orm_statement and (state.is_select or state.is_update or state.is_delete):
+        stmt = _with_criteria(stmt, tenant_id)
+    state.statement = stmt
+
+
+def _with_criteria(stmt: Any, tenant_id: str) -> Any:
+    # tenant_id is a closure variable, so the lambda's SQL is cached and the id is bound
+    return stmt.options(
+        with_loader_criteria(
+            TenantScoped,
+            lambda cls: cls.tenant_id == tenant_id,
+            include_aliases=True,
+        )
+    )
+
+
+def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
+    scoped = [o for o in (*session.new, *session.dirty, *session.deleted) if _scoped(o)]
+    if not scoped:
+        return
+    tenant_id = session_tenant(session)
+    for obj in session.new:
+        if not _scoped(obj):
+            continue
+        value = getattr(obj, TENANT_COLUMN)
+        if value is None:
+            if tenant_id is None:
+                raise NoTenantError(
+                    f"new {type(obj).__name__} inside unscoped() needs an explicit tenant_id"
+                )
+            setattr(obj, TENANT_COLUMN, tenant_id)
+        elif tenant_id is not None and value != tenant_id:
+            raise CrossTenantError(
+                f"new {type(obj).__name__} names tenant {value!r}; "
+                f"the session belongs to {tenant_id!r}"
+            )
+    if tenant_id is None:
+        return
+    for obj in (*session.dirty, *session.deleted):
+        if not _scoped(obj):
+            continue
+        hist = inspect(obj).attrs[TENANT_COLUMN].history
+        owner = hist.deleted[0] if hist.deleted else getattr(obj, TENANT_COLUMN)
+        if owner != tenant_id or (hist.added and hist.added[0] != tenant_id):
+            raise CrossTenantError(
+                f"{type(obj).__name__} of tenant {owner!r} cannot be changed by {tenant_id!r}"
+            )
+
+
+def _scoped(obj: Any) -> bool:
+    return isinstance(obj, TenantScoped)
+
+
+def _after_begin(session: Session, _tx: SessionTransaction, connection: Connection) -> None:
+    if connection.dialect.name != "postgresql":
+        return
+    if session.info.get(UNSCOPED_KEY):
+        tenant_id = ""
+    else:
+        ctx = context.get_context()
+        owner = session.info.get(OWNER_KEY)
+        tenant_id = owner or (ctx.tenant_id if ctx is not None else "")
+    # is_local=true: the value ends with this transaction, so it never reaches the pool
+    connection.execute(select(func.set_config(SETTING, tenant_id, True)))
+
+
+def _rls_active_for(session: Session) -> bool:
+    bind = session.get_bind()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    if engine.dialect.name != "postgresql":
+        return False
+    cached = _rls_verified.get(engine)
+    if cached is None:
+        from .rls import rls_active
+
+        cached = rls_active(session.connection(), tables=mapped_scoped_tables())
+        _rls_verified[engine] = cached
+    return cached
+
+
+def forget_rls_verification(engine: Engine | None = None) -> None:
+    """Drop the cached "RLS is active" verdict for ``engine`` (or all engines)."""
+    if engine is None:
+        _rls_verified.clear()
+    else:
+        _rls_verified.pop(engine, None)
+
+
+event.listen(TenantSession, "do_orm_execute", _do_orm_execute)
+event.listen(TenantSession, "before_flush", _before_flush)
+event.listen(TenantSession, "after_begin", _after_begin)

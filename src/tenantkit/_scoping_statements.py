@@ -1,0 +1,272 @@
+"""Read and rewrite a statement so every scoped table in it is limited to one tenant.
+
+ORM entities get their criteria from ``with_loader_criteria``; this module
+handles what that option never sees: scoped ``Table`` objects used directly
+(Core ``select``/``update``/``delete`` of ``Model.__table__``, table aliases,
+joins), ``INSERT`` values and ``INSERT ... FROM SELECT``, and raw SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.dml import Delete, Insert, Update
+from sqlalchemy.sql.elements import (
+    BindParameter,
+    ClauseElement,
+    ColumnClause,
+    ColumnElement,
+    TextClause,
+)
+from sqlalchemy.sql.expression import Alias, Join, Select, TableClause, TextualSelect
+from sqlalchemy.sql.selectable import FromClause, SelectBase
+
+from ._scoping_models import TENANT_COLUMN, is_scoped_table, mapped_scoped_tables
+from .errors import CrossTenantError
+
+# literal_column("*"), literal_column("1"), literal_column("t.x"): names, not SQL
+_SAFE_LITERAL = re.compile(r'^[\w.*" ]*$')
+
+
+@dataclass(slots=True)
+class Findings:
+    """What one walk over a statement found."""
+
+    raw_sql: str | None = None
+    core: bool = False
+    inserts: list[Insert] = field(default_factory=list)
+    options: set[Any] = field(default_factory=set)
+
+
+def survey(stmt: ClauseElement, *, orm: bool) -> Findings:
+    """Walk ``stmt`` once: raw SQL, scoped tables the ORM criteria will not cover, inserts.
+
+    With ``orm`` false the statement compiles as Core, so ORM-annotated tables
+    in it get no loader criteria either and count as Core references.
+    """
+    found = Findings()
+    for elem in visitors.iterate(stmt):
+        if isinstance(elem, TextClause | TextualSelect):
+            found.raw_sql = "text()"
+        elif isinstance(elem, ColumnClause):
+            if elem.is_literal and not _SAFE_LITERAL.match(elem.name):
+                found.raw_sql = f"literal_column({elem.name!r})"
+            elif _is_core_ref(elem.table, elem, orm):
+                found.core = True
+        elif isinstance(elem, TableClause):
+            if _is_core_ref(elem, elem, orm):
+                found.core = True
+            elif not is_scoped_table(elem) and _names_scoped_table(elem):
+                raise CrossTenantError(
+                    f"table({elem.name!r}) names a tenant-scoped table without its tenant_id "
+                    "column; use the model or its Table so the query can be scoped"
+                )
+        if isinstance(elem, Insert):
+            found.inserts.append(elem)
+        found.options.update(getattr(elem, "_with_options", ()))
+    return found
+
+
+def _is_core_ref(table: Any, holder: ClauseElement, orm: bool) -> bool:
+    if table is None or not is_scoped_table(_base_table(table)):
+        return False
+    return not orm or "parententity" not in holder._annotations
+
+
+def _base_table(from_: Any) -> Any:
+    while isinstance(from_, Alias):
+        from_ = from_.element
+    return from_
+
+
+def _names_scoped_table(table: TableClause) -> bool:
+    return any(
+        t.name == table.name and t.schema == table.schema for t in mapped_scoped_tables()
+    )
+
+
+def scope_core(
+    stmt: ClauseElement, tenant_id: str, *, orm: bool, keep: set[Any] | None = None
+) -> ClauseElement:
+    """Return a copy of ``stmt`` with ``tenant_id = :tenant`` on every Core scoped reference.
+
+    ``keep`` holds elements to reuse uncopied (loader options cannot be cloned).
+    """
+
+    def targets(from_: FromClause) -> Iterator[FromClause]:
+        if _is_core_ref(_base_table(from_), from_, orm) and isinstance(
+            _base_table(from_), TableClause
+        ):
+            yield from_
+        elif isinstance(from_, Join):
+            if from_.full:
+                raise CrossTenantError("FULL OUTER JOIN of a tenant-scoped table is refused")
+            yield from targets(from_.left)
+            if not from_.isouter:
+                yield from targets(from_.right)
+
+    def crit(from_: FromClause) -> ColumnElement[bool]:
+        return from_.c[TENANT_COLUMN] == tenant_id
+
+    def visit_join(join: Join) -> None:
+        if join.isouter and not join.full:
+            extra = [crit(t) for t in _all_targets(join.right, orm)]
+            if extra and join.onclause is not None:
+                join.onclause = and_(join.onclause, *extra)
+
+    def visit_select(select: Select[Any]) -> None:
+        froms = select.get_final_froms()
+        if orm and select._propagate_attrs.get("compile_state_plugin") == "orm":
+            _refuse_outer_orm_join(froms, orm)
+        found = [crit(t) for f in froms for t in targets(f)]
+        if found:
+            select._where_criteria += tuple(found)
+
+    def visit_dml(dml: Update | Delete) -> None:
+        seen: list[FromClause] = []
+        for from_ in [dml.table, *_shallow_tables(dml)]:
+            if any(from_ is s for s in seen):
+                continue
+            seen.append(from_)
+            found = [crit(t) for t in targets(from_)]
+            if found:
+                dml._where_criteria += tuple(found)
+
+    return visitors.cloned_traverse(
+        stmt,
+        {"stop_on": keep or set()},
+        {"select": visit_select, "join": visit_join, "update": visit_dml, "delete": visit_dml},
+    )
+
+
+def _all_targets(from_: FromClause, orm: bool) -> Iterator[FromClause]:
+    base = _base_table(from_)
+    if isinstance(base, TableClause) and _is_core_ref(base, from_, orm):
+        yield from_
+    elif isinstance(from_, Join):
+        yield from _all_targets(from_.left, orm)
+        yield from _all_targets(from_.right, orm)
+
+
+def _refuse_outer_orm_join(froms: Sequence[FromClause], orm: bool) -> None:
+    for from_ in froms:
+        if isinstance(from_, Join):
+            if from_.isouter and any(True for _ in _all_targets(from_.right, orm)):
+                raise CrossTenantError(
+                    "an outer join from an ORM query to a tenant-scoped Table cannot be "
+                    "scoped; join the model (or aliased(Model)) instead"
+                )
+            _refuse_outer_orm_join([from_.left, from_.right], orm)
+
+
+def _shallow_tables(dml: Update | Delete) -> Iterator[FromClause]:
+    """Yield tables referenced by ``dml``'s WHERE / SET outside any subquery (UPDATE ... FROM)."""
+    roots: list[Any] = list(dml._where_criteria)
+    if isinstance(dml, Update) and dml._values:
+        roots.extend(v for v in dml._values.values() if isinstance(v, ClauseElement))
+    stack = roots
+    while stack:
+        elem = stack.pop()
+        if isinstance(elem, SelectBase):
+            continue
+        if isinstance(elem, ColumnClause) and isinstance(elem.table, FromClause):
+            yield elem.table
+        stack.extend(elem.get_children())
+
+
+def check_insert(insert: Insert, tenant_id: str, params: Any) -> tuple[Insert, Any]:
+    """Return ``(insert, params)`` stamped with ``tenant_id``; refuse rows naming another."""
+    table = insert.table
+    if not is_scoped_table(_base_table(table)):
+        return insert, params
+    if insert._select_names is not None:
+        _check_from_select(insert, tenant_id)
+        return insert, params
+    if insert._multi_values:
+        for rows in insert._multi_values:
+            for row in rows:
+                if not isinstance(row, Mapping):
+                    raise CrossTenantError(
+                        "multi-row VALUES on a tenant-scoped table must name columns "
+                        "(pass dicts with tenant_id)"
+                    )
+                _check_value(_lookup(row), tenant_id, required=True)
+        return insert, params
+    in_statement = _lookup(insert._values or {})
+    if in_statement is not _MISSING:
+        _check_value(in_statement, tenant_id, required=True)
+        return insert, params
+    batch: list[Any] = [params] if isinstance(params, Mapping) else list(params or [])
+    if batch:
+        stamped = [_stamp(row, tenant_id) for row in batch]
+        return insert, stamped[0] if isinstance(params, Mapping) else stamped
+    return insert.values({TENANT_COLUMN: tenant_id}), params
+
+
+_MISSING = object()
+
+
+def _lookup(row: Mapping[Any, Any]) -> Any:
+    for key, value in row.items():
+        name = key if isinstance(key, str) else getattr(key, "key", None)
+        if name == TENANT_COLUMN:
+            return value
+    return _MISSING
+
+
+def _check_value(value: Any, tenant_id: str, *, required: bool) -> None:
+    if value is _MISSING:
+        if required:
+            raise CrossTenantError("each row inserted into a tenant-scoped table needs tenant_id")
+        return
+    if isinstance(value, BindParameter):
+        value = value.effective_value
+    if isinstance(value, ClauseElement):
+        raise CrossTenantError("tenant_id must be a plain value, not an SQL expression")
+    if value != tenant_id:
+        raise CrossTenantError(
+            f"insert names tenant {value!r} while the session belongs to {tenant_id!r}"
+        )
+
+
+def _stamp(row: Any, tenant_id: str) -> dict[str, Any]:
+    if not isinstance(row, Mapping):
+        raise CrossTenantError("insert parameters for a tenant-scoped table must be mappings")
+    value = _lookup(row)
+    if value is _MISSING:
+        return {**row, TENANT_COLUMN: tenant_id}
+    _check_value(value, tenant_id, required=True)
+    return dict(row)
+
+
+def _check_from_select(insert: Insert, tenant_id: str) -> None:
+    names = insert._select_names or []
+    if TENANT_COLUMN not in names:
+        raise CrossTenantError(
+            "INSERT ... FROM SELECT into a tenant-scoped table must select tenant_id"
+        )
+    source = insert.select
+    if not isinstance(source, Select):
+        raise CrossTenantError("INSERT ... FROM SELECT needs a plain SELECT to be checked")
+    column = list(source.selected_columns)[names.index(TENANT_COLUMN)]
+    column = getattr(column, "element", column)  # a label
+    if isinstance(column, BindParameter):
+        _check_value(column, tenant_id, required=True)
+        return
+    table = getattr(column, "table", None)
+    if (
+        isinstance(column, ColumnClause)
+        and column.name == TENANT_COLUMN
+        and table is not None
+        and is_scoped_table(_base_table(table))
+    ):
+        return  # the scoped SELECT only yields this tenant's tenant_id
+    raise CrossTenantError(
+        "INSERT ... FROM SELECT must take tenant_id from a scoped table's tenant_id "
+        "or from the current tenant id"
+    )
