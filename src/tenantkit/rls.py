@@ -21,7 +21,7 @@ from sqlalchemy import MetaData, Table, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
-from ._rls_catalog import connecting_role, policy_is_tenant_policy, table_security
+from ._scoping_catalog import connecting_role, policy_is_tenant_policy, table_security
 from ._scoping_models import TENANT_COLUMN, mapped_scoped_tables, scoped_tables
 from .errors import ConfigurationError
 
