@@ -1,0 +1,105 @@
+"""Stripe, wired to the platform's events: onboarding, plan changes and recorded usage.
+
+tenantkit does the Stripe work (``StripeBilling`` for customers and
+subscriptions, ``MeterSync`` for meter events, ``StripeWebhooks`` for
+verified webhooks); this module decides *when*. A Stripe outage never
+loses usage: events stay ``pending`` and the next sync sends them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tenantkit.billing import MeterSync, StripeBilling, make_client
+from tenantkit.errors import HTTPError, StorageError
+from tenantkit.plans import Plans
+from tenantkit.tenants import TenantStore
+from tenantkit.types import TenantConfig
+from tenantkit.usage import UsageRecord
+from tenantkit.webhooks import StripeWebhooks
+
+log = logging.getLogger("examples.flask_app.billing")
+
+#: Usage types pushed to Stripe, by the ``event_name`` of their Stripe meter.
+METER_EVENTS = {"api_calls": "api_calls", "storage_gb": "storage_gb"}
+
+
+class BillingService:
+    """Keep each organization's Stripe customer, subscription and meters in step."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        api_base: str | None,
+        sessions: Callable[[], Session],
+        plans: Plans,
+        tenants: TenantStore,
+    ) -> None:
+        client = make_client(api_key, api_base=api_base)
+        self.tenants = tenants
+        self.stripe = StripeBilling(
+            client, sessions, plans=plans, on_plan_change=self._plan_changed
+        )
+        self.meters = MeterSync(client, sessions, event_names=METER_EVENTS)
+
+    def on_onboarding(self, tenant: TenantConfig, email: str) -> None:
+        """Create the customer and, on a paid plan, the subscription; log a failure."""
+        try:
+            self.stripe.ensure_customer(tenant.id, email=email, name=tenant.name)
+            self.stripe.subscribe(tenant.id, tenant.plan)
+        except (HTTPError, StorageError):
+            # The organization exists either way; GET /billing shows the gap and a
+            # plan change (or the next onboarding step) retries the Stripe side.
+            log.warning("Stripe setup of %s failed; it will be retried", tenant.id, exc_info=True)
+
+    def change_plan(self, tenant_id: str, plan: str) -> None:
+        """Move the subscription to ``plan``; the tenant's plan follows on success."""
+        self.stripe.subscribe(tenant_id, plan)
+
+    def on_usage(self, record: UsageRecord) -> None:
+        """Push pending meter events now; failures stay pending for the next sync."""
+        if record.type not in METER_EVENTS:
+            return
+        try:
+            self.meters.sync(limit=100)
+        except (HTTPError, StorageError):
+            log.warning("meter sync failed; events stay pending", exc_info=True)
+
+    def state(self, tenant_id: str) -> dict[str, Any]:
+        """Return the organization's Stripe customer and subscription state."""
+        account = self.stripe.account(tenant_id)
+        if account is None:
+            return {"status": "none", "stripe_customer_id": None, "stripe_subscription_id": None}
+        return account.to_dict()
+
+    def _plan_changed(self, tenant_id: str, plan: str) -> None:
+        current = self.tenants.get(tenant_id)
+        if current.plan != plan:
+            self.tenants.update(tenant_id, plan=plan)
+
+
+def build_webhooks(
+    secret: str, sessions: Callable[[], Session], plans: Plans, tenants: TenantStore
+) -> StripeWebhooks:
+    """Return the verified webhook handler; Stripe's word changes plan and status."""
+
+    def plan_changed(tenant_id: str, plan: str) -> None:
+        if tenants.get(tenant_id).plan != plan:
+            tenants.update(tenant_id, plan=plan)
+
+    def status_changed(tenant_id: str, status: str) -> None:
+        if tenants.get(tenant_id).status != status:
+            tenants.update(tenant_id, status=status)
+
+    return StripeWebhooks(
+        secret,
+        sessions,
+        plans=plans,
+        on_plan_change=plan_changed,
+        on_status_change=status_changed,
+    )

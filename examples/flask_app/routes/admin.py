@@ -1,0 +1,64 @@
+"""Platform administration with ``ADMIN_TOKEN``: organizations and audit retention."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+from tenantkit import audit
+from tenantkit.errors import UnprocessableEntity
+from tenantkit.tenants import tenant_to_dict
+
+from .. import schemas
+from ..api import endpoint
+from ..context import platform
+from ..serialize import page
+
+bp = Blueprint("admin", __name__)
+
+
+@bp.get("/admin/organizations")
+@endpoint(
+    "List every organization (platform admin)",
+    auth="platform",
+    tag="admin",
+    query=schemas.PAGE_QUERY,
+    responses=(401, 422),
+    response="TenantPage",
+)
+def list_organizations(query: dict[str, Any]) -> ResponseReturnValue:
+    found = platform().kit.tenants.list(limit=query["limit"], cursor=query.get("cursor"))
+    return jsonify(page((tenant_to_dict(t) for t in found.items), found.next_cursor))
+
+
+@bp.put("/admin/organizations/<org_id>")
+@endpoint(
+    "Suspend, reactivate or re-plan an organization (platform admin)",
+    auth="platform",
+    tag="admin",
+    body=schemas.ADMIN_ORG_UPDATE,
+    responses=(401, 404, 422),
+    response="Tenant",
+    description="A suspended organization's requests get 403 at once.",
+)
+def update_organization(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
+    if not body:
+        raise UnprocessableEntity("send status or plan")
+    updated = platform().kit.tenants.update(org_id, **body)
+    return jsonify(tenant_to_dict(updated))
+
+
+@bp.post("/admin/audit/purge")
+@endpoint(
+    "Delete audit entries older than AUDIT_RETENTION_DAYS (platform admin)",
+    auth="platform",
+    tag="admin",
+    responses=(401,),
+    response="PurgeResult",
+)
+def purge_audit() -> ResponseReturnValue:
+    p = platform()
+    result = audit.purge(p.engine, now=p.clock.now(), default_days=p.config.audit_retention_days)
+    return jsonify({"deleted": getattr(result, "deleted", None), "result": repr(result)})

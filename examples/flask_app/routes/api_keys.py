@@ -1,0 +1,97 @@
+"""API keys of an organization: create (the key is shown once), list, revoke."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+from tenantkit.apikeys import APIKey, APIKeyStore
+from tenantkit.errors import UnprocessableEntity
+
+from .. import schemas
+from ..api import endpoint
+from ..context import db, platform
+from ..models import Project
+from ..serialize import created, iso, page
+
+bp = Blueprint("api_keys", __name__)
+
+
+def key_dict(record: APIKey) -> dict[str, Any]:
+    """Return a key's metadata (never the key)."""
+    return {
+        "key_id": record.id,
+        "name": record.name,
+        "key_prefix": record.prefix,
+        "last4": record.last4,
+        "project_id": record.project_id,
+        "scopes": list(record.scopes),
+        "rate_limit": record.rate_limit,
+        "created_at": iso(record.created_at),
+        "last_used_at": iso(record.last_used_at),
+        "revoked_at": iso(record.revoked_at),
+    }
+
+
+@bp.post("/organizations/<org_id>/api-keys")
+@endpoint(
+    "Create an API key (the key is in this response only)",
+    auth="admin",
+    tag="api-keys",
+    body=schemas.API_KEY,
+    status=201,
+    responses=(401, 403, 404, 422),
+    response="APIKeyCreated",
+)
+def create_key(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
+    project_id = body.get("project_id")
+    if project_id is not None and db().get(Project, project_id) is None:
+        raise UnprocessableEntity("project does not exist in this organization", field="project_id")
+    issued = keys().issue(
+        org_id,
+        name=body["name"],
+        scopes=body["scopes"],
+        rate_limit=body.get("rate_limit"),
+        project_id=project_id,
+    )
+    return created(
+        {**key_dict(issued.record), "key": issued.key},
+        location=f"/organizations/{org_id}/api-keys/{issued.record.id}",
+    )
+
+
+@bp.get("/organizations/<org_id>/api-keys")
+@endpoint(
+    "List API keys (never the keys themselves)",
+    auth="admin",
+    tag="api-keys",
+    query=schemas.PAGE_QUERY,
+    responses=(401, 403, 404, 422),
+    response="APIKeyPage",
+)
+def list_keys(org_id: str, query: dict[str, Any]) -> ResponseReturnValue:
+    found = keys().list(org_id, limit=query["limit"], cursor=query.get("cursor"))
+    return jsonify(page((key_dict(k) for k in found.items), found.next_cursor))
+
+
+@bp.delete("/organizations/<org_id>/api-keys/<key_id>")
+@endpoint(
+    "Revoke an API key; it stops working at once",
+    auth="admin",
+    tag="api-keys",
+    status=204,
+    responses=(401, 403, 404),
+)
+def revoke_key(org_id: str, key_id: str) -> ResponseReturnValue:
+    keys().revoke(org_id, key_id)
+    return "", 204
+
+
+def keys() -> APIKeyStore:
+    """Return the API key store tenantkit verifies keys with."""
+    store = platform().kit.api_keys
+    if store is None:  # pragma: no cover - create_app always configures one
+        raise RuntimeError("API keys are not configured")
+    return store

@@ -1,0 +1,116 @@
+"""Members of an organization: list with filters, change role, projects or status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, jsonify
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
+
+from tenantkit.errors import Conflict, Forbidden, NotFound
+
+from .. import schemas
+from ..api import endpoint
+from ..context import db, now
+from ..models import Membership, User
+from ..pagination import decode_cursor, encode_cursor
+from ..serialize import member_dict, page
+from .invitations import check_projects
+
+bp = Blueprint("users", __name__)
+
+
+@bp.get("/organizations/<org_id>/users")
+@endpoint(
+    "List the organization's users",
+    auth="member",
+    tag="users",
+    query=schemas.USER_QUERY,
+    responses=(401, 404, 422),
+    response="MemberPage",
+)
+def list_users(org_id: str, query: dict[str, Any]) -> ResponseReturnValue:
+    statement = (
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .order_by(Membership.id)
+        .limit(query["limit"] + 1)
+    )
+    after = decode_cursor(query.get("cursor"), int)
+    if after is not None:
+        statement = statement.where(Membership.id > after)
+    if "role" in query:
+        statement = statement.where(Membership.role == query["role"])
+    if "status" in query:
+        statement = statement.where(Membership.status == query["status"])
+    rows = [row.tuple() for row in db().execute(statement)]
+    if "project_id" in query:
+        # Project access is a short JSON list per member: filtered here, portably.
+        rows = [(m, u) for m, u in rows if query["project_id"] in m.projects]
+    next_cursor = None
+    if len(rows) > query["limit"]:
+        rows = rows[: query["limit"]]
+        next_cursor = encode_cursor(rows[-1][0].id)
+    return jsonify(page((member_dict(m, u) for m, u in rows), next_cursor))
+
+
+@bp.put("/organizations/<org_id>/users/<user_id>")
+@endpoint(
+    "Change a member's role, project access or status",
+    auth="admin",
+    tag="users",
+    body=schemas.USER_UPDATE,
+    responses=(401, 403, 404, 409, 422),
+    response="Member",
+    description="Send the version you read; a stale version is a 409. Only an owner "
+    "grants or changes the owner role; the last owner cannot be demoted or suspended.",
+)
+def update_user(org_id: str, user_id: str, body: dict[str, Any]) -> ResponseReturnValue:
+    session = db()
+    found = session.execute(
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.user_id == user_id)
+    ).first()
+    if found is None:
+        raise NotFound("user not found")
+    member, user = found.tuple()
+    if member.version != body["version"]:
+        raise _stale(member.version)
+    caller: Membership = g.member
+    touches_owner = member.role == "owner" or body.get("role") == "owner"
+    if touches_owner and caller.role != "owner":
+        raise Forbidden("only an owner can grant or change the owner role", reason="role")
+    if "status" in body and member.status == "invited":
+        raise Conflict("an invited user becomes active by accepting the invitation")
+    losing_owner = member.role == "owner" and (
+        body.get("role", "owner") != "owner" or body.get("status") == "suspended"
+    )
+    if losing_owner and _active_owners(session) <= 1:
+        raise Conflict("an organization keeps at least one active owner")
+    if "projects" in body:
+        check_projects(session, body["projects"])
+    for name in ("role", "projects", "status"):
+        if name in body:
+            setattr(member, name, body[name])
+    member.updated_at = now()
+    try:
+        session.commit()
+    except StaleDataError as exc:  # changed by someone else between our read and write
+        session.rollback()
+        raise _stale(None) from exc
+    return jsonify(member_dict(member, user))
+
+
+def _active_owners(session: Any) -> int:
+    owners = session.scalars(
+        select(Membership.id).where(Membership.role == "owner", Membership.status == "active")
+    )
+    return len(list(owners))
+
+
+def _stale(current: int | None) -> Conflict:
+    extra = {} if current is None else {"current_version": current}
+    return Conflict("the resource changed since you read it; reload and retry", **extra)
