@@ -184,6 +184,11 @@ def _from_select() -> Any:
     return insert(tt).from_select(names, source).returning(tt.c.title)
 
 
+def _bulk_by_pk(s: Session) -> Any:
+    s.execute(update(Task), [{"id": 1, "points": 50}, {"id": 4, "points": 50}])
+    return sorted(s.execute(select(tt.c.id, tt.c.points)).all())
+
+
 def _rls_text(t: str, backend: str) -> Any:
     return [(r[0],) for r in tasks(t)] if backend == "pg-app" else CrossTenantError
 
@@ -349,6 +354,11 @@ SHAPES = [
         "insert_from_select",
         rows(_from_select),
         lambda t, b: sorted((r[4] + "-copy",) for r in tasks(t)),
+    ),
+    Shape(
+        "orm_bulk_update_by_pk",
+        _bulk_by_pk,
+        lambda t, b: [(r[0], 50 if r[0] in (1, 4) else r[5]) for r in tasks(t)],
     ),
     Shape("insert_other_tenant", _insert_other_tenant, lambda t, b: CrossTenantError),
     Shape("add_other_tenant", _add_other_tenant, lambda t, b: CrossTenantError),

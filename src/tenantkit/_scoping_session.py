@@ -13,11 +13,11 @@ from typing import Any
 from sqlalchemy import event, func, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from . import context
 from ._scoping_models import TENANT_COLUMN, TenantScoped, mapped_scoped_tables
-from ._scoping_statements import check_insert, scope_core, survey
+from ._scoping_statements import check_insert, guard_dml, scope_core, survey
 from .errors import CrossTenantError, NoTenantError
 
 OWNER_KEY = "tenantkit.tenant_id"
@@ -90,6 +90,13 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
         )
     if found.core:
         stmt = scope_core(stmt, tenant_id, orm=orm, keep=found.options)
+    if state.is_orm_statement and isinstance(stmt, Update | Delete):
+        stmt = guard_dml(stmt, tenant_id, state.parameters)
+        if isinstance(state.parameters, list) and state.parameters:
+            # bulk UPDATE by primary key takes extra WHERE only without session sync
+            state.update_execution_options(synchronize_session=None)
+    elif isinstance(stmt, Update) and state.parameters:
+        guard_dml(stmt, tenant_id, state.parameters)  # refuses a tenant_id parameter
     if isinstance(stmt, Insert):
         stmt, params = check_insert(stmt, tenant_id, state.parameters)
         state.parameters = params
@@ -145,6 +152,19 @@ def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
             )
 
 
+def _before_attach(session: Session, instance: Any) -> None:
+    if not _scoped(instance) or session.info.get(UNSCOPED_KEY):
+        return
+    value = getattr(instance, TENANT_COLUMN, None)
+    if value is None:
+        return
+    tenant_id = session_tenant(session)
+    if value != tenant_id:
+        raise CrossTenantError(
+            f"{type(instance).__name__} of tenant {value!r} cannot join a session of {tenant_id!r}"
+        )
+
+
 def _scoped(obj: Any) -> bool:
     return isinstance(obj, TenantScoped)
 
@@ -187,3 +207,4 @@ def forget_rls_verification(engine: Engine | None = None) -> None:
 event.listen(TenantSession, "do_orm_execute", _do_orm_execute)
 event.listen(TenantSession, "before_flush", _before_flush)
 event.listen(TenantSession, "after_begin", _after_begin)
+event.listen(TenantSession, "before_attach", _before_attach)

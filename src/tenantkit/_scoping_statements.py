@@ -8,6 +8,7 @@ joins), ``INSERT`` values and ``INSERT ... FROM SELECT``, and raw SQL.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,8 +69,35 @@ def survey(stmt: ClauseElement, *, orm: bool) -> Findings:
                 )
         if isinstance(elem, Insert):
             found.inserts.append(elem)
+        elif isinstance(elem, Update) and is_scoped_table(_base_table(elem.table)):
+            _refuse_tenant_change(_set_keys(elem))
         found.options.update(getattr(elem, "_with_options", ()))
     return found
+
+
+def _set_keys(update: Update) -> list[Any]:
+    return list(update._values or {})
+
+
+def _refuse_tenant_change(keys: Any) -> None:
+    if any(getattr(k, "key", k) == TENANT_COLUMN for k in keys):
+        raise CrossTenantError("tenant_id is immutable: an UPDATE cannot move rows to a tenant")
+
+
+def guard_dml(stmt: Update | Delete, tenant_id: str, params: Any) -> Update | Delete:
+    """Refuse parameters that set tenant_id; limit an ORM UPDATE/DELETE target to the tenant.
+
+    Loader criteria do not reach ORM bulk UPDATE by primary key (a list of
+    parameter dicts), so the target's criterion is added to WHERE explicitly.
+    """
+    table = stmt.table
+    if not is_scoped_table(_base_table(table)):
+        return stmt
+    if isinstance(stmt, Update):
+        for row in [params] if isinstance(params, Mapping) else params or []:
+            if isinstance(row, Mapping):
+                _refuse_tenant_change(row)
+    return stmt.where(table.c[TENANT_COLUMN] == tenant_id)
 
 
 def _is_core_ref(table: Any, holder: ClauseElement, orm: bool) -> bool:
@@ -184,6 +212,7 @@ def check_insert(insert: Insert, tenant_id: str, params: Any) -> tuple[Insert, A
     table = insert.table
     if not is_scoped_table(_base_table(table)):
         return insert, params
+    insert = _guard_upsert(insert, tenant_id)
     if insert._select_names is not None:
         _check_from_select(insert, tenant_id)
         return insert, params
@@ -209,6 +238,23 @@ def check_insert(insert: Insert, tenant_id: str, params: Any) -> tuple[Insert, A
 
 
 _MISSING = object()
+
+
+def _guard_upsert(insert: Insert, tenant_id: str) -> Insert:
+    """Limit ``ON CONFLICT DO UPDATE`` to this tenant's existing row (PostgreSQL, SQLite)."""
+    post = insert._post_values_clause
+    if post is None or not hasattr(post, "update_whereclause"):
+        return insert
+    changes = getattr(post, "update_values_to_set", None) or {}
+    if any(getattr(k, "key", k) == TENANT_COLUMN for k in changes):
+        raise CrossTenantError("ON CONFLICT DO UPDATE cannot change tenant_id")
+    guard = insert.table.c[TENANT_COLUMN] == tenant_id
+    guarded = copy.copy(post)
+    where = post.update_whereclause
+    guarded.update_whereclause = guard if where is None else and_(where, guard)
+    new = insert._generate()
+    new._post_values_clause = guarded
+    return new
 
 
 def _lookup(row: Mapping[Any, Any]) -> Any:
