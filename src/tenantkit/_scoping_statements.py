@@ -26,6 +26,7 @@ from sqlalchemy.sql.elements import (
 )
 from sqlalchemy.sql.expression import Alias, Join, Select, TableClause, TextualSelect
 from sqlalchemy.sql.selectable import FromClause, SelectBase
+from sqlalchemy.util import immutabledict
 
 from ._scoping_models import TENANT_COLUMN, is_scoped_table, mapped_scoped_tables
 from .errors import CrossTenantError
@@ -234,6 +235,8 @@ def check_insert(insert: Insert, tenant_id: str, params: Any) -> tuple[Insert, A
     if batch:
         stamped = [_stamp(row, tenant_id) for row in batch]
         return insert, stamped[0] if isinstance(params, Mapping) else stamped
+    if isinstance(insert._values, dict):  # a cloned statement holds a plain dict
+        insert._values = immutabledict(insert._values)
     return insert.values({TENANT_COLUMN: tenant_id}), params
 
 
