@@ -281,9 +281,7 @@ def test_upsert_cannot_touch_another_tenants_row(
         s.execute(stmt.on_conflict_do_update(index_elements=[t.c.id], set_={"name": "hijack"}))
         s.commit()
         with pytest.raises(CrossTenantError, match="cannot change tenant_id"):
-            s.execute(
-                stmt.on_conflict_do_update(index_elements=[t.c.id], set_={"tenant_id": A})
-            )
+            s.execute(stmt.on_conflict_do_update(index_elements=[t.c.id], set_={"tenant_id": A}))
     with engine.connect() as conn:
         assert conn.execute(select(t.c.name).where(t.c.id == 2)).scalar() == "blue"
 
@@ -352,9 +350,8 @@ def test_async_session_is_scoped(engine: Engine) -> None:
                     await s.flush()
                     assert team.tenant_id == B
                     await s.rollback()
-                with bound_tenant(A):
-                    with pytest.raises(CrossTenantError):
-                        await s.execute(select(Team))
+                with bound_tenant(A), pytest.raises(CrossTenantError):
+                    await s.execute(select(Team))
             async with maker() as s:
                 with pytest.raises(NoTenantError):
                     await s.execute(select(Team))
