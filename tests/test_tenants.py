@@ -240,6 +240,31 @@ def test_concurrent_compare_and_set_has_one_winner(make_store: Callable[..., Ten
     assert stores[0].get("acme").version == 2
 
 
+def test_concurrent_creates_have_one_winner(make_store: Callable[..., TenantStore]) -> None:
+    """Eight stores creating the same id at once: one succeeds, the others get Conflict."""
+    stores = [make_store() for _ in range(8)]
+    barrier = threading.Barrier(len(stores))
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def attempt(store: TenantStore, n: int) -> None:
+        barrier.wait()
+        try:
+            store.create(id="acme", name=f"creator-{n}")
+            outcome = "won"
+        except Conflict:
+            outcome = "conflict"
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=attempt, args=(s, n)) for n, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["conflict"] * 7 + ["won"]
+
+
 def test_concurrent_blind_updates_all_count(make_store: Callable[..., TenantStore]) -> None:
     """Updates without expected_version never lose a version bump."""
     stores = [make_store() for _ in range(8)]
