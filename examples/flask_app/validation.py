@@ -209,28 +209,34 @@ def _check_string(f: Field, value: Any, where: str, errors: list[dict[str, str]]
     if not isinstance(value, str):
         errors.append(_error(where, "must be a string"))
         return None
-    if "\x00" in value:
-        errors.append(_error(where, "must not contain NUL characters"))
+    problem = _string_problem(f, value)
+    if problem is not None:
+        errors.append(_error(where, problem))
         return None
+    return value.lower() if f.format in ("email", "hostname") else value
+
+
+def _string_problem(f: Field, value: str) -> str | None:
+    """Return what is wrong with a string value, or ``None``."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
     if f.min_length is not None and len(value) < f.min_length:
-        errors.append(_error(where, f"must be at least {f.min_length} characters"))
-    elif f.max_length is not None and len(value) > f.max_length:
-        errors.append(_error(where, f"must be at most {f.max_length} characters"))
-    elif f.enum is not None and value not in f.enum:
-        errors.append(_error(where, f"must be one of {list(f.enum)}"))
-    elif f.pattern is not None and re.fullmatch(f.pattern.strip("^$"), value) is None:
-        errors.append(_error(where, f"must match {f.pattern}"))
-    elif f.format == "email" and EMAIL.fullmatch(value) is None:
-        errors.append(_error(where, "must be an email address"))
-    elif f.format == "hostname" and DOMAIN.fullmatch(value.lower()) is None:
-        errors.append(_error(where, "must be a domain name such as example.com"))
-    elif f.format == "date-or-time":
+        return f"must be at least {f.min_length} characters"
+    if f.max_length is not None and len(value) > f.max_length:
+        return f"must be at most {f.max_length} characters"
+    if f.enum is not None and value not in f.enum:
+        return f"must be one of {list(f.enum)}"
+    if f.pattern is not None and re.fullmatch(f.pattern.strip("^$"), value) is None:
+        return f"must match {f.pattern}"
+    if f.format == "email" and EMAIL.fullmatch(value) is None:
+        return "must be an email address"
+    if f.format == "hostname" and DOMAIN.fullmatch(value.lower()) is None:
+        return "must be a domain name such as example.com"
+    if f.format == "date-or-time":
         try:
             parse_moment(value)
         except ValueError:
-            errors.append(_error(where, "must be YYYY-MM-DD or an RFC 3339 time"))
-    else:
-        return value.lower() if f.format in ("email", "hostname") else value
+            return "must be YYYY-MM-DD or an RFC 3339 time"
     return None
 
 

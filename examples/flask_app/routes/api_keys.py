@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
+from tenantkit import audit
 from tenantkit.apikeys import APIKey, APIKeyStore
 from tenantkit.errors import UnprocessableEntity
 
@@ -56,6 +57,7 @@ def create_key(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
         rate_limit=body.get("rate_limit"),
         project_id=project_id,
     )
+    _record("api_key.created", issued.record)
     return created(
         {**key_dict(issued.record), "key": issued.key},
         location=f"/organizations/{org_id}/api-keys/{issued.record.id}",
@@ -85,8 +87,14 @@ def list_keys(org_id: str, query: dict[str, Any]) -> ResponseReturnValue:
     responses=(401, 403, 404),
 )
 def revoke_key(org_id: str, key_id: str) -> ResponseReturnValue:
-    keys().revoke(org_id, key_id)
+    _record("api_key.revoked", keys().revoke(org_id, key_id))
     return "", 204
+
+
+def _record(action: str, record: APIKey) -> None:
+    metadata = {"name": record.name, "scopes": list(record.scopes), "prefix": record.prefix}
+    audit.record(db(), action, resource_type="api_key", resource_id=record.id, metadata=metadata)
+    db().commit()
 
 
 def keys() -> APIKeyStore:

@@ -14,6 +14,7 @@ from flask import Blueprint, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
+from tenantkit import audit
 from tenantkit.context import bound_tenant
 from tenantkit.errors import Conflict, Forbidden, TenantNotFound, Unauthorized, UnprocessableEntity
 
@@ -65,6 +66,15 @@ def sign_in(body: dict[str, Any]) -> ResponseReturnValue:
                 raise Forbidden("your membership of this organization is suspended")
             mfa = _second_factor(accounts, user, org, body.get("totp_code"))
             response = issue_token(user, member, org, mfa=mfa)
+            audit.record(
+                session,
+                "auth.login",
+                actor=f"user:{user.id}",
+                resource_type="user",
+                resource_id=user.id,
+                metadata={"mfa": mfa},
+            )
+            session.commit()
         accounts.commit()
     response["mfa_required"] = org.require_mfa
     response["mfa_enrolled"] = user.totp_enabled
@@ -112,6 +122,7 @@ def verify(body: dict[str, Any]) -> ResponseReturnValue:
         raise UnprocessableEntity("the code is not valid now", field="code")
     user.totp_enabled = True
     user.totp_last_step = step
+    audit.record(db(), "auth.mfa_enabled", resource_type="user", resource_id=user.id)
     db().commit()
     return jsonify({"mfa_enabled": True})
 

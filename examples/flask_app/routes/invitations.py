@@ -16,6 +16,7 @@ from flask import Blueprint, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
+from tenantkit import audit
 from tenantkit.context import bound_tenant, current_tenant
 from tenantkit.errors import (
     Conflict,
@@ -159,7 +160,8 @@ def accept(token: str, body: dict[str, Any]) -> ResponseReturnValue:
         member.status, member.joined_at, member.updated_at = "active", moment, moment
         invitation.accepted_at = moment
         user.home_org_id = user.home_org_id or org_id
-        session.commit()
+        with audit.acting_as(f"user:{user.id}"):
+            session.commit()
         org = session.get(Organization, org_id)
         if org is None:  # pragma: no cover - every tenant of this app has its row
             raise NotFound("invitation not found")

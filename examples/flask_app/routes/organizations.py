@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from tenantkit import audit
 from tenantkit.context import bound_tenant, current_tenant
 from tenantkit.errors import Conflict, TenantNotFound, Unauthorized, UnprocessableEntity
 
@@ -61,7 +62,8 @@ def onboard(body: dict[str, Any]) -> ResponseReturnValue:
                 updated_at=moment,
             )
             session.add_all([org, member])
-            session.commit()
+            with audit.acting_as(f"user:{user.id}"):
+                session.commit()
             token = issue_token(user, member, org, mfa=False)
             summary = _organization(session, org)
     except BaseException:

@@ -6,9 +6,12 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy import select
 
+from tenantkit import audit
 from tenantkit.context import current_identity, current_tenant
 from tenantkit.errors import Forbidden, UnprocessableEntity
+from tenantkit.usage import UsageEvent
 
 from .. import schemas
 from ..api import endpoint
@@ -60,6 +63,15 @@ def record_usage(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
         metadata=body.get("metadata") or {},
         idempotency_key=key,
     )
+    if not record.duplicate:
+        audit.record(
+            db(),
+            "resource.recorded",
+            resource_type="usage_event",
+            resource_id=record.id,
+            metadata={"type": kind, "quantity": record.quantity, "project_id": record.project_id},
+        )
+        db().commit()
     if p.billing is not None and not record.duplicate:
         p.billing.on_usage(record)
     response = jsonify(record.to_dict())
@@ -97,9 +109,5 @@ def _check_plan(tenant: Any, kind: str, quantity: int, key: str | None) -> None:
 
 
 def _already_recorded(key: str) -> bool:
-    from sqlalchemy import select
-
-    from tenantkit.usage import UsageEvent
-
     found = db().scalars(select(UsageEvent.id).where(UsageEvent.idempotency_key == key)).first()
     return found is not None
