@@ -1,0 +1,236 @@
+"""Per-tenant request analytics: every tenant request is logged, admitted or rejected.
+
+Two small hooks feed one log:
+
+* ``CaptureContext`` runs *inside* tenantkit's middleware and remembers the
+  admitted request's context (tenant, reported tokens) in the ASGI scope;
+* ``Analytics.on_reject`` is tenantkit's rejection hook: it notes the tenant
+  and cause (quota, policy...) of a refused request, then renders the usual
+  problem document.
+
+``RequestLogMiddleware`` runs *outside* tenantkit's middleware and writes the
+row just before the last byte of the response leaves, so a client that has
+its answer also finds it in ``/api/analytics/requests``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from anyio.to_thread import run_sync
+from sqlalchemy import func, select
+from starlette.datastructures import Headers
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tenantkit._db import utcnow
+from tenantkit.context import bound_tenant, get_context
+from tenantkit.errors import (
+    HTTPError,
+    PolicyDenied,
+    QuotaExceeded,
+    ServiceUnavailable,
+    TenantMismatch,
+    TenantSuspended,
+)
+from tenantkit.kit import TenantKit, default_on_reject
+from tenantkit.types import Decision, RequestInfo
+
+from .db import Database
+from .models import RequestLog, TaskMetric, rfc3339
+
+log = logging.getLogger("starlette_app")
+STATE_KEY = "tenant_context"
+_MAX_PENDING = 10_000
+
+
+@dataclass(frozen=True)
+class _Rejection:
+    tenant_id: str
+    cause: str
+
+
+def cause_of(exc: HTTPError) -> str:
+    """Return the analytics cause of a rejection."""
+    if isinstance(exc, QuotaExceeded):
+        return "quota"
+    if isinstance(exc, PolicyDenied):
+        return "policy"
+    if isinstance(exc, TenantSuspended):
+        return "suspended"
+    if isinstance(exc, TenantMismatch):
+        return "tenant_mismatch"
+    if isinstance(exc, ServiceUnavailable):
+        return "unavailable"
+    return "invalid_request"
+
+
+class Analytics:
+    """Record tenant requests and report them per tenant."""
+
+    def __init__(self, db: Database, kit: TenantKit, routes: Sequence[BaseRoute]) -> None:
+        self.db = db
+        self.kit = kit
+        self.routes = routes
+        self._pending: dict[str, _Rejection] = {}
+
+    # -- hooks ----------------------------------------------------------------------
+
+    def on_reject(self, request: RequestInfo, exc: HTTPError) -> Decision:
+        """tenantkit's rejection hook: remember who was refused and why, then render it."""
+        tenant_id = self._tenant_of(request)
+        if tenant_id is not None and request.request_id:
+            if len(self._pending) >= _MAX_PENDING:  # responses never sent (client gone)
+                self._pending.clear()
+            self._pending[request.request_id] = _Rejection(tenant_id, cause_of(exc))
+        return default_on_reject(request, exc)
+
+    def _tenant_of(self, request: RequestInfo) -> str | None:
+        # The credential was checked moments ago, so this is a cache hit.
+        try:
+            return self.kit.identity.resolve(request).tenant_id
+        except HTTPError:
+            return None  # no valid credential: the request belongs to no tenant
+
+    async def record(self, scope: Scope, status: int, request_id: str) -> None:
+        """Log one finished tenant request (called by ``RequestLogMiddleware``)."""
+        ctx = scope.get("state", {}).get(STATE_KEY)
+        rejection = self._pending.pop(request_id, None)
+        if ctx is not None:
+            tenant_id, cause, tokens = ctx.tenant_id, None, ctx.meter.used or 0
+        elif rejection is not None:
+            tenant_id, cause, tokens = rejection.tenant_id, rejection.cause, 0
+        else:
+            return  # public or admin route, or no credential: not a tenant's request
+        row = RequestLog(
+            method=scope["method"],
+            route=self._route(scope),
+            status=status,
+            rejected=cause,
+            tokens=tokens,
+            request_id=request_id or None,
+        )
+        try:
+            await run_sync(self._write, tenant_id, row)
+        except Exception:  # analytics must never break a response
+            log.exception("could not record request analytics")
+
+    def _write(self, tenant_id: str, row: RequestLog) -> None:
+        with bound_tenant(tenant_id):
+            self.db.transaction(lambda session: session.add(row))
+
+    def _route(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:  # rejected before routing: find the template ourselves
+            route = next((r for r in self.routes if r.matches(scope)[0] == Match.FULL), None)
+        return str(getattr(route, "path", "unmatched"))
+
+    # -- report ---------------------------------------------------------------------
+
+    def report(self, minutes: int) -> dict[str, Any]:
+        """Return the bound tenant's analytics over the last ``minutes`` minutes."""
+        end = utcnow()
+        start = end - timedelta(minutes=minutes)
+
+        def work(session: Any) -> dict[str, Any]:
+            rows = session.execute(
+                select(
+                    RequestLog.at,
+                    RequestLog.method,
+                    RequestLog.route,
+                    RequestLog.status,
+                    RequestLog.rejected,
+                    RequestLog.tokens,
+                ).where(RequestLog.at >= start)
+            ).all()
+            metrics = dict(session.execute(select(TaskMetric.name, TaskMetric.value)).all())
+            lifetime = session.scalar(select(func.count()).select_from(RequestLog))
+            return _summarise(rows, start, end, minutes) | {
+                "task_events": metrics,
+                "lifetime_requests": lifetime or 0,
+            }
+
+        return self.db.transaction(work)
+
+
+def _summarise(rows: list[Any], start: datetime, end: datetime, minutes: int) -> dict[str, Any]:
+    by_route: Counter[str] = Counter()
+    by_status: Counter[str] = Counter()
+    rejections: Counter[str] = Counter({"quota": 0, "policy": 0})
+    series: dict[str, Counter[str]] = {}
+    tokens = 0
+    for at, method, route, status, rejected, used in rows:
+        by_route[f"{method} {route}"] += 1
+        by_status[str(status)] += 1
+        minute = rfc3339(at.replace(second=0, microsecond=0)) or ""
+        bucket = series.setdefault(minute, Counter())
+        bucket["requests"] += 1
+        bucket["tokens"] += used
+        tokens += used
+        if rejected:
+            rejections[rejected] += 1
+            bucket["rejected"] += 1
+    total = len(rows)
+    rejected_total = sum(rejections.values())
+    return {
+        "window": {"start": rfc3339(start), "end": rfc3339(end), "minutes": minutes},
+        "total_requests": total,
+        "admitted": total - rejected_total,
+        "rejected": rejected_total,
+        "by_route": dict(by_route.most_common()),
+        "by_status": dict(sorted(by_status.items())),
+        "rejections": dict(rejections),
+        "tokens_used": tokens,
+        "per_minute": [
+            {
+                "minute": minute,
+                "requests": c["requests"],
+                "rejected": c["rejected"],
+                "tokens": c["tokens"],
+            }
+            for minute, c in sorted(series.items())
+        ],
+    }
+
+
+class CaptureContext:
+    """Inside tenantkit's middleware: keep the admitted request's context in the scope."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})[STATE_KEY] = get_context()
+        await self.app(scope, receive, send)
+
+
+class RequestLogMiddleware:
+    """Outside tenantkit's middleware: log each tenant request before its last byte is sent."""
+
+    def __init__(self, app: ASGIApp, analytics: Analytics) -> None:
+        self.app = app
+        self.analytics = analytics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        request_id = ""
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, request_id
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                request_id = Headers(raw=message["headers"]).get("x-request-id", "")
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                await self.analytics.record(scope, status, request_id)
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)

@@ -1,0 +1,106 @@
+"""Build the ASGI app: routes, error rendering, the tenant pipeline, the outbox worker.
+
+The middleware stack, outermost first::
+
+    RequestLogMiddleware   per-tenant analytics (admitted and rejected requests)
+    PublicRoot             GET / outside the pipeline
+    TenantKitMiddleware    resolve → tenant → policy → quotas → (app) → settle tokens
+    CaptureContext         hands the admitted context to the request log
+    router                 the routes of routes/
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from anyio.to_thread import run_sync
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tenantkit.asgi import TenantKitMiddleware
+from tenantkit.kit import TenantKit
+from tenantkit.quotas import QuotaEngine
+
+from .analytics import Analytics, CaptureContext, RequestLogMiddleware
+from .config import AppConfig
+from .db import Database, prepare
+from .outbox import OutboxWorker
+from .problems import EXCEPTION_HANDLERS
+from .routes import ROUTES
+from .routes.meta import index
+from .services import Services
+
+
+class PublicRoot:
+    """Serve ``GET /`` outside the tenant pipeline.
+
+    ``Settings.exclude_paths`` matches whole path prefixes, and ``/`` is a
+    prefix of every path, so the root cannot be excluded there.
+    """
+
+    def __init__(self, app: ASGIApp, *, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
+            request = Request(scope, receive)
+            response = await self.endpoint(request)
+            response.headers["X-Request-ID"] = (
+                request.headers.get("x-request-id") or uuid.uuid4().hex
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Create the tables, run the outbox worker for the app's lifetime."""
+    s: Services = app.state.services
+    await run_sync(lambda: prepare(s.kit, app_role=s.config.database_app_role))
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(s.outbox.run)
+        try:
+            yield
+        finally:
+            tasks.cancel_scope.cancel()
+    await s.kit.quotas.aclose()
+    s.kit.engine.dispose()
+
+
+def create_app(config: AppConfig | None = None) -> Starlette:
+    """Return the app for ``config`` (default: from the environment)."""
+    config = config or AppConfig.from_env()
+    settings = config.settings()
+    quotas = QuotaEngine(settings.quota, key_prefix=config.quota_key_prefix)
+    kit = TenantKit(settings, quotas=quotas)
+    db = Database(kit.engine)
+    outbox = OutboxWorker(
+        db,
+        kit.tenants,
+        max_attempts=config.outbox_max_attempts,
+        backoff_seconds=config.outbox_backoff_seconds,
+        poll_seconds=config.outbox_poll_seconds,
+    )
+    analytics = Analytics(db, kit, ROUTES)
+    kit.on_reject = analytics.on_reject
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[
+            Middleware(RequestLogMiddleware, analytics=analytics),
+            Middleware(PublicRoot, endpoint=index),
+            Middleware(TenantKitMiddleware, kit=kit),
+            Middleware(CaptureContext),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.services = Services(config, kit, db, outbox, analytics)
+    return app

@@ -1,0 +1,107 @@
+"""Who may do what: the platform admin token, tenant roles, passwords and login throttling.
+
+tenantkit has already authenticated the tenant (API key, JWT or trusted
+header) before a tenant route runs; these helpers only apply the app's rules
+to that identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from starlette.requests import Request
+
+from tenantkit.context import current_identity
+from tenantkit.errors import Forbidden, Unauthorized
+from tenantkit.quotas import Limit, QuotaEngine
+from tenantkit.types import Identity
+
+ADMIN = "ADMIN"
+MEMBER = "MEMBER"
+
+# argon2id with the RFC 9106 low-memory profile (64 MiB, 3 passes): memory-hard.
+_hasher = PasswordHasher()
+# Verified when the user does not exist, so both paths cost one argon2 run.
+_DUMMY_HASH = _hasher.hash("tenantkit-timing-equaliser")
+
+
+def require_admin_token(request: Request, admin_token: str) -> None:
+    """Accept only ``Authorization: Bearer <ADMIN_TOKEN>``; anything else is 401."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), admin_token.encode()
+    ):
+        raise Unauthorized("the admin routes need Authorization: Bearer <ADMIN_TOKEN>")
+
+
+def caller() -> Identity:
+    """Return the identity tenantkit admitted for this request."""
+    return current_identity()
+
+
+ROLES = (ADMIN, MEMBER)
+#: Credentials that act for the whole tenant: the platform-issued API key, and the
+#: trusted gateway's header (accepted only with TRUST_TENANT_HEADER=1).
+SERVICE_SOURCES = ("api_key", "header")
+
+
+def is_tenant_admin(identity: Identity) -> bool:
+    """An ADMIN user, or a service credential (API key, trusted gateway)."""
+    return identity.has_role(ADMIN) or identity.source in SERVICE_SOURCES
+
+
+def require_tenant_admin() -> Identity:
+    """Return the caller if they administer the tenant, else 403."""
+    identity = caller()
+    if not is_tenant_admin(identity):
+        raise Forbidden("this route is for the tenant's ADMIN users", reason="role", required=ADMIN)
+    return identity
+
+
+def require_user() -> Identity:
+    """Return the caller if they are a logged-in user (a JWT), else 403."""
+    identity = caller()
+    if identity.source != "jwt" or not identity.subject:
+        raise Forbidden(
+            "this route needs a user's access token (POST /auth/token)", reason="user_token"
+        )
+    if not (identity.has_role(ADMIN) or identity.has_role(MEMBER)):
+        raise Forbidden("the token carries no ADMIN or MEMBER role", reason="role")
+    return identity
+
+
+def hash_password(password: str) -> str:
+    """Return the argon2id hash of ``password``."""
+    return _hasher.hash(password)
+
+
+def verify_password(stored: str | None, password: str) -> bool:
+    """Return whether ``password`` matches ``stored`` (constant work when ``stored`` is None)."""
+    try:
+        return _hasher.verify(stored or _DUMMY_HASH, password) and stored is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def needs_rehash(stored: str) -> bool:
+    """Return whether ``stored`` was hashed with weaker parameters than today's."""
+    return _hasher.check_needs_rehash(stored)
+
+
+async def throttle_login(
+    quotas: QuotaEngine, *, tenant_id: str, email: str, client: str | None, per_minute: int
+) -> None:
+    """Count a login attempt against the per-account and per-client limits (429 when over).
+
+    The counters live where the tenant quotas live (memory or Redis), so
+    several processes share them; the storage-failure policy is the same too.
+    """
+    account = hashlib.sha256(email.encode()).hexdigest()[:32]
+    limits = [
+        Limit("login-account", f"{{{tenant_id}}}:login:{account}", "requests", per_minute),
+        Limit("login-client", f"login-client:{client or 'unknown'}", "requests", per_minute * 5),
+    ]
+    await quotas.acquire_async(limits, tokens=0)

@@ -1,0 +1,275 @@
+"""Platform admin: tenants and their API keys (``Authorization: Bearer $ADMIN_TOKEN``).
+
+These paths are in ``Settings.exclude_paths``: the tenant pipeline skips
+them and the app checks the admin token itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anyio.to_thread import run_sync
+from sqlalchemy import delete
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tenantkit.apikeys import IssuedKey, api_key_to_dict
+from tenantkit.context import bound_tenant
+from tenantkit.errors import NotFound
+from tenantkit.tenants import tenant_to_dict
+from tenantkit.types import TENANT_ID_PATTERN
+
+from ..auth import require_admin_token
+from ..models import TENANT_DATA, DeliveryQueue
+from ..openapi import PAGE_QUERY, list_of, operation
+from ..services import Services, json, services
+from ..validation import Body, Field, query_int, read_json
+
+_NAMES = Field("name", "string", min_length=1, max_length=200)
+_TENANT_FIELDS = (
+    _NAMES,
+    Field("quota_requests_per_minute", "integer", nullable=True, minimum=0, maximum=10**9),
+    Field("quota_tokens_per_minute", "integer", nullable=True, minimum=0, maximum=10**12),
+    Field(
+        "allowed_models",
+        "array",
+        nullable=True,
+        max_items=500,
+        items=Field("model", "string", min_length=1, max_length=200),
+    ),
+    Field(
+        "allowed_tools",
+        "array",
+        nullable=True,
+        max_items=500,
+        items=Field("tool", "string", min_length=1, max_length=200),
+    ),
+    Field("metadata", "object", description="free-form; notification_webhook_url is used"),
+    Field("plan", "string", min_length=1, max_length=64),
+    Field("status", "string", enum=("active", "suspended")),
+)
+CREATE_TENANT = Body(
+    (
+        Field("tenant_id", "string", required=True, pattern=TENANT_ID_PATTERN.pattern),
+        *_TENANT_FIELDS,
+    )
+)
+UPDATE_TENANT = Body(
+    (*_TENANT_FIELDS, Field("version", "integer", minimum=1, description="expected version")),
+    min_fields=1,
+)
+CREATE_KEY = Body(
+    (
+        _NAMES,
+        Field("scopes", "array", max_items=50, items=Field("scope", "string", max_length=100)),
+        Field("rate_limit", "integer", nullable=True, minimum=1, maximum=10**9),
+        Field("token_limit", "integer", nullable=True, minimum=1, maximum=10**12),
+    )
+)
+
+TENANT = {"type": "object", "required": ["id", "status", "version"]}
+NEW_KEY = {"type": "object", "required": ["key_id", "key", "key_prefix"]}
+
+
+def _tenant_id(request: Request) -> str:
+    tenant_id: str = request.path_params["tenant_id"]
+    if TENANT_ID_PATTERN.fullmatch(tenant_id) is None:
+        raise NotFound(f"tenant {tenant_id!r} not found")
+    return tenant_id
+
+
+def _new_key(issued: IssuedKey) -> dict[str, Any]:
+    return {
+        **api_key_to_dict(issued.record),
+        "key_id": issued.record.id,
+        "key": issued.key,
+        "key_prefix": issued.record.prefix,
+    }
+
+
+def _admin(request: Request) -> Services:
+    s = services(request)
+    require_admin_token(request, s.config.admin_token)
+    return s
+
+
+@operation(
+    "Create a tenant and its first API key (shown once)",
+    tag="admin",
+    security="admin",
+    body=CREATE_TENANT,
+    responses={201: {**TENANT, "properties": {"api_key": NEW_KEY}}},
+    errors=(409,),
+)
+async def create_tenant(request: Request) -> Response:
+    s = _admin(request)
+    data = CREATE_TENANT.parse(await read_json(request, max_bytes=s.config.max_body_bytes))
+    tenant_id = data.pop("tenant_id")
+    config = await run_sync(lambda: s.kit.tenants.create(id=tenant_id, **data))
+    api_keys = s.kit.api_keys
+    assert api_keys is not None  # the app always configures an API key secret
+    issued = await run_sync(lambda: api_keys.issue(tenant_id, name="default"))
+    body = {**tenant_to_dict(config), "api_key": _new_key(issued)}
+    return json(body, 201, location=f"/admin/tenants/{tenant_id}")
+
+
+@operation(
+    "List tenants",
+    tag="admin",
+    security="admin",
+    query=PAGE_QUERY,
+    responses={200: list_of(TENANT)},
+)
+async def list_tenants(request: Request) -> Response:
+    s = _admin(request)
+    limit = query_int(request, "limit", 50, low=1, high=200)
+    cursor = request.query_params.get("cursor")
+    found = await run_sync(lambda: s.kit.tenants.list(limit=limit, cursor=cursor))
+    items = [tenant_to_dict(t) for t in found.items]
+    return json({"items": items, "next_cursor": found.next_cursor})
+
+
+@operation("Get a tenant", tag="admin", security="admin", responses={200: TENANT})
+async def get_tenant(request: Request) -> Response:
+    s = _admin(request)
+    tenant_id = _tenant_id(request)
+    return json(tenant_to_dict(await run_sync(lambda: s.kit.tenants.get(tenant_id))))
+
+
+@operation(
+    "Change a tenant (takes effect on its next request)",
+    tag="admin",
+    security="admin",
+    body=UPDATE_TENANT,
+    responses={200: TENANT},
+    errors=(409,),
+)
+async def update_tenant(request: Request) -> Response:
+    s = _admin(request)
+    tenant_id = _tenant_id(request)
+    data = UPDATE_TENANT.parse(await read_json(request, max_bytes=s.config.max_body_bytes))
+    expected = data.pop("version", None)
+    if not data:
+        UPDATE_TENANT.parse({})  # only "version" given: nothing to change
+    config = await run_sync(
+        lambda: s.kit.tenants.update(tenant_id, expected_version=expected, **data)
+    )
+    return json(tenant_to_dict(config))
+
+
+@operation(
+    "Delete a tenant with all its data and keys",
+    tag="admin",
+    security="admin",
+    responses={204: None},
+)
+async def delete_tenant(request: Request) -> Response:
+    s = _admin(request)
+    tenant_id = _tenant_id(request)
+    await run_sync(lambda: s.kit.tenants.get(tenant_id))  # 404 before touching anything
+
+    def purge() -> None:
+        with bound_tenant(tenant_id):
+            # Scoped bulk deletes: each statement is limited to this tenant.
+            s.db.transaction(lambda session: _delete_data(session, tenant_id))
+        if s.kit.api_keys is not None:
+            s.kit.api_keys.delete_for_tenant(tenant_id)
+        s.kit.tenants.delete(tenant_id)
+
+    await run_sync(purge)
+    return Response(status_code=204)
+
+
+def _delete_data(session: Any, tenant_id: str) -> None:
+    session.execute(delete(DeliveryQueue).where(DeliveryQueue.tenant_id == tenant_id))
+    for model in TENANT_DATA:
+        session.execute(delete(model))
+
+
+@operation(
+    "List a tenant's API keys (never the key itself)",
+    tag="admin",
+    security="admin",
+    query=PAGE_QUERY,
+    responses={200: list_of({"type": "object"})},
+)
+async def list_keys(request: Request) -> Response:
+    s = _admin(request)
+    tenant_id = _tenant_id(request)
+    limit = query_int(request, "limit", 50, low=1, high=200)
+    cursor = request.query_params.get("cursor")
+    api_keys = s.kit.api_keys
+    assert api_keys is not None
+
+    def work() -> dict[str, Any]:
+        s.kit.tenants.get(tenant_id)
+        found = api_keys.list(tenant_id, limit=limit, cursor=cursor)
+        return {
+            "items": [api_key_to_dict(k) for k in found.items],
+            "next_cursor": found.next_cursor,
+        }
+
+    return json(await run_sync(work))
+
+
+@operation(
+    "Issue another API key for a tenant (shown once)",
+    tag="admin",
+    security="admin",
+    body=CREATE_KEY,
+    responses={201: NEW_KEY},
+)
+async def create_key(request: Request) -> Response:
+    s = _admin(request)
+    tenant_id = _tenant_id(request)
+    raw = await read_json(request, max_bytes=s.config.max_body_bytes)
+    data = CREATE_KEY.parse(raw)
+    api_keys = s.kit.api_keys
+    assert api_keys is not None
+
+    def work() -> IssuedKey:
+        s.kit.tenants.get(tenant_id)
+        return api_keys.issue(
+            tenant_id,
+            name=data.get("name", "api key"),
+            scopes=data.get("scopes") or (),
+            rate_limit=data.get("rate_limit"),
+            token_limit=data.get("token_limit"),
+        )
+
+    issued = await run_sync(work)
+    return json(_new_key(issued), 201, location=f"/admin/tenants/{tenant_id}/api-keys")
+
+
+@operation(
+    "Revoke an API key; it stops working at once",
+    tag="admin",
+    security="admin",
+    responses={204: None},
+)
+async def revoke_key(request: Request) -> Response:
+    s = _admin(request)
+    tenant_id = _tenant_id(request)
+    key_id: str = request.path_params["key_id"]
+    api_keys = s.kit.api_keys
+    assert api_keys is not None
+    await run_sync(lambda: api_keys.revoke(tenant_id, key_id))
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/admin/tenants", create_tenant, methods=["POST"], name="tenants"),
+    Route("/admin/tenants", list_tenants, methods=["GET"], name="tenants"),
+    Route("/admin/tenants/{tenant_id}", get_tenant, methods=["GET"], name="tenant"),
+    Route("/admin/tenants/{tenant_id}", update_tenant, methods=["PUT"], name="tenant"),
+    Route("/admin/tenants/{tenant_id}", delete_tenant, methods=["DELETE"], name="tenant"),
+    Route("/admin/tenants/{tenant_id}/api-keys", create_key, methods=["POST"], name="api_keys"),
+    Route("/admin/tenants/{tenant_id}/api-keys", list_keys, methods=["GET"], name="api_keys"),
+    Route(
+        "/admin/tenants/{tenant_id}/api-keys/{key_id}",
+        revoke_key,
+        methods=["DELETE"],
+        name="api_key",
+    ),
+]
