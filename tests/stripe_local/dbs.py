@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import Callable
 
@@ -20,7 +21,8 @@ OUR_TABLES = (
 
 def our_tables() -> list[Table]:
     """Return the usage and billing tables that are registered (imported) on ``Base``."""
-    import tenantkit.usage  # noqa: F401  (registers the tables)
+    for module in ("tenantkit.usage", "tenantkit.billing", "tenantkit.webhooks"):
+        importlib.import_module(module)  # registers the tables on Base
 
     return [Base.metadata.tables[name] for name in OUR_TABLES if name in Base.metadata.tables]
 
@@ -40,3 +42,10 @@ def sessions(engine: Engine) -> Callable[[], Session]:
 def tenant_id(prefix: str = "t") -> str:
     """Return a tenant id no other test uses (tests share the PostgreSQL database)."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def wipe(engine: Engine) -> None:
+    """Delete every row of the usage and billing tables (meter sync runs across tenants)."""
+    with engine.begin() as conn:
+        for table in our_tables():
+            conn.execute(table.delete())

@@ -1,0 +1,252 @@
+"""Stripe webhooks: verified, fresh, processed once, then applied to the tenant.
+
+``StripeWebhooks.handle(body, signature_header)`` refuses, with a
+``BadRequest`` (400) and no change at all:
+
+- a missing or forged signature (``stripe.Webhook.construct_event``);
+- a stale one (signed more than ``tolerance`` seconds ago, 300 by default,
+  at most 900) or one signed in the future (beyond ``max_clock_skew``);
+- a replay: event ids are kept for good in ``tenantkit_stripe_webhook_events``,
+  far beyond Stripe's three days of retries.
+
+Accepted events update the tenant's ``BillingAccount`` and call the injected
+callbacks: ``on_plan_change(tenant_id, plan)``, ``on_status_change(tenant_id,
+"active" | "suspended")`` and ``on_billing_status(tenant_id, "active" |
+"past_due" | "canceled")``. Callbacks run inside the event's transaction: if
+one raises, the event is not recorded and Stripe's retry applies it again, so
+they must be idempotent (setting a plan or a status is).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import stripe
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ._billing_models import BillingAccount, StripeWebhookEvent
+from ._usage_models import insert_or_ignore, table_of
+from .errors import BadRequest, ConfigurationError
+from .plans import DEFAULT_PLANS, Plans
+
+logger = logging.getLogger("tenantkit.billing")
+
+SIGNATURE_HEADER = "Stripe-Signature"
+MAX_TOLERANCE = 900
+HANDLED_TYPES = (
+    "invoice.paid",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+)
+
+
+class WebhookRejected(BadRequest):
+    """A webhook that is not processed: forged, stale, from the future or replayed."""
+
+    title, slug = "Webhook Rejected", "webhook-rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookResult:
+    """What one accepted event did; ``handled`` is false for types we do not act on."""
+
+    event_id: str
+    type: str
+    tenant_id: str | None
+    handled: bool
+    changes: dict[str, str] = field(default_factory=dict)
+
+
+class StripeWebhooks:
+    """Verify Stripe webhooks and apply them to tenants once each."""
+
+    def __init__(
+        self,
+        secret: str,
+        sessionmaker: Callable[[], Session],
+        *,
+        plans: Plans = DEFAULT_PLANS,
+        tolerance: int = 300,
+        max_clock_skew: int = 30,
+        on_plan_change: Callable[[str, str], None] | None = None,
+        on_status_change: Callable[[str, str], None] | None = None,
+        on_billing_status: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not secret:
+            raise ConfigurationError("a webhook signing secret (whsec_...) is required")
+        if not 0 < tolerance <= MAX_TOLERANCE:
+            raise ConfigurationError(f"tolerance must be between 1 and {MAX_TOLERANCE} seconds")
+        if not 0 <= max_clock_skew <= 300:
+            raise ConfigurationError("max_clock_skew must be between 0 and 300 seconds")
+        self._secret = secret
+        self._sessionmaker = sessionmaker
+        self.plans = plans
+        self.tolerance = tolerance
+        self.max_clock_skew = max_clock_skew
+        self._on_plan_change = on_plan_change
+        self._on_status_change = on_status_change
+        self._on_billing_status = on_billing_status
+        self._clock = clock
+
+    def handle(self, body: bytes | str, signature: str | None) -> WebhookResult:
+        """Verify and apply one delivery; raise ``WebhookRejected`` (400) if refused."""
+        event = self._verify(body, signature).to_dict()
+        try:
+            event_id, kind = str(event["id"]), str(event["type"])
+            obj: dict[str, Any] = dict(event["data"]["object"])
+            created = int(event.get("created") or 0)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WebhookRejected(
+                "webhook body is not a Stripe event", reason="bad_payload"
+            ) from exc
+        with self._sessionmaker() as session, session.begin():
+            tenant = _tenant_of(session, obj)
+            values = {
+                "id": event_id,
+                "type": kind,
+                "tenant_id": tenant,
+                "outcome": "received",
+                "created": created,
+            }
+            if not insert_or_ignore(session, table_of(StripeWebhookEvent), values, ("id",)):
+                raise WebhookRejected(f"event {event_id} was already processed", reason="replayed")
+            changes: dict[str, str] = {}
+            outcome = "ignored"
+            if tenant is not None and kind in HANDLED_TYPES:
+                account = session.get(BillingAccount, tenant)
+                if account is not None and created < account.last_event_created:
+                    outcome = "out_of_order"
+                else:
+                    changes = self._apply(session, tenant, kind, obj)
+                    outcome = "handled"
+                    if account is not None:
+                        account.last_event_created = created
+            row = session.get(StripeWebhookEvent, event_id)
+            assert row is not None
+            row.outcome = outcome
+        return WebhookResult(event_id, kind, tenant, outcome == "handled", changes)
+
+    def _verify(self, body: bytes | str, signature: str | None) -> Any:
+        if not signature:
+            raise WebhookRejected(f"missing {SIGNATURE_HEADER} header", reason="no_signature")
+        stamp = _timestamp(signature)
+        now = self._clock()
+        if stamp is None:
+            raise WebhookRejected("malformed signature header", reason="bad_signature")
+        if stamp > now + self.max_clock_skew:
+            raise WebhookRejected("webhook is signed in the future", reason="future_timestamp")
+        if stamp < now - self.tolerance:
+            raise WebhookRejected(f"webhook is older than {self.tolerance} seconds", reason="stale")
+        payload = body.decode("utf-8") if isinstance(body, bytes) else body
+        try:
+            return stripe.Webhook.construct_event(
+                payload, signature, self._secret, tolerance=self.tolerance
+            )
+        except stripe.SignatureVerificationError as exc:
+            raise WebhookRejected(
+                "webhook signature does not match", reason="bad_signature"
+            ) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WebhookRejected(
+                "webhook body is not a Stripe event", reason="bad_payload"
+            ) from exc
+
+    def _apply(
+        self, session: Session, tenant: str, kind: str, obj: dict[str, Any]
+    ) -> dict[str, str]:
+        account = session.get(BillingAccount, tenant)
+        if account is None:
+            account = BillingAccount(tenant_id=tenant, status="none", last_event_created=0)
+            session.add(account)
+        changes: dict[str, str] = {}
+        if kind in ("invoice.paid", "invoice.payment_succeeded"):
+            if account.status in ("past_due", "none"):
+                changes["billing_status"] = account.status = "active"
+        elif kind == "invoice.payment_failed":
+            changes["billing_status"] = account.status = "past_due"
+        elif kind == "customer.subscription.updated":
+            changes.update(self._subscription_updated(account, obj))
+        elif kind == "customer.subscription.deleted" and account.stripe_subscription_id in (
+            None,
+            obj.get("id"),
+        ):
+            # A deletion of a subscription the tenant already replaced changes nothing.
+            account.stripe_subscription_id = None
+            account.stripe_subscription_item_id = None
+            changes["billing_status"] = account.status = "canceled"
+            changes["status"] = "suspended"
+        session.flush()
+        self._notify(tenant, changes)
+        return changes
+
+    def _subscription_updated(self, account: BillingAccount, obj: dict[str, Any]) -> dict[str, str]:
+        changes: dict[str, str] = {}
+        price = _price_id(obj)
+        plan = self.plans.by_stripe_price(price) if price else None
+        if plan is None:
+            logger.warning("subscription %s has unknown price %s", obj.get("id"), price)
+        elif account.plan != plan.name:
+            changes["plan"] = account.plan = plan.name
+        status = obj.get("status")
+        if status in ("past_due", "unpaid") and account.status != "past_due":
+            changes["billing_status"] = account.status = "past_due"
+        elif status in ("active", "trialing") and account.status != "active":
+            changes["billing_status"] = account.status = "active"
+        account.stripe_subscription_id = obj.get("id") or account.stripe_subscription_id
+        return changes
+
+    def _notify(self, tenant: str, changes: dict[str, str]) -> None:
+        if "plan" in changes and self._on_plan_change is not None:
+            self._on_plan_change(tenant, changes["plan"])
+        if "billing_status" in changes and self._on_billing_status is not None:
+            self._on_billing_status(tenant, changes["billing_status"])
+        if "status" in changes and self._on_status_change is not None:
+            self._on_status_change(tenant, changes["status"])
+
+
+def _timestamp(header: str) -> int | None:
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _tenant_of(session: Session, obj: dict[str, Any]) -> str | None:
+    customer = obj.get("customer")
+    if isinstance(customer, dict):
+        customer = customer.get("id")
+    if isinstance(customer, str):
+        tenant = session.scalar(
+            select(BillingAccount.tenant_id).where(BillingAccount.stripe_customer_id == customer)
+        )
+        if tenant is not None:
+            return tenant
+    metadata = obj.get("metadata") or {}
+    tenant_id = metadata.get("tenant_id") if isinstance(metadata, dict) else None
+    return tenant_id if isinstance(tenant_id, str) else None
+
+
+def _price_id(subscription: dict[str, Any]) -> str | None:
+    items = (subscription.get("items") or {}).get("data") or []
+    if not items:
+        return None
+    item = items[0]
+    for key in ("price", "plan"):
+        ref = item.get(key)
+        if isinstance(ref, dict) and isinstance(ref.get("id"), str):
+            return str(ref["id"])
+        if isinstance(ref, str):
+            return ref
+    return None
