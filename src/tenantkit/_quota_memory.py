@@ -153,14 +153,10 @@ class MemoryBackend:
         return True
 
     def close(self) -> None:
-        """Drop every bucket."""
-        with self._lock:
-            self._tat.clear()
-            self._ring.clear()
+        """Nothing to release; the buckets stay valid."""
 
     async def aclose(self) -> None:
-        """Drop every bucket."""
-        self.close()
+        """Nothing to release; the buckets stay valid."""
 
 
 def _state(

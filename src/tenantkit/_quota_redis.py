@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 US = 1_000_000
 PERIOD_US = PERIOD_SECONDS * US
 MAX_DENIALS = 10_000
+POOL_SIZE = 16
+"""Connections per client. A few in flight keep the event loop's latency under the
+timeout; more would time out spuriously under a burst. Requests beyond wait for one."""
+POOL_TIMEOUT = 1.0
+"""Seconds a request may wait for a free connection before it counts as a failure."""
+BASIC_SCHEMES = ("redis", "rediss", "redis+unix")
 
 # KEYS: one bucket per limit. ARGV[1]: window µs; then q and cost per limit.
 # Returns {admitted, blocker (1-based, 0 if admitted), wait µs, now µs, level µs per limit}.
@@ -130,14 +136,18 @@ class RedisBackend:
         self._window = PERIOD_US + round(burst_seconds * US)
         self._timeout = timeout
         self._prefix = key_prefix + ":"
+        options = dict(options or {})
+        self._pool_size = int(options.pop("max_connections", POOL_SIZE))
+        self._pool_timeout = float(options.pop("pool_timeout", POOL_TIMEOUT))
         # One bounded attempt: a retry would multiply the timeout the settings promise.
+        # Opening a connection takes a few round trips, so it gets a few timeouts.
         self._options: dict[str, Any] = {
             "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
+            "socket_connect_timeout": timeout * 4,
             "retry": Retry(NoBackoff(), 0),
-            **(options or {}),
+            **options,
         }
-        if uri.startswith(("redis+sentinel", "valkey+sentinel")):
+        if uri.startswith("redis+sentinel"):
             self._options.setdefault(
                 "sentinel_kwargs", {"socket_timeout": timeout, "socket_connect_timeout": timeout}
             )
@@ -167,16 +177,15 @@ class RedisBackend:
         from limits.errors import ConfigurationError as LimitsConfigurationError
         from limits.storage import storage_from_string
 
+        is_async = uri.startswith("async+")
         options = dict(self._options)
-        if uri.startswith("async+"):
+        if is_async:
             options["implementation"] = "redispy"
         try:
+            if self._uri.split("://", 1)[0] in BASIC_SCHEMES:
+                options = {**options, "connection_pool": self._pool(is_async)}
             storage: Any = storage_from_string(uri, key_prefix=self._prefix[:-1], **options)
-            client = (
-                storage.bridge.get_connection()
-                if uri.startswith("async+")
-                else storage.get_connection()
-            )
+            client = storage.bridge.get_connection() if is_async else storage.get_connection()
             return (
                 client,
                 client.register_script(ACQUIRE_LUA),
@@ -186,6 +195,18 @@ class RedisBackend:
             raise ConfigurationError(f"quota storage {self._uri!r}: {exc}") from exc
         except self._errors as exc:
             raise StorageError(f"quota storage {self._uri!r} is unreachable: {exc}") from exc
+
+    def _pool(self, is_async: bool) -> Any:
+        """A blocking pool of ``POOL_SIZE`` connections for a single Redis server."""
+        import redis
+        import redis.asyncio
+
+        url = self._uri.replace("redis+unix", "unix")
+        kwargs = {k: v for k, v in self._options.items() if k != "sentinel_kwargs"}
+        cls = redis.asyncio.BlockingConnectionPool if is_async else redis.BlockingConnectionPool
+        return cls.from_url(
+            url, max_connections=self._pool_size, timeout=self._pool_timeout, **kwargs
+        )
 
     # -- decisions --------------------------------------------------------------------
 
@@ -210,8 +231,7 @@ class RedisBackend:
         try:
             _, script, _ = self._aclient()
             self.round_trips += 1
-            async with asyncio.timeout(self._timeout * 4):
-                reply = await script(keys=keys, args=args)
+            reply = await script(keys=keys, args=args)
         except self._errors as exc:
             raise StorageError(f"quota storage failed: {exc}") from exc
         return self._outcome(limits, costs, reply)
@@ -236,8 +256,7 @@ class RedisBackend:
         try:
             _, _, script = self._aclient()
             self.round_trips += 1
-            async with asyncio.timeout(self._timeout * 4):
-                await script(keys=keys, args=args)
+            await script(keys=keys, args=args)
         except self._errors as exc:
             raise StorageError(f"quota storage failed: {exc}") from exc
 
@@ -333,8 +352,7 @@ class RedisBackend:
         try:
             client, _, _ = self._aclient()
             self.round_trips += 1
-            async with asyncio.timeout(self._timeout * 4):
-                return bool(await client.ping())
+            return bool(await client.ping())
         except StorageError:
             return False
         except self._errors:
@@ -343,8 +361,12 @@ class RedisBackend:
     def close(self) -> None:
         """Close the sync client's connections."""
         if self._sync is not None:
-            self._sync[0].close()
+            client = self._sync[0]
             self._sync = None
+            client.close()
+            pool = getattr(client, "connection_pool", None)  # a cluster client has none
+            if pool is not None:
+                pool.disconnect()
 
     async def aclose(self) -> None:
         """Close both clients' connections."""
@@ -353,3 +375,6 @@ class RedisBackend:
             client = self._async[0]
             self._async = None
             await client.aclose()
+            pool = getattr(client, "connection_pool", None)
+            if pool is not None:
+                await pool.disconnect()

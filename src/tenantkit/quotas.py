@@ -45,10 +45,6 @@ _SCHEMES = {
     "redis+unix": "redis",
     "redis+cluster": "redis",
     "redis+sentinel": "redis",
-    "valkey": "redis",
-    "valkeys": "redis",
-    "valkey+cluster": "redis",
-    "valkey+sentinel": "redis",
 }
 
 
@@ -108,6 +104,7 @@ class QuotaStats:
     fail_open_admissions: int = 0
     local_denials: int = 0
     round_trips: int = 0
+    stored_keys: int = 0
     evicted_keys: int = 0
 
 
@@ -256,6 +253,7 @@ class QuotaEngine:
         snap = QuotaStats(**vars(self._stats))
         if self._memory is not None:
             snap.evicted_keys = self._memory.evicted
+            snap.stored_keys = len(self._memory)
         if self._redis is not None:
             snap.round_trips = self._redis.round_trips
             snap.local_denials = self._redis.local_denials

@@ -1,0 +1,303 @@
+"""The quota engine over every backend: all-or-nothing, reservations, settling, headers.
+
+Memory runs on a fake clock. Redis takes time from the server, so these tests
+use quotas whose refill during a test run is far below one unit, and where a
+count could move with wall time they bound it by the refill the elapsed time allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tenantkit.errors import ConfigurationError, QuotaExceeded, ValidationError
+from tenantkit.quotas import Grant, Limit, QuotaEngine
+from tenantkit.settings import QuotaSettings
+
+EngineFactory = Callable[..., QuotaEngine]
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_engine(
+    request: pytest.FixtureRequest, backend: str, clock: FakeClock
+) -> Iterator[EngineFactory]:
+    """Build engines on the parametrized backend; Redis keys get a unique prefix."""
+    engines: list[QuotaEngine] = []
+    prefix = ""
+    url = ""
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("redis_prefix")
+
+    def make(**settings: Any) -> QuotaEngine:
+        if backend == "memory":
+            engine = QuotaEngine(QuotaSettings(**settings), clock=clock)
+        else:
+            engine = QuotaEngine(QuotaSettings(storage_uri=url, **settings), key_prefix=prefix)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.close()
+    if backend == "redis":
+        import redis
+
+        client = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def requests_limit(name: str, per_minute: int, key: str = "{acme}:requests") -> Limit:
+    return Limit(name, key, "requests", per_minute)
+
+
+def tokens_limit(per_minute: int, key: str = "{acme}:tokens") -> Limit:
+    return Limit("tenant-tokens", key, "tokens", per_minute)
+
+
+def remaining_of(engine: QuotaEngine, limit: Limit) -> int:
+    """Read a bucket's remaining units without charging it (a zero-token probe)."""
+    probe = Limit(limit.name, limit.key, "tokens", limit.per_minute)
+    grant = engine.acquire([probe], tokens=0)
+    return grant.remaining[0]
+
+
+def assert_remaining(backend: str, got: int, expected: int, per_minute: int, since: float) -> None:
+    """Exact on memory; on Redis at most the refill the elapsed wall time allows on top."""
+    if backend == "memory":
+        assert got == expected
+    else:
+        slack = math.ceil(per_minute * (time.monotonic() - since) / 60)
+        assert expected <= got <= expected + slack
+
+
+TENANT_10 = requests_limit("tenant-requests", 10)
+KEY_2 = requests_limit("key-requests", 2, key="{acme}:key:k1:requests")
+
+
+@pytest.mark.parametrize("order", ["tenant-first", "key-first"])
+def test_all_or_nothing(make_engine: EngineFactory, order: str) -> None:
+    """A request denied by one limit charges none: the tenant counter does not move."""
+    engine = make_engine()
+    limits = [TENANT_10, KEY_2] if order == "tenant-first" else [KEY_2, TENANT_10]
+    engine.acquire(limits, tokens=0)
+    engine.acquire(limits, tokens=0)
+    with pytest.raises(QuotaExceeded) as caught:
+        engine.acquire(limits, tokens=0)
+    assert caught.value.extra["limit"] == "key-requests"
+    assert '"tenant-requests";r=8;' in caught.value.headers["RateLimit"]
+    alone = engine.acquire([TENANT_10], tokens=0)
+    assert alone.remaining == [7]
+
+
+def test_costs_against_a_budget(make_engine: EngineFactory) -> None:
+    """Costs 90, 20, 5 against 100 tokens: admitted, rejected, admitted."""
+    engine = make_engine()
+    budget = tokens_limit(100)
+    engine.acquire([budget], tokens=90)
+    with pytest.raises(QuotaExceeded) as caught:
+        engine.acquire([budget], tokens=20)
+    assert caught.value.extra["limit"] == "tenant-tokens"
+    assert engine.acquire([budget], tokens=5).remaining == [5]
+
+
+def test_concurrent_reservations_then_settle(make_engine: EngineFactory, backend: str) -> None:
+    """10 concurrent 10k reservations on 50k/min: 5 admitted; settled at 2k each, 40k remain."""
+    engine = make_engine()
+    budget = tokens_limit(50_000)
+    started = time.monotonic()
+
+    def reserve(_: int) -> Grant | None:
+        try:
+            return engine.acquire([budget], tokens=10_000)
+        except QuotaExceeded:
+            return None
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        grants = [g for g in pool.map(reserve, range(10)) if g is not None]
+    assert len(grants) == 5
+    for grant in grants:
+        assert engine.settle(grant, 2_000)
+    assert_remaining(backend, remaining_of(engine, budget), 40_000, 50_000, started)
+
+
+def test_concurrent_async_reservations(make_engine: EngineFactory, backend: str) -> None:
+    """The same on the async path: gathered reservations admit exactly the budget."""
+    engine = make_engine()
+    budget = tokens_limit(50_000)
+
+    async def run() -> list[Grant]:
+        async def reserve() -> Grant | None:
+            try:
+                return await engine.acquire_async([budget], tokens=10_000)
+            except QuotaExceeded:
+                return None
+
+        results = await asyncio.gather(*(reserve() for _ in range(10)))
+        grants = [g for g in results if g is not None]
+        for grant in grants:
+            await engine.settle_async(grant, 2_000)
+        await engine.aclose()
+        return grants
+
+    started = time.monotonic()
+    assert len(asyncio.run(run())) == 5
+    assert_remaining(backend, remaining_of(engine, budget), 40_000, 50_000, started)
+
+
+def test_release_gives_the_reservation_back(make_engine: EngineFactory, backend: str) -> None:
+    """Releasing a grant refunds its tokens but keeps its request counted."""
+    engine = make_engine()
+    requests, budget = TENANT_10, tokens_limit(50_000)
+    started = time.monotonic()
+    grant = engine.acquire([requests, budget], tokens=30_000)
+    assert grant.remaining == [9, 20_000]
+    assert engine.release(grant)
+    assert_remaining(backend, remaining_of(engine, budget), 50_000, 50_000, started)
+    assert engine.acquire([requests], tokens=0).remaining == [8]
+
+
+def test_settle_and_release_apply_once(make_engine: EngineFactory) -> None:
+    """A grant is settled or released once; later calls do nothing and say so."""
+    engine = make_engine()
+    grant = engine.acquire([tokens_limit(1_000)], tokens=500)
+    assert grant.open
+    assert engine.settle(grant, 100)
+    assert not grant.open
+    assert not engine.settle(grant, 100)
+    assert not engine.release(grant)
+    assert engine.acquire([tokens_limit(1_000)], tokens=0).remaining == [900]
+
+
+def test_settling_more_than_reserved_charges_the_excess(
+    make_engine: EngineFactory, backend: str
+) -> None:
+    """Used beyond the estimate is charged at once: the bucket goes into debt and denies."""
+    engine = make_engine()
+    budget = tokens_limit(60_000)  # 1,000 tokens a second
+    grant = engine.acquire([budget], tokens=10_000)
+    engine.settle(grant, 70_500)
+    with pytest.raises(QuotaExceeded) as caught:
+        engine.acquire([budget], tokens=0)
+    # 10,500 tokens of debt plus the one needed: 10.501 s.
+    retry = caught.value.extra["retry_after"]
+    assert retry == 11 if backend == "memory" else 10 <= retry <= 11
+
+
+def test_zero_token_request_needs_a_token_left(make_engine: EngineFactory) -> None:
+    """A request reserving no tokens is still refused when the token budget is spent."""
+    engine = make_engine()
+    budget = tokens_limit(100)
+    engine.acquire([budget], tokens=100)
+    with pytest.raises(QuotaExceeded):
+        engine.acquire([budget], tokens=0)
+
+
+def test_reservation_is_clamped_to_the_bucket(make_engine: EngineFactory) -> None:
+    """An estimate above the whole bucket reserves the bucket instead of never passing."""
+    engine = make_engine()
+    budget = tokens_limit(1_000)
+    grant = engine.acquire([budget], tokens=5_000)
+    assert grant.costs == [1_000]
+    assert grant.reserved_tokens == 1_000
+    assert grant.remaining == [0]
+
+
+def test_zero_quota_denies(make_engine: EngineFactory) -> None:
+    """A quota of 0 per minute admits nothing and asks to retry in a minute."""
+    engine = make_engine()
+    with pytest.raises(QuotaExceeded) as caught:
+        engine.acquire([requests_limit("tenant-requests", 0)], tokens=0)
+    assert caught.value.headers["Retry-After"] == "60"
+
+
+def test_quota_exceeded_problem(make_engine: EngineFactory) -> None:
+    """A 429 names the limit, carries Retry-After and the rate-limit headers."""
+    engine = make_engine()
+    limit = requests_limit("tenant-requests", 1)
+    engine.acquire([limit], tokens=0)
+    with pytest.raises(QuotaExceeded) as caught:
+        engine.acquire([limit], tokens=0)
+    exc = caught.value
+    problem = exc.to_problem()
+    assert problem["status"] == 429
+    assert problem["limit"] == "tenant-requests"
+    assert 1 <= problem["retry_after"] <= 60
+    assert exc.headers["Retry-After"] == str(problem["retry_after"])
+    assert exc.headers["RateLimit-Policy"] == '"tenant-requests";q=1;w=60;qu="requests"'
+    assert exc.headers["RateLimit"].startswith('"tenant-requests";r=0;t=')
+
+
+def test_grant_headers(make_engine: EngineFactory) -> None:
+    """An admitted request's headers list every limit with its remaining units."""
+    engine = make_engine(openai_headers=True, legacy_headers=True)
+    grant = engine.acquire([TENANT_10, tokens_limit(50_000)], tokens=1_000)
+    headers = dict(grant.headers())
+    assert headers["RateLimit"].startswith('"tenant-requests";r=9;t=')
+    assert '"tenant-tokens";r=49000;t=' in headers["RateLimit"]
+    assert headers["x-ratelimit-remaining-tokens"] == "49000"
+    assert headers["X-RateLimit-Remaining"] == "9"
+
+
+def test_no_limits_is_free(make_engine: EngineFactory) -> None:
+    """A request with no limits is admitted with no headers and nothing to settle."""
+    engine = make_engine()
+    grant = engine.acquire([], tokens=123)
+    assert grant.headers() == []
+    assert not engine.settle(grant, 5)
+
+
+def test_invalid_token_counts_are_refused(make_engine: EngineFactory) -> None:
+    """Negative or non-integer token counts are a ValidationError, not a silent charge."""
+    engine = make_engine()
+    with pytest.raises(ValidationError):
+        engine.acquire([tokens_limit(10)], tokens=-1)
+    grant = engine.acquire([tokens_limit(10)], tokens=1)
+    with pytest.raises(ValidationError):
+        engine.settle(grant, True)
+
+
+def test_health(make_engine: EngineFactory) -> None:
+    """A reachable storage is healthy, sync and async."""
+    engine = make_engine()
+    assert engine.health()
+
+    async def check() -> bool:
+        healthy = await engine.health_async()
+        await engine.aclose()
+        return healthy
+
+    assert asyncio.run(check())
+
+
+def test_unknown_storage_is_a_configuration_error() -> None:
+    """An unknown storage scheme fails at start-up, not per request."""
+    with pytest.raises(ConfigurationError):
+        QuotaEngine(QuotaSettings(storage_uri="mongodb://localhost"))

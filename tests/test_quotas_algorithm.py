@@ -1,0 +1,188 @@
+"""The algorithm on a fake clock: the admission bound, exact Retry-After, bounded memory."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tenantkit.errors import QuotaExceeded
+from tenantkit.quotas import Grant, Limit, QuotaEngine
+from tenantkit.settings import QuotaSettings
+
+
+class FakeClock:
+    """Time in whole milliseconds, handed out as float seconds."""
+
+    def __init__(self) -> None:
+        self.ms = 5_000_000
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
+def engine_on(clock: FakeClock, burst_seconds: float = 0.0, **kw: object) -> QuotaEngine:
+    return QuotaEngine(QuotaSettings(burst_seconds=burst_seconds), clock=clock, **kw)  # type: ignore[arg-type]
+
+
+def budget(per_minute: int, key: str = "{t}:tokens") -> Limit:
+    return Limit("tenant-tokens", key, "tokens", per_minute)
+
+
+def try_acquire(engine: QuotaEngine, limit: Limit, tokens: int) -> Grant | None:
+    try:
+        return engine.acquire([limit], tokens=tokens)
+    except QuotaExceeded:
+        return None
+
+
+operation = st.tuples(
+    st.integers(min_value=0, max_value=20_000),  # milliseconds to advance
+    st.integers(min_value=0, max_value=3),  # 0-2 acquire, 3 settle an open grant
+    st.floats(min_value=0, max_value=1.2),  # cost (or tokens used) as a share of q
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    per_minute=st.integers(min_value=1, max_value=5_000),
+    burst_seconds=st.sampled_from([0.0, 0.5, 7.0, 30.0]),
+    operations=st.lists(operation, min_size=1, max_size=60),
+)
+def test_admitted_cost_is_bounded(
+    per_minute: int, burst_seconds: float, operations: list[tuple[int, int, float]]
+) -> None:
+    """Over any interval Δ, charges minus refunds stay within burst + q·Δ/60."""
+    clock = FakeClock()
+    engine = engine_on(clock, burst_seconds)
+    limit = budget(per_minute)
+    events: list[tuple[int, int]] = []  # (ms, net units charged at that instant)
+    open_grants: list[Grant] = []
+    for advance, kind, share in operations:
+        clock.ms += advance
+        amount = int(share * per_minute)
+        if kind < 3:
+            grant = try_acquire(engine, limit, amount)
+            if grant is not None:
+                events.append((clock.ms, grant.costs[0]))
+                open_grants.append(grant)
+        elif open_grants:
+            grant = open_grants.pop(0)
+            used = min(amount, grant.costs[0])
+            fresh = clock.ms / 1000 - grant.stamp <= engine.settings.reservation_ttl_seconds
+            engine.settle(grant, used)
+            events.append((clock.ms, -(grant.costs[0] - used) if fresh else 0))
+    burst = Fraction(per_minute) * (60 + Fraction(burst_seconds)) / 60
+    for i, (start, _) in enumerate(events):
+        net = 0
+        for end, units in events[i:]:
+            net += units
+            assert net <= burst + Fraction(per_minute * (end - start), 60_000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    per_minute=st.integers(min_value=1, max_value=100_000),
+    burst_seconds=st.sampled_from([0.0, 1.5, 20.0]),
+    prefill=st.lists(st.tuples(st.integers(0, 5_000), st.floats(0, 1)), min_size=1, max_size=10),
+    ask=st.floats(min_value=0, max_value=1),
+)
+def test_retry_after_is_exact(
+    per_minute: int, burst_seconds: float, prefill: list[tuple[int, float]], ask: float
+) -> None:
+    """A denied request passes at exactly Retry-After seconds later, not one second earlier."""
+    clock = FakeClock()
+    engine = engine_on(clock, burst_seconds)
+    limit = budget(per_minute)
+    for advance, share in prefill:
+        clock.ms += advance
+        try_acquire(engine, limit, int(share * per_minute))
+    tokens = int(ask * per_minute)
+    try:
+        engine.acquire([limit], tokens=tokens)
+    except QuotaExceeded as exc:
+        retry = int(exc.headers["Retry-After"])
+        assert retry >= 1
+        assert exc.extra["retry_after"] == retry
+        denied_at = clock.ms
+        clock.ms = denied_at + (retry - 1) * 1000
+        assert try_acquire(engine, limit, tokens) is None
+        clock.ms = denied_at + retry * 1000
+        assert try_acquire(engine, limit, tokens) is not None
+
+
+def test_retry_after_example() -> None:
+    """10 requests a minute, all spent: the 11th may come back in exactly 6 s."""
+    clock = FakeClock()
+    engine = engine_on(clock)
+    limit = Limit("tenant-requests", "{t}:requests", "requests", 10)
+    for _ in range(10):
+        engine.acquire([limit], tokens=0)
+    with pytest.raises(QuotaExceeded) as caught:
+        engine.acquire([limit], tokens=0)
+    assert caught.value.headers["Retry-After"] == "6"
+    clock.ms += 5_999
+    assert try_acquire(engine, limit, 0) is None
+    clock.ms += 1
+    assert try_acquire(engine, limit, 0) is not None
+
+
+def test_default_burst_is_one_minute_of_quota() -> None:
+    """With burst_seconds 0 the bucket holds exactly q: q pass at once, the next waits."""
+    clock = FakeClock()
+    engine = engine_on(clock)
+    limit = Limit("tenant-requests", "{t}:requests", "requests", 60)
+    for _ in range(60):
+        engine.acquire([limit], tokens=0)
+    assert try_acquire(engine, limit, 0) is None
+    clock.ms += 1_000
+    assert try_acquire(engine, limit, 0) is not None
+
+
+def test_burst_seconds_extend_the_bucket() -> None:
+    """burst_seconds=30 lets 60/min hold 90."""
+    clock = FakeClock()
+    engine = engine_on(clock, 30.0)
+    limit = Limit("tenant-requests", "{t}:requests", "requests", 60)
+    for _ in range(90):
+        engine.acquire([limit], tokens=0)
+    assert try_acquire(engine, limit, 0) is None
+
+
+def test_stale_reservations_are_not_refunded() -> None:
+    """A release later than reservation_ttl_seconds gives nothing back: the refill already did."""
+    clock = FakeClock()
+    engine = engine_on(clock)
+    limit = budget(600)
+    stale = engine.acquire([limit], tokens=600)
+    clock.ms += 121_000
+    engine.acquire([limit], tokens=600)
+    engine.release(stale)
+    assert try_acquire(engine, limit, 1) is None
+
+
+def test_memory_is_capped() -> None:
+    """Past max_keys the oldest buckets are evicted and counted."""
+    clock = FakeClock()
+    engine = engine_on(clock, max_keys=100)
+    for i in range(1_000):
+        engine.acquire([budget(10, key=f"{{t{i}}}:tokens")], tokens=1)
+    stats = engine.stats
+    assert stats.stored_keys <= 100
+    assert stats.evicted_keys == 900
+
+
+def test_full_buckets_are_dropped_without_a_sweeper() -> None:
+    """Buckets that refilled are dropped as new keys arrive: memory tracks active keys only."""
+    clock = FakeClock()
+    engine = engine_on(clock)
+    for i in range(1_000):
+        engine.acquire([budget(600, key=f"{{old{i}}}:tokens")], tokens=10)
+    clock.ms += 61_000
+    for i in range(1_000):
+        engine.acquire([budget(600, key=f"{{new{i}}}:tokens")], tokens=10)
+    stats = engine.stats
+    assert stats.stored_keys == 1_000
+    assert stats.evicted_keys == 0

@@ -1,0 +1,289 @@
+"""Redis specifics: one round trip per decision, local deny-until, failure modes, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
+
+from tenantkit.errors import QuotaExceeded, ServiceUnavailable
+from tenantkit.quotas import Limit, QuotaEngine
+from tenantkit.settings import QuotaSettings
+
+pytestmark = pytest.mark.redis
+
+REQUESTS = Limit("tenant-requests", "{acme}:requests", "requests", 10)
+KEY_REQUESTS = Limit("key-requests", "{acme}:key:k1:requests", "requests", 5)
+TOKENS = Limit("tenant-tokens", "{acme}:tokens", "tokens", 50_000)
+KEY_TOKENS = Limit("key-tokens", "{acme}:key:k1:tokens", "tokens", 20_000)
+ALL_FOUR = [REQUESTS, KEY_REQUESTS, TOKENS, KEY_TOKENS]
+
+
+@pytest.fixture
+def client(redis_url: str, redis_prefix: str) -> Iterator[redis.Redis]:
+    """A plain client on the test Redis; deletes this test's keys afterwards."""
+    plain = redis.Redis.from_url(redis_url)
+    yield plain
+    keys = list(plain.scan_iter(match=f"{redis_prefix}:*"))
+    if keys:
+        plain.delete(*keys)
+    plain.close()
+
+
+@pytest.fixture
+def engine(redis_url: str, redis_prefix: str, client: redis.Redis) -> Iterator[QuotaEngine]:
+    quotas = QuotaEngine(QuotaSettings(storage_uri=redis_url), key_prefix=redis_prefix)
+    yield quotas
+    quotas.close()
+
+
+def test_one_round_trip_per_admission(engine: QuotaEngine) -> None:
+    """Four limits are decided in a single Redis call."""
+    before = engine.stats.round_trips
+    engine.acquire(ALL_FOUR, tokens=1_000)
+    assert engine.stats.round_trips == before + 1
+
+
+def test_repeat_denial_costs_no_round_trip(engine: QuotaEngine) -> None:
+    """While the deny-until holds, a repeat denial is answered locally with a true Retry-After."""
+    limit = Limit("tenant-requests", "{acme}:requests", "requests", 1)
+    engine.acquire([limit], tokens=0)
+    with pytest.raises(QuotaExceeded) as first:
+        engine.acquire([limit], tokens=0)
+    before = engine.stats.round_trips
+    with pytest.raises(QuotaExceeded) as second:
+        engine.acquire([limit], tokens=0)
+    assert engine.stats.round_trips == before
+    assert engine.stats.local_denials == 1
+    assert int(second.value.headers["Retry-After"]) <= int(first.value.headers["Retry-After"])
+    assert second.value.extra["limit"] == "tenant-requests"
+
+
+def test_smaller_request_is_not_denied_by_the_cache(engine: QuotaEngine) -> None:
+    """A cached token denial does not refuse a smaller reservation that fits."""
+    engine.acquire([TOKENS], tokens=45_000)
+    with pytest.raises(QuotaExceeded):
+        engine.acquire([TOKENS], tokens=10_000)
+    assert engine.acquire([TOKENS], tokens=4_000).remaining[0] >= 1_000
+
+
+def test_refund_clears_the_cached_denial(engine: QuotaEngine) -> None:
+    """A release gives capacity back at once: the local deny-until is forgotten."""
+    grant = engine.acquire([TOKENS], tokens=50_000)
+    with pytest.raises(QuotaExceeded):
+        engine.acquire([TOKENS], tokens=10_000)
+    engine.release(grant)
+    assert engine.acquire([TOKENS], tokens=10_000).remaining[0] >= 40_000
+
+
+def test_settle_costs_at_most_one_round_trip(engine: QuotaEngine) -> None:
+    """Settling is one call, and none when the estimate was exact."""
+    exact = engine.acquire([REQUESTS, TOKENS], tokens=500)
+    before = engine.stats.round_trips
+    engine.settle(exact, 500)
+    assert engine.stats.round_trips == before
+    off = engine.acquire([REQUESTS, TOKENS, KEY_TOKENS], tokens=500)
+    before = engine.stats.round_trips
+    engine.settle(off, 120)
+    assert engine.stats.round_trips == before + 1
+
+
+def test_buckets_expire_by_themselves(
+    engine: QuotaEngine, client: redis.Redis, redis_prefix: str
+) -> None:
+    """Each bucket key expires when it would be full again: nothing to sweep."""
+    engine.acquire([TOKENS], tokens=5_000)  # 6 s of a 50k/min bucket
+    ttl = client.pttl(f"{redis_prefix}:{TOKENS.key}")
+    assert 0 < ttl <= 6_001
+
+
+def test_async_path_uses_the_async_client(engine: QuotaEngine) -> None:
+    """acquire_async never touches the blocking client."""
+
+    async def run() -> None:
+        grant = await engine.acquire_async(ALL_FOUR, tokens=100)
+        await engine.settle_async(grant, 50)
+        await engine.aclose()
+
+    asyncio.run(run())
+    assert engine._redis is not None
+    assert engine._redis._sync is None
+
+
+def test_tenant_keys_share_a_cluster_slot() -> None:
+    """All the keys of one tenant carry the same hash tag (one Lua call on a cluster)."""
+    from tenantkit.quotas import limits_for
+    from tenantkit.types import Identity, TenantConfig
+
+    tenant = TenantConfig(
+        id="acme", name="Acme", quota_requests_per_minute=1, quota_tokens_per_minute=1
+    )
+    identity = Identity(
+        tenant_id="acme",
+        source="api_key",
+        api_key_id="k1",
+        api_key_rate_limit=1,
+        api_key_token_limit=1,
+    )
+    keys = [limit.key for limit in limits_for(tenant, identity)]
+    assert len(keys) == 4
+    assert all(key.startswith("{acme}:") for key in keys)
+
+
+# -- storage failure ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_failure", ["fail_closed", "fail_open"])
+def test_redis_down(on_failure: str, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A closed port gives 503 with Retry-After (fail_closed) or an admission (fail_open)."""
+    engine = QuotaEngine(
+        QuotaSettings(storage_uri="redis://127.0.0.1:1/0", on_failure=on_failure)  # type: ignore[arg-type]
+    )
+    with caplog.at_level(logging.ERROR, logger="tenantkit.quotas"):
+        if on_failure == "fail_closed":
+            with pytest.raises(ServiceUnavailable) as caught:
+                engine.acquire(ALL_FOUR, tokens=10)
+            assert caught.value.status == 503
+            assert caught.value.headers["Retry-After"] == "1"
+        else:
+            grant = engine.acquire(ALL_FOUR, tokens=10)
+            assert grant.degraded
+            assert not engine.settle(grant, 5)
+            assert engine.stats.fail_open_admissions == 1
+    assert "quota storage error" in caplog.text
+    assert engine.stats.storage_errors == 1
+    assert not engine.health()
+
+
+@pytest.mark.parametrize("on_failure", ["fail_closed", "fail_open"])
+def test_redis_down_async(on_failure: str, redis_url: str) -> None:
+    """The async path fails the same way, never with another exception."""
+    engine = QuotaEngine(
+        QuotaSettings(storage_uri="redis://127.0.0.1:1/0", on_failure=on_failure)  # type: ignore[arg-type]
+    )
+
+    async def run() -> bool:
+        try:
+            grant = await engine.acquire_async(ALL_FOUR, tokens=10)
+        except ServiceUnavailable:
+            return False
+        assert grant.degraded
+        return True
+
+    assert asyncio.run(run()) is (on_failure == "fail_open")
+    assert not asyncio.run(engine.health_async())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def private_redis(redis_url: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A throwaway redis-server this test may kill."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    probe = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            probe.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    probe.close()
+    yield url, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_redis_stopped_mid_flight(private_redis: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """Redis dying between requests: the next admission is a 503, a settle is only logged."""
+    url, proc = private_redis
+    engine = QuotaEngine(QuotaSettings(storage_uri=url))
+    grant = engine.acquire(ALL_FOUR, tokens=10)
+    assert engine.health()
+    proc.kill()
+    proc.wait()
+    engine.settle(grant, 3)
+    with pytest.raises(ServiceUnavailable):
+        engine.acquire(ALL_FOUR, tokens=10)
+    assert not engine.health()
+
+
+# -- several processes ----------------------------------------------------------------
+
+
+def _hammer(url: str, prefix: str, mode: str, start: Any, results: Any) -> None:
+    engine = QuotaEngine(QuotaSettings(storage_uri=url), key_prefix=prefix)
+    limit = Limit("tenant-requests", "{shared}:requests", "requests", 20)
+    start.wait()
+
+    def once(_: int) -> int:
+        try:
+            engine.acquire([limit], tokens=0)
+        except QuotaExceeded:
+            return 0
+        return 1
+
+    async def gathered() -> int:
+        async def one() -> int:
+            try:
+                await engine.acquire_async([limit], tokens=0)
+            except QuotaExceeded:
+                return 0
+            return 1
+
+        total = sum(await asyncio.gather(*(one() for _ in range(60))))
+        await engine.aclose()
+        return total
+
+    if mode == "threads":
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results.put(sum(pool.map(once, range(60))))
+    else:
+        results.put(asyncio.run(gathered()))
+
+
+def test_two_processes_admit_exactly_the_limit(
+    redis_url: str, redis_prefix: str, client: redis.Redis
+) -> None:
+    """Two processes (threads and asyncio) sharing Redis admit 20 of 120 requests for 20/min."""
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_hammer, args=(redis_url, redis_prefix, mode, start, results))
+        for mode in ("threads", "asyncio")
+    ]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.5)
+    began = time.monotonic()
+    start.set()
+    admitted = results.get(timeout=60) + results.get(timeout=60)
+    elapsed = time.monotonic() - began
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    # One more unit refills every 3 s; the hammering itself takes milliseconds.
+    assert 20 <= admitted <= 20 + int(elapsed * 20 / 60)
