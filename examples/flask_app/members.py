@@ -33,7 +33,7 @@ def load_member(who: Identity) -> Membership:
     if row is None or row[0].status == "invited":
         # Not a member looks exactly like an organization that does not exist.
         raise NotFound("organization not found")
-    member, user, org = row.tuple()
+    member, user, org = row
     if member.status != "active":
         raise Forbidden("your membership of this organization is suspended", reason="suspended")
     issued = who.claims.get("iat")

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from examples.flask_app import AppConfig, Clock, create_app
 from flask import Flask
+from waitress import wasyncore
 from waitress.server import create_server
 
 START = 1_800_000_000.0  # 2027-01-15T08:00:00Z: a fixed, ordinary moment
@@ -78,18 +79,28 @@ def serve(config: AppConfig, clock: FakeClock | None = None) -> Iterator[Served]
     """Serve ``create_app(config)`` with waitress on a free loopback port."""
     clock = clock or FakeClock()
     app = create_app(config, clock=clock)
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, name="waitress-e2e", daemon=True)
+    server: Any = create_server(app, host="127.0.0.1", port=0, threads=4)
+    stop = threading.Event()
+
+    def run() -> None:
+        # server.run() loops until interrupted; a short loop lets this thread, which
+        # owns the sockets, notice the stop and close them itself.
+        while not stop.is_set():
+            wasyncore.loop(timeout=0.05, map=server._map, count=1)
+        server.task_dispatcher.shutdown(timeout=10)
+        for channel in list(server._map.values()):  # the server, its trigger, open connections
+            channel.close()
+
+    thread = threading.Thread(target=run, name="waitress-e2e", daemon=True)
     thread.start()
-    served = Served(f"http://127.0.0.1:{server.effective_port}", app, clock, config)  # type: ignore[union-attr]
+    served = Served(f"http://127.0.0.1:{server.effective_port}", app, clock, config)
     try:
         yield served
     finally:
         for client in served.clients:
             client.close()
-        server.close()
-        server.task_dispatcher.shutdown()  # type: ignore[union-attr]
-        thread.join(10)
+        stop.set()
+        thread.join(20)
         app.extensions["flask_app"].kit.quotas.close()
         app.extensions["flask_app"].engine.dispose()
 

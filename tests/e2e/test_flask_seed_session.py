@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.e2e._server import Server, serve_module
 
 ORG = "acme-corp"

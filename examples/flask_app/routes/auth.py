@@ -61,7 +61,7 @@ def sign_in(body: dict[str, Any]) -> ResponseReturnValue:
             ).first()
             if found is None or found[0].status == "invited":
                 raise Unauthorized(BAD_CREDENTIALS)
-            member, org = found.tuple()
+            member, org = found
             if member.status != "active":
                 raise Forbidden("your membership of this organization is suspended")
             mfa = _second_factor(accounts, user, org, body.get("totp_code"))

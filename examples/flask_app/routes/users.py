@@ -45,7 +45,7 @@ def list_users(org_id: str, query: dict[str, Any]) -> ResponseReturnValue:
         statement = statement.where(Membership.role == query["role"])
     if "status" in query:
         statement = statement.where(Membership.status == query["status"])
-    rows = [row.tuple() for row in db().execute(statement)]
+    rows = [(m, u) for m, u in db().execute(statement)]
     if "project_id" in query:
         # Project access is a short JSON list per member: filtered here, portably.
         rows = [(m, u) for m, u in rows if query["project_id"] in m.projects]
@@ -76,7 +76,7 @@ def update_user(org_id: str, user_id: str, body: dict[str, Any]) -> ResponseRetu
     ).first()
     if found is None:
         raise NotFound("user not found")
-    member, user = found.tuple()
+    member, user = found
     if member.version != body["version"]:
         raise _stale(member.version)
     caller: Membership = g.member
