@@ -66,7 +66,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     s: Services = app.state.services
     await run_sync(lambda: prepare(s.kit, app_role=s.config.database_app_role))
     async with anyio.create_task_group() as tasks:
-        await tasks.start(s.outbox.run)
+        if s.config.outbox_worker:
+            await tasks.start(s.outbox.run)
         try:
             yield
         finally:

@@ -15,6 +15,7 @@
 ``OUTBOX_MAX_ATTEMPTS``        handler attempts before an event is dead-lettered (5)
 ``OUTBOX_BACKOFF_SECONDS``     first retry delay, doubled per attempt (1.0)
 ``OUTBOX_POLL_SECONDS``        how often the worker looks for due work (1.0)
+``OUTBOX_WORKER``              ``0``: this process only writes events (another one handles them)
 ``DATABASE_APP_ROLE``          PostgreSQL: the non-owner role that row-level security binds
 ``QUOTA_KEY_PREFIX``           prefix of the Redis keys (``tenantkit``)
 =============================  ==========================================================
@@ -62,6 +63,7 @@ class AppConfig:
     outbox_max_attempts: int = 5
     outbox_backoff_seconds: float = 1.0
     outbox_poll_seconds: float = 1.0
+    outbox_worker: bool = True
     database_app_role: str | None = None
     quota_key_prefix: str = "tenantkit"
     default_requests_per_minute: int = 600
@@ -102,6 +104,7 @@ class AppConfig:
             outbox_max_attempts=_int(env, "OUTBOX_MAX_ATTEMPTS", 5),
             outbox_backoff_seconds=_float(env, "OUTBOX_BACKOFF_SECONDS", 1.0),
             outbox_poll_seconds=_float(env, "OUTBOX_POLL_SECONDS", 1.0),
+            outbox_worker=_bool(env, "OUTBOX_WORKER", default=True),
             database_app_role=_role(env.get("DATABASE_APP_ROLE", "")),
             quota_key_prefix=env.get("QUOTA_KEY_PREFIX", "").strip() or "tenantkit",
             generated=tuple(generated),
@@ -154,9 +157,11 @@ def _role(value: str) -> str | None:
     return value
 
 
-def _bool(env: Mapping[str, str], name: str) -> bool:
+def _bool(env: Mapping[str, str], name: str, *, default: bool = False) -> bool:
     value = env.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
+    if value == "":
+        return default
+    if value in ("0", "false", "no", "off"):
         return False
     if value in ("1", "true", "yes", "on"):
         return True
