@@ -111,7 +111,7 @@ def test_invalid_tenant_fields_are_named(client: httpx.Client) -> None:
 
 
 def test_users_are_scoped_to_their_tenant(client: httpx.Client) -> None:
-    """Each tenant lists only its users; another tenant's user id is 404 (seed: verify isolation)."""
+    """Each tenant lists only its users; another tenant's user id is 404 (seed's isolation)."""
     enterprise, _ = new_tenant(client, quota_requests_per_minute=1000)
     starter, _ = new_tenant(client, quota_requests_per_minute=1000)
     alice = client.post(
@@ -148,7 +148,7 @@ def test_users_are_scoped_to_their_tenant(client: httpx.Client) -> None:
 
 def test_users_list_is_paginated_with_a_cursor(client: httpx.Client) -> None:
     """?limit pages the list and next_cursor walks it to the end without repeats."""
-    tenant, key = new_tenant(client, quota_requests_per_minute=1000)
+    _, key = new_tenant(client, quota_requests_per_minute=1000)
     headers = {"X-API-Key": key}
     for i in range(5):
         client.post("/api/users", headers=headers, json={"email": f"u{i}@x.io", "name": f"U{i}"})
@@ -167,7 +167,7 @@ def test_users_list_is_paginated_with_a_cursor(client: httpx.Client) -> None:
 
 
 def test_request_quota_gives_429_with_retry_after(client: httpx.Client) -> None:
-    """Past quota_requests_per_minute the tenant gets 429 with Retry-After (seed: starter, 10/min)."""
+    """Past quota_requests_per_minute the tenant gets 429 with Retry-After (seed: 10/min)."""
     tenant, _ = new_tenant(client, quota_requests_per_minute=10, quota_tokens_per_minute=1000)
     statuses = []
     for _ in range(15):

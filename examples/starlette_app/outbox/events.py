@@ -38,7 +38,9 @@ def emit(
         EventDelivery(id=new_id(), event_id=event.id, handler=handler, next_attempt_at=now)
         for handler in HANDLER_NAMES
     ]
-    queue = [DeliveryQueue(delivery_id=d.id, tenant_id=ctx.tenant_id, due_at=now) for d in deliveries]
+    queue = [
+        DeliveryQueue(delivery_id=d.id, tenant_id=ctx.tenant_id, due_at=now) for d in deliveries
+    ]
     # Flushed in foreign-key order: without relationship()s the ORM does not infer it.
     for rows in ([event], deliveries, queue):
         session.add_all(rows)
