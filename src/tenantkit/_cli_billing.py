@@ -10,7 +10,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TextIO
 
 from sqlalchemy import Table
@@ -69,9 +70,10 @@ def billing_sync(
         key = args.stripe_api_key or os.environ.get("STRIPE_API_KEY", "")
         client = make_client(key, api_base=args.stripe_api_base, max_network_retries=1)
         meters = _meters(args.meter)
-        syncer = MeterSync(client, _sessions(args), event_names=meters, batch_size=args.batch_size)
         draw = None if args.no_progress else _bar(err)
-        result = syncer.sync(limit=args.limit, progress=draw)
+        with _sessions(args) as sessions:
+            syncer = MeterSync(client, sessions, event_names=meters, batch_size=args.batch_size)
+            result = syncer.sync(limit=args.limit, progress=draw)
     except TenantKitError as exc:
         print(f"\nerror: {_message(exc)}", file=err)
         return 1
@@ -93,8 +95,9 @@ def usage_report(
     out, err = out or sys.stdout, err or sys.stderr
     try:
         plans = Plans.from_env()
-        recorder = UsageRecorder(_sessions(args), plans=plans)
-        report = recorder.report(args.tenant, args.cycle, plan=args.plan)
+        with _sessions(args) as sessions:
+            recorder = UsageRecorder(sessions, plans=plans)
+            report = recorder.report(args.tenant, args.cycle, plan=args.plan)
     except (TenantKitError, ValueError) as exc:
         print(f"error: {_message(exc)}", file=err)
         return 1
@@ -104,7 +107,7 @@ def usage_report(
     print(f"{report.tenant_id}  {report.billing_cycle}  plan {report.plan}", file=out)
     for kind, total in report.totals.items():
         limit = report.limits.get(kind)
-        shown = "unlimited" if kind in report.limits and limit is None else limit
+        shown = "unlimited" if limit is None else f"{limit:,}"
         suffix = "" if kind not in report.limits else f" / {shown}"
         print(f"  {kind:<20} {total:>12,}{suffix}", file=out)
     for kind, over in report.overage.items():
@@ -116,11 +119,15 @@ def usage_report(
     return 0
 
 
-def _sessions(args: argparse.Namespace) -> Callable[[], Session]:
+@contextmanager
+def _sessions(args: argparse.Namespace) -> Iterator[Callable[[], Session]]:
     url = args.database_url or Settings.from_env().database_url
     engine = make_engine(url)
-    Base.metadata.create_all(engine, tables=_our_tables())
-    return sessionmaker(engine, expire_on_commit=False)
+    try:
+        Base.metadata.create_all(engine, tables=_our_tables())
+        yield sessionmaker(engine, expire_on_commit=False)
+    finally:
+        engine.dispose()
 
 
 def _our_tables() -> list[Table]:

@@ -166,7 +166,8 @@ class StripeBilling:
         except stripe.StripeError as exc:
             raise translate(exc, f"subscribing to {target.title}") from exc
         item_id = sub["items"].data[0].id
-        status = "past_due" if sub.status in ("past_due", "unpaid") else "active"
+        # "incomplete" is a first payment that failed: as good as past due for the tenant.
+        status = "active" if sub.status in ("active", "trialing") else "past_due"
         self._store(tenant, sub.id, item_id, target.name, status)
         if self._on_plan_change is not None:
             self._on_plan_change(tenant, target.name)

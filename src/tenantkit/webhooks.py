@@ -193,7 +193,8 @@ class StripeWebhooks:
         plan = self.plans.by_stripe_price(price) if price else None
         if plan is None:
             logger.warning("subscription %s has unknown price %s", obj.get("id"), price)
-        elif account.plan != plan.name:
+        else:
+            # Reported even when unchanged here: the host's tenant store may lag behind.
             changes["plan"] = account.plan = plan.name
         status = obj.get("status")
         if status in ("past_due", "unpaid") and account.status != "past_due":

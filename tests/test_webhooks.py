@@ -1,0 +1,355 @@
+"""Stripe webhooks: verified, fresh, once each; real localstripe events change the tenant."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+from tests.stripe_local.dbs import engine_for, sessions, tenant_id
+from tests.stripe_local.fixtures import (
+    LocalStripe,
+    add_card,
+    create_prices,
+    running_localstripe,
+    sign,
+)
+
+from tenantkit.billing import BillingAccount, StripeBilling, StripeWebhookEvent
+from tenantkit.errors import ConfigurationError
+from tenantkit.plans import Plans
+from tenantkit.webhooks import StripeWebhooks, WebhookRejected
+
+SECRET = "whsec_tenantkit_test"
+
+
+class TenantStore:
+    """Records what the webhooks asked the tenant store to change."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def plan(self, tenant: str, plan: str) -> None:
+        self.calls.append(("plan", tenant, plan))
+
+    def status(self, tenant: str, status: str) -> None:
+        self.calls.append(("status", tenant, status))
+
+    def billing(self, tenant: str, status: str) -> None:
+        self.calls.append(("billing", tenant, status))
+
+
+@pytest.fixture(scope="module")
+def local_stripe() -> Iterator[LocalStripe]:
+    """localstripe on 127.0.0.1 for this module."""
+    with running_localstripe() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def prices(local_stripe: LocalStripe) -> dict[str, str]:
+    return create_prices(local_stripe.client())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/webhooks.db"
+    else:
+        url = request.getfixturevalue("postgres_url").render_as_string(hide_password=False)
+    eng = engine_for(url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def plans(prices: dict[str, str]) -> Plans:
+    overrides = {name: {"stripe_price_id": price} for name, price in prices.items()}
+    return Plans.from_mapping({"TENANTKIT_PLANS": overrides})
+
+
+@pytest.fixture
+def store() -> TenantStore:
+    return TenantStore()
+
+
+@pytest.fixture
+def hooks(engine: Engine, plans: Plans, store: TenantStore) -> StripeWebhooks:
+    return StripeWebhooks(
+        SECRET,
+        sessions(engine),
+        plans=plans,
+        on_plan_change=store.plan,
+        on_status_change=store.status,
+        on_billing_status=store.billing,
+    )
+
+
+def _deliver(
+    hooks: StripeWebhooks, event: dict[str, Any], *, at: int | None = None, secret: str = SECRET
+) -> Any:
+    payload = json.dumps(event)
+    return hooks.handle(payload.encode(), sign(payload, secret, at or int(time.time())))
+
+
+def _subscribed(
+    local_stripe: LocalStripe, engine: Engine, prices: dict[str, str]
+) -> tuple[str, str]:
+    """A tenant with a Stripe customer and a Starter subscription made in Stripe directly."""
+    tenant = tenant_id()
+    client = local_stripe.client()
+    customer = StripeBilling(client, sessions(engine)).ensure_customer(tenant)
+    method = add_card(client)
+    client.v1.payment_methods.attach(method, params={"customer": customer})
+    settings: Any = {"invoice_settings": {"default_payment_method": method}}
+    client.v1.customers.update(customer, params=settings)
+    params: Any = {"customer": customer, "items": [{"price": prices["starter"]}]}
+    return tenant, client.v1.subscriptions.create(params=params).id
+
+
+def _latest(local_stripe: LocalStripe, kind: str, object_id: str) -> dict[str, Any]:
+    events = [
+        e
+        for e in local_stripe.events(kind)
+        if object_id in (e["data"]["object"]["id"], e["data"]["object"].get("subscription"))
+    ]
+    assert events, f"localstripe emitted no {kind} for {object_id}"
+    return events[-1]
+
+
+def _account(engine: Engine, tenant: str) -> BillingAccount | None:
+    with sessions(engine)() as s:
+        return s.get(BillingAccount, tenant)
+
+
+def _recorded(engine: Engine) -> int:
+    with sessions(engine)() as s:
+        return int(s.scalar(select(func.count()).select_from(StripeWebhookEvent)) or 0)
+
+
+def test_subscription_updated_changes_the_plan(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    prices: dict[str, str],
+    store: TenantStore,
+) -> None:
+    """A plan change made in Stripe reaches the tenant store as the matching plan."""
+    tenant, sub_id = _subscribed(local_stripe, engine, prices)
+    client = local_stripe.client()
+    item = client.v1.subscriptions.retrieve(sub_id)["items"].data[0].id
+    change: Any = {"items": [{"id": item, "price": prices["pro"]}]}
+    client.v1.subscriptions.update(sub_id, params=change)
+    result = _deliver(hooks, _latest(local_stripe, "customer.subscription.updated", sub_id))
+    assert result.handled and result.tenant_id == tenant
+    assert ("plan", tenant, "pro") in store.calls
+    account = _account(engine, tenant)
+    assert account is not None and account.plan == "pro"
+
+
+def test_payment_failed_sets_past_due_and_paid_clears_it(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    prices: dict[str, str],
+    store: TenantStore,
+) -> None:
+    """invoice.payment_failed marks the tenant past due; the paid invoice clears it.
+
+    localstripe does not emit ``invoice.payment_failed`` for card payments, so
+    that event wraps the subscription's real invoice object as Stripe would.
+    """
+    tenant, sub_id = _subscribed(local_stripe, engine, prices)
+    paid = _latest(local_stripe, "invoice.payment_succeeded", sub_id)
+    invoice = local_stripe.client().v1.invoices.retrieve(paid["data"]["object"]["id"])
+    failed = {
+        "id": f"evt_failed_{sub_id}",
+        "object": "event",
+        "type": "invoice.payment_failed",
+        "created": paid["created"] - 1,
+        "livemode": False,
+        "data": {"object": {**invoice.to_dict(), "status": "open"}},
+    }
+    _deliver(hooks, failed)
+    account = _account(engine, tenant)
+    assert account is not None and account.status == "past_due"
+    paid["type"] = "invoice.paid"  # Stripe sends both names; localstripe only the older one
+    _deliver(hooks, paid)
+    account = _account(engine, tenant)
+    assert account is not None and account.status == "active"
+    assert store.calls == [("billing", tenant, "past_due"), ("billing", tenant, "active")]
+
+
+def test_subscription_deleted_suspends_the_tenant(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    prices: dict[str, str],
+    store: TenantStore,
+) -> None:
+    """A canceled subscription suspends the tenant and marks the account canceled."""
+    tenant, sub_id = _subscribed(local_stripe, engine, prices)
+    local_stripe.client().v1.subscriptions.cancel(sub_id)
+    _deliver(hooks, _latest(local_stripe, "customer.subscription.deleted", sub_id))
+    assert ("status", tenant, "suspended") in store.calls
+    account = _account(engine, tenant)
+    assert account is not None and account.status == "canceled"
+
+
+def _assert_nothing_changed(engine: Engine, store: TenantStore, tenant: str, before: int) -> None:
+    account = _account(engine, tenant)
+    assert store.calls == [] and _recorded(engine) == before
+    assert account is not None and account.status == "none" and account.plan is None
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("forged", "bad_signature"),
+        ("tampered", "bad_signature"),
+        ("stale", "stale"),
+        ("future", "future_timestamp"),
+        ("unsigned", "no_signature"),
+        ("garbled", "bad_signature"),
+    ],
+)
+def test_bad_deliveries_are_400_and_change_nothing(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    prices: dict[str, str],
+    store: TenantStore,
+    how: str,
+    reason: str,
+) -> None:
+    """Forged, tampered, stale, future, unsigned or garbled signatures are refused with 400."""
+    tenant, sub_id = _subscribed(local_stripe, engine, prices)
+    local_stripe.client().v1.subscriptions.cancel(sub_id)
+    event = _latest(local_stripe, "customer.subscription.deleted", sub_id)
+    payload = json.dumps(event)
+    now = int(time.time())
+    header: str | None = sign(payload, SECRET, now)
+    if how == "forged":
+        header = sign(payload, "whsec_attacker", now)
+    elif how == "tampered":
+        payload = payload.replace('"canceled"', '"active"')
+    elif how == "stale":
+        header = sign(payload, SECRET, now - 301)
+    elif how == "future":
+        header = sign(payload, SECRET, now + 120)
+    elif how == "unsigned":
+        header = None
+    elif how == "garbled":
+        header = "t=abc,v1=zz"
+    before = _recorded(engine)
+    with pytest.raises(WebhookRejected) as info:
+        hooks.handle(payload.encode(), header)
+    assert info.value.status == 400 and info.value.to_problem()["reason"] == reason
+    _assert_nothing_changed(engine, store, tenant, before)
+
+
+def test_a_replayed_event_is_refused_and_applied_once(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    prices: dict[str, str],
+    store: TenantStore,
+) -> None:
+    """The same event id, freshly signed again, is a 400 'replayed'; its effect happens once."""
+    tenant, sub_id = _subscribed(local_stripe, engine, prices)
+    local_stripe.client().v1.subscriptions.cancel(sub_id)
+    event = _latest(local_stripe, "customer.subscription.deleted", sub_id)
+    _deliver(hooks, event)
+    with pytest.raises(WebhookRejected) as info:
+        _deliver(hooks, event, at=int(time.time()) + 1)
+    assert info.value.to_problem()["reason"] == "replayed"
+    assert store.calls.count(("status", tenant, "suspended")) == 1
+
+
+def test_concurrent_duplicate_deliveries_apply_once(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    prices: dict[str, str],
+    store: TenantStore,
+) -> None:
+    """Four simultaneous deliveries of one event: one is applied, three are refused."""
+    tenant, sub_id = _subscribed(local_stripe, engine, prices)
+    local_stripe.client().v1.subscriptions.cancel(sub_id)
+    event = _latest(local_stripe, "customer.subscription.deleted", sub_id)
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def deliver() -> None:
+        barrier.wait()
+        try:
+            _deliver(hooks, event)
+            outcomes.append("applied")
+        except WebhookRejected as exc:
+            outcomes.append(str(exc.to_problem()["reason"]))
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["applied", "replayed", "replayed", "replayed"]
+    assert store.calls.count(("status", tenant, "suspended")) == 1
+
+
+def test_an_older_event_arriving_late_is_recorded_but_not_applied(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    prices: dict[str, str],
+    store: TenantStore,
+) -> None:
+    """Stripe does not order deliveries: an event older than the last applied one is ignored."""
+    tenant, sub_id = _subscribed(local_stripe, engine, prices)
+    client = local_stripe.client()
+    item = client.v1.subscriptions.retrieve(sub_id)["items"].data[0].id
+    change: Any = {"items": [{"id": item, "price": prices["pro"]}]}
+    client.v1.subscriptions.update(sub_id, params=change)
+    newer = _latest(local_stripe, "customer.subscription.updated", sub_id)
+    older = json.loads(json.dumps(newer))
+    older["id"] = newer["id"] + "_older"
+    older["created"] = newer["created"] - 60
+    older["data"]["object"]["items"]["data"][0]["plan"]["id"] = prices["starter"]
+    _deliver(hooks, newer)
+    result = _deliver(hooks, older)
+    assert not result.handled
+    account = _account(engine, tenant)
+    assert account is not None and account.plan == "pro"
+    assert [c for c in store.calls if c[0] == "plan"] == [("plan", tenant, "pro")]
+
+
+def test_other_event_types_are_recorded_and_ignored(
+    hooks: StripeWebhooks, local_stripe: LocalStripe, engine: Engine, prices: dict[str, str]
+) -> None:
+    """An event type we do not act on is acknowledged (not handled) and still de-duplicated."""
+    _tenant, sub_id = _subscribed(local_stripe, engine, prices)
+    event = _latest(local_stripe, "customer.subscription.created", sub_id)
+    assert not _deliver(hooks, event).handled
+    with pytest.raises(WebhookRejected):
+        _deliver(hooks, event)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"tolerance": 0}, {"tolerance": 3600}, {"max_clock_skew": -1}],
+)
+def test_unbounded_tolerances_are_refused(engine: Engine, kwargs: dict[str, Any]) -> None:
+    """Tolerance must be 1..900 seconds and the clock skew 0..300."""
+    with pytest.raises(ConfigurationError):
+        StripeWebhooks(SECRET, sessions(engine), **kwargs)
+
+
+def test_a_secret_is_required(engine: Engine) -> None:
+    """Without a signing secret nothing could be verified: refuse to start."""
+    with pytest.raises(ConfigurationError):
+        StripeWebhooks("", sessions(engine))
