@@ -1,0 +1,341 @@
+"""Quotas and policy through the ASGI and WSGI adapters: what a client actually sees."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tenantkit import context
+from tenantkit.asgi import TenantKitMiddleware
+from tenantkit.quotas import Limit, QuotaEngine
+from tenantkit.settings import QuotaSettings
+from tenantkit.wsgi import TenantKitWSGIMiddleware
+
+CHAT = "/api/chat/completions"
+TOKEN_HEADER = "X-TenantKit-Tokens-Used"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def body(
+    model: str = "gpt-4o-mini", tools: list[str] | None = None, max_tokens: int = 100
+) -> bytes:
+    doc: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+    }
+    if tools is not None:
+        doc["tools"] = [{"type": "function", "function": {"name": t}} for t in tools]
+    return json.dumps(doc).encode()
+
+
+ESTIMATE = 1 + 4 + 100  # "hi" → 1 token, 4 for the message, max_tokens 100
+
+
+def remaining_tokens(kit: Any, tenant_id: str, per_minute: int) -> int:
+    """Read the tenant's token bucket without charging it."""
+    probe = Limit("tenant-tokens", f"{{{tenant_id}}}:tokens", "tokens", per_minute)
+    return int(kit.quotas.acquire([probe], tokens=0).remaining[0])
+
+
+# -- apps -------------------------------------------------------------------------------
+
+
+async def asgi_chat(request: Request) -> Response:
+    doc = json.loads(await request.body())
+    reported = request.headers.get("x-report")
+    headers = {TOKEN_HEADER: reported} if reported else {}
+    return JSONResponse({"model": doc["model"]}, headers=headers)
+
+
+async def asgi_boom(request: Request) -> Response:
+    await request.body()
+    raise RuntimeError("the model backend failed")
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    if environ["PATH_INFO"] == "/boom/api/chat/completions":
+        raise RuntimeError("the model backend failed")
+    headers = [("Content-Type", "application/json")]
+    if environ.get("HTTP_X_REPORT"):
+        headers.append((TOKEN_HEADER, environ["HTTP_X_REPORT"]))
+    start_response("200 OK", headers)
+    return [json.dumps({"model": json.loads(raw)["model"]}).encode()]
+
+
+def asgi_client(kit: Any) -> httpx.AsyncClient:
+    app = Starlette(
+        routes=[
+            Route(CHAT, asgi_chat, methods=["POST"]),
+            Route("/boom" + CHAT, asgi_boom, methods=["POST"]),
+        ]
+    )
+    transport = httpx.ASGITransport(app=TenantKitMiddleware(app, kit), raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+def wsgi_client(kit: Any) -> httpx.Client:
+    transport = httpx.WSGITransport(app=TenantKitWSGIMiddleware(wsgi_app, kit))
+    return httpx.Client(transport=transport, base_url="http://test")
+
+
+Send = Callable[..., httpx.Response]
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def adapter(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make(make_kit: Callable[..., Any], clock: FakeClock) -> Callable[..., Any]:
+    """A kit whose tenant ``acme`` has the given fields, on memory quotas with a fake clock."""
+
+    def build(**tenant: Any) -> Any:
+        kit = make_kit(
+            tenants={"acme": tenant},
+            policy_paths=(CHAT, "/boom" + CHAT),
+            quota=QuotaSettings(openai_headers=True),
+        )
+        kit.quotas = QuotaEngine(kit.settings.quota, clock=clock)
+        return kit
+
+    return build
+
+
+@pytest.fixture
+def send(adapter: str) -> Iterator[Callable[..., httpx.Response]]:
+    """POST through the chosen adapter (the ASGI one on a private event loop)."""
+    loop = asyncio.new_event_loop()
+
+    def post(kit: Any, path: str, payload: bytes, **headers: str) -> httpx.Response:
+        if adapter == "wsgi":
+            with wsgi_client(kit) as client:
+                return client.post(path, content=payload, headers=headers)
+
+        async def go() -> httpx.Response:
+            async with asgi_client(kit) as client:
+                return await client.post(path, content=payload, headers=headers)
+
+        return loop.run_until_complete(go())
+
+    yield post
+    loop.close()
+
+
+def key_for(kit: Any, **limits: Any) -> dict[str, str]:
+    issued = kit.api_keys.issue("acme", name="test", **limits)
+    return {"X-API-Key": issued.key, "Content-Type": "application/json"}
+
+
+# -- policy -----------------------------------------------------------------------------
+
+
+def test_model_not_allowed_is_403(make: Callable[..., Any], send: Send) -> None:
+    """A disallowed model is a 403 problem naming it, with no Retry-After and no quota spent."""
+    kit = make(allowed_models=["gpt-4o-mini"], quota_requests_per_minute=10)
+    headers = key_for(kit)
+    denied = send(kit, CHAT, body("gpt-4o"), **headers)
+    assert denied.status_code == 403
+    assert denied.headers["content-type"] == "application/problem+json"
+    assert "retry-after" not in denied.headers
+    assert denied.json()["reason"] == "model_not_allowed"
+    assert denied.json()["model"] == "gpt-4o"
+    admitted = send(kit, CHAT, body("gpt-4o-mini"), **headers)
+    assert admitted.status_code == 200
+    assert admitted.headers["x-ratelimit-remaining-requests"] == "9"
+
+
+def test_tool_not_allowed_is_403(make: Callable[..., Any], send: Send) -> None:
+    """A disallowed tool is a 403 naming the tool."""
+    kit = make(allowed_tools=["search"])
+    denied = send(kit, CHAT, body(tools=["search", "shell"]), **key_for(kit))
+    assert denied.status_code == 403
+    assert denied.json()["reason"] == "tool_not_allowed"
+    assert denied.json()["tool"] == "shell"
+
+
+def test_empty_allow_list_allows_nothing(make: Callable[..., Any], send: Send) -> None:
+    """allowed_models [] refuses every model; null allows any."""
+    strict = make(allowed_models=[])
+    assert send(strict, CHAT, body(), **key_for(strict)).status_code == 403
+    open_ = make(allowed_models=None)
+    assert send(open_, CHAT, body("any-model"), **key_for(open_)).status_code == 200
+
+
+def test_malformed_tools_are_422(make: Callable[..., Any], send: Send) -> None:
+    """A tools field of the wrong shape is a 422 naming it, never a 500."""
+    kit = make(allowed_tools=["search"])
+    payload = json.dumps({"model": "m", "tools": "search"}).encode()
+    response = send(kit, CHAT, payload, **key_for(kit))
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "tools"
+
+
+# -- quotas -----------------------------------------------------------------------------
+
+
+def test_429_through_the_adapter(make: Callable[..., Any], send: Send) -> None:
+    """Over the key's limit: 429 with Retry-After, rate-limit headers and the limit named."""
+    kit = make(quota_requests_per_minute=10)
+    headers = key_for(kit, rate_limit=2)
+    for _ in range(2):
+        assert send(kit, CHAT, body(), **headers).status_code == 200
+    refused = send(kit, CHAT, body(), **headers)
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "30"
+    assert refused.json()["limit"] == "key-requests"
+    assert refused.json()["retry_after"] == 30
+    assert '"key-requests";r=0;t=60' in refused.headers["ratelimit"]
+    assert '"tenant-requests";r=8;' in refused.headers["ratelimit"]
+
+
+def test_admitted_responses_carry_headers(make: Callable[..., Any], send: Send) -> None:
+    """Every admitted response of a limited route carries RateLimit-Policy and RateLimit."""
+    kit = make(quota_requests_per_minute=10, quota_tokens_per_minute=50_000)
+    response = send(kit, CHAT, body(), **key_for(kit))
+    assert response.headers["ratelimit-policy"].startswith('"tenant-requests";q=10;w=60')
+    assert f'"tenant-tokens";r={50_000 - ESTIMATE};' in response.headers["ratelimit"]
+
+
+def test_token_header_settles_and_is_stripped(make: Callable[..., Any], send: Send) -> None:
+    """The app's token header settles the reservation and never reaches the client."""
+    kit = make(quota_tokens_per_minute=50_000)
+    response = send(kit, CHAT, body(), **key_for(kit), **{"X-Report": "40"})
+    assert response.status_code == 200
+    assert TOKEN_HEADER.lower() not in response.headers
+    assert remaining_tokens(kit, "acme", 50_000) == 50_000 - 40
+
+
+def test_app_error_releases_the_reservation(
+    make: Callable[..., Any], send: Send, adapter: str
+) -> None:
+    """When the app raises, the token reservation is given back."""
+    kit = make(quota_tokens_per_minute=50_000)
+    if adapter == "wsgi":
+        # A WSGI server turns the exception into its own 500; httpx re-raises it.
+        with pytest.raises(RuntimeError):
+            send(kit, "/boom" + CHAT, body(), **key_for(kit))
+    else:
+        assert send(kit, "/boom" + CHAT, body(), **key_for(kit)).status_code == 500
+    assert remaining_tokens(kit, "acme", 50_000) == 50_000
+
+
+@pytest.mark.parametrize("on_failure", ["fail_closed", "fail_open"])
+def test_quota_storage_down(make_kit: Callable[..., Any], send: Send, on_failure: str) -> None:
+    """Redis unreachable: 503 with Retry-After (fail_closed) or 200 (fail_open), never 500."""
+    quota = QuotaSettings(storage_uri="redis://127.0.0.1:1/0", on_failure=on_failure)  # type: ignore[arg-type]
+    kit = make_kit(
+        tenants={"acme": {"quota_requests_per_minute": 5}}, policy_paths=(CHAT,), quota=quota
+    )
+    response = send(kit, CHAT, body(), **key_for(kit))
+    if on_failure == "fail_closed":
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["reason"] == "quota_storage_unavailable"
+    else:
+        assert response.status_code == 200
+    assert kit.health()["quota_storage"] == "error"
+
+
+# -- cancellation (ASGI) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_cancelled_requests_release_every_reservation(
+    request: pytest.FixtureRequest, make: Callable[..., Any], backend: str
+) -> None:
+    """100 in-flight ASGI requests cancelled mid-handler give every token back."""
+    per_minute = 12_000  # 10,500 reserved in flight; a full refill takes 52 s
+    kit = make(quota_tokens_per_minute=per_minute)
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("redis_prefix")
+        kit.quotas = QuotaEngine(QuotaSettings(storage_uri=url), key_prefix=prefix)
+    headers = key_for(kit)
+    payload = body()
+    entered: list[int] = []
+
+    async def hang(req: Request) -> Response:
+        await req.body()
+        entered.append(1)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    app = TenantKitMiddleware(Starlette(routes=[Route(CHAT, hang, methods=["POST"])]), kit)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": CHAT,
+        "raw_path": CHAT.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        + [(b"content-length", str(len(payload)).encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("test", 80),
+    }
+
+    async def one() -> None:
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": payload, "more_body": False}
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            raise AssertionError(f"nothing may be sent: {message['type']}")
+
+        await app(dict(scope), receive, send)
+
+    async def run() -> tuple[int, int]:
+        tasks = [asyncio.create_task(one()) for _ in range(100)]
+        for _ in range(10_000):
+            if len(entered) == 100:
+                break
+            await asyncio.sleep(0.001)
+        probe = [Limit("tenant-tokens", "{acme}:tokens", "tokens", per_minute)]
+        during = await kit.quotas.acquire_async(probe, tokens=0)
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        after = await kit.quotas.acquire_async(probe, tokens=0)
+        await kit.quotas.aclose()
+        return int(during.remaining[0]), int(after.remaining[0])
+
+    during, after = asyncio.run(run())
+    assert len(entered) == 100
+    # Memory runs on a frozen clock; Redis refills 200 tokens a second meanwhile.
+    assert during <= per_minute - 100 * ESTIMATE + (0 if backend == "memory" else 2_000)
+    assert after == per_minute
+    assert context.get_context() is None
