@@ -149,10 +149,13 @@ def test_two_tenants_500_interleaved_threaded(
     plan = [(t, p) for t in tokens for p in ("/x", "/boom", "/stream") for _ in range(167)][:1000]
     random.Random(11).shuffle(plan)
 
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    client = httpx.Client(base_url=server, limits=limits)
+
     def one(item: tuple[str, str]) -> str | None:
         tenant, path = item
         headers = {"Authorization": f"Bearer {tokens[tenant]}", "X-Expect": tenant}
-        r = httpx.get(server + path, headers=headers)
+        r = client.get(path, headers=headers)
         if path == "/x" and r.json().get("tenant") != tenant:
             return f"{path} {r.text}"
         if path == "/stream" and (r.status_code != 200 or "MISMATCH" in r.text):
@@ -161,6 +164,6 @@ def test_two_tenants_500_interleaved_threaded(
             return f"{path} {r.status_code}"
         return None
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
+    with client, ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(one, plan))
     assert [r for r in results if r] == []

@@ -28,6 +28,7 @@ from .errors import (
     HTTPError,
     ServiceUnavailable,
     StorageError,
+    TenantNotFound,
     TenantSuspended,
     Unauthorized,
 )
@@ -199,9 +200,7 @@ class TenantKit:
         token = _blocking_allowed.set(blocking)
         try:
             identity = self.identity.resolve(request)
-            if not blocking and self.tenants.peek(identity.tenant_id) is tenants.MISS:
-                raise _WouldBlock
-            tenant = self.tenants.get(identity.tenant_id)
+            tenant = self._tenant(identity.tenant_id, blocking)
         except StorageError as exc:
             log.error("tenantkit: the tenant store is unavailable: %s", exc)
             raise ServiceUnavailable(
@@ -213,13 +212,29 @@ class TenantKit:
             raise TenantSuspended(f"tenant {tenant.id!r} is suspended", reason="suspended")
         return identity, tenant
 
+    def _tenant(self, tenant_id: str, blocking: bool) -> TenantConfig:
+        if blocking:
+            return self.tenants.get(tenant_id)
+        cached = self.tenants.peek(tenant_id)
+        if cached is tenants.MISS:
+            raise _WouldBlock
+        if cached is None:
+            raise TenantNotFound(f"tenant {tenant_id!r} not found", tenant_id=tenant_id)
+        return cached
+
     def _verify_api_key(self, key: str) -> Identity:
         store = self.api_keys
         if store is None:  # pragma: no cover - the chain is built without the resolver
             raise Unauthorized("API keys are not enabled")
-        if not _blocking_allowed.get() and store.peek(key) is apikeys.MISS:
+        if _blocking_allowed.get():
+            return store.verify(key).to_identity()
+        # On the event loop: answer from the cache or redo the lookup in a thread.
+        cached = store.peek(key)
+        if cached is apikeys.MISS:
             raise _WouldBlock
-        return store.verify(key).to_identity()
+        if cached is None:
+            raise Unauthorized(apikeys.INVALID_KEY)
+        return cached.to_identity()
 
     def _check_policy(self, request: RequestInfo, tenant: TenantConfig, body: bytes | None) -> int:
         if body is None or not self.reads_body(request):

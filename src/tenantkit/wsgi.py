@@ -109,7 +109,7 @@ class TenantKitWSGIMiddleware:
             out.append((self._rid_header, request_id))
             return start_response(status, out, exc_info)
 
-        return wrapped  # type: ignore[return-value]
+        return wrapped
 
     def _reject(
         self, info: RequestInfo, exc: HTTPError, start_response: StartResponse
