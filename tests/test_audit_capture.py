@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
@@ -284,14 +284,14 @@ def test_bulk_update_refuses_rows_it_did_not_read(
     engine: Engine, maker: Maker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If the statement changed more rows than were read, it raises instead of under-recording."""
-    from tenantkit import _audit_capture
+    from tenantkit import _audit_bulk
 
     with bound_tenant("acme"), maker() as session:
         session.add_all([Project(tenant_id="acme", name=n) for n in ("a", "b")])
         session.commit()
-        real = _audit_capture._check_rowcount
+        real = _audit_bulk._check_rowcount
         monkeypatch.setattr(
-            _audit_capture,
+            _audit_bulk,
             "_check_rowcount",
             lambda s, result, expected: real(s, result, expected - 1),
         )
@@ -299,3 +299,60 @@ def test_bulk_update_refuses_rows_it_did_not_read(
             session.execute(update(Project).values(description="x"))
         session.rollback()
     assert actions(engine) == ["project.created", "project.created"]
+
+
+def test_bulk_insert_records_each_row_with_its_key(engine: Engine, maker: Maker) -> None:
+    """An ORM bulk INSERT records every row with the key the database assigned."""
+    with bound_tenant("acme"), maker() as session:
+        session.execute(
+            insert(Project), [{"tenant_id": "acme", "name": n} for n in ("a", "b", "c")]
+        )
+        session.commit()
+        ids = session.scalars(select(Project.id).order_by(Project.id)).all()
+    stored = rows(engine)
+    assert [r["action"] for r in stored] == ["project.created"] * 3
+    assert [r["resource_id"] for r in stored] == [str(i) for i in ids]
+    assert [r["changes"]["name"] for r in stored] == [[None, "a"], [None, "b"], [None, "c"]]
+
+
+def test_bulk_insert_rollback_and_single_row(engine: Engine, maker: Maker) -> None:
+    """A rolled-back bulk INSERT leaves nothing; a one-row insert().values() is recorded."""
+    with bound_tenant("acme"), maker() as session:
+        session.execute(insert(Project), [{"tenant_id": "acme", "name": "gone"}])
+        session.rollback()
+        session.execute(insert(Project).values(tenant_id="acme", name="kept"))
+        session.commit()
+    assert [r["changes"]["name"] for r in rows(engine)] == [[None, "kept"]]
+
+
+def test_bulk_insert_keeps_the_callers_returning(engine: Engine, maker: Maker) -> None:
+    """A caller's RETURNING still yields exactly what the caller asked for."""
+    with bound_tenant("acme"), maker() as session:
+        result = session.execute(
+            insert(Project).returning(Project.name, sort_by_parameter_order=True),
+            [{"tenant_id": "acme", "name": "x"}, {"tenant_id": "acme", "name": "y"}],
+        )
+        assert result.all() == [("x",), ("y",)]
+        created = session.scalars(
+            insert(Project).returning(Project), [{"tenant_id": "acme", "name": "z"}]
+        ).all()
+        assert [p.name for p in created] == ["z"]
+        session.commit()
+    assert actions(engine) == ["project.created"] * 3
+
+
+def test_upsert_is_recorded_as_upserted(engine: Engine, maker: Maker) -> None:
+    """An ORM INSERT ... ON CONFLICT DO UPDATE records each row it wrote as upserted."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    dialect_insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    with bound_tenant("acme"), maker() as session:
+        session.add(Project(id=1, tenant_id="acme", name="old"))
+        session.commit()
+        stmt = dialect_insert(Project).values(id=1, tenant_id="acme", name="new")
+        session.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={"name": "new"}))
+        session.commit()
+    upserted = rows(engine)[-1]
+    assert (upserted["action"], upserted["resource_id"]) == ("project.upserted", "1")
+    assert upserted["changes"]["name"] == [None, "new"]

@@ -1,4 +1,4 @@
-"""Automatic capture of audited rows: ORM flushes and ORM bulk UPDATE / DELETE.
+"""Automatic capture of audited rows changed by ORM flushes (bulk statements: _audit_bulk).
 
 Entries are appended on the session's own connection, inside its transaction:
 a rollback takes them away with the change, a commit keeps both.
@@ -8,10 +8,6 @@ a rollback takes them away with the change, a commit keeps both.
   that were set while expired (the ORM never loaded them).
 - ``after_flush`` turns new, dirty and deleted (including delete-orphan)
   instances into entries; primary keys are known by then.
-- ``do_orm_execute`` wraps ``update(Model)`` / ``delete(Model)``: it reads the
-  matching rows (locked with ``FOR UPDATE`` on PostgreSQL) before the
-  statement, the new values after it, and refuses a statement that touched
-  rows it did not see, so no bulk change goes unrecorded.
 """
 
 from __future__ import annotations
@@ -20,15 +16,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import inspect, select, tuple_
-from sqlalchemy.engine import Result
-from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, UOWTransaction
+from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 
 from . import _audit_bus, _audit_chain
 from ._audit_chain import Draft
 from ._audit_model import AuditRow
 from ._audit_policy import CapturePolicy, diff, is_audited, resource_id_of, resource_type_of
 from ._audit_record import make_draft
-from .errors import StorageError
 
 SNAPSHOT_KEY = "tenantkit.audit.snapshots"
 SKIP_OPTION = "tenantkit_audit_skip"
@@ -40,7 +34,7 @@ Change = tuple[str | None, tuple[Any, ...], Values | None, Values | None]
 
 
 class Capture:
-    """The session listeners of one ``install``; holds the install-wide policy."""
+    """The flush listeners of one ``install``; holds the install-wide policy."""
 
     def __init__(self, policy: CapturePolicy) -> None:
         self.policy = policy
@@ -76,8 +70,8 @@ class Capture:
             state = inspect(obj)
             if is_audited(state.class_):
                 after = dict(state.dict)
-                change: Change = (after.get("tenant_id"), _pk_of(state.mapper, after), None, after)
-                drafts.extend(self._drafts(state.mapper, "created", [change]))
+                change: Change = (after.get("tenant_id"), pk_of(state.mapper, after), None, after)
+                drafts.extend(self.drafts(state.mapper, "created", [change]))
         for obj in session.dirty:
             state = inspect(obj)
             if is_audited(state.class_) and state.identity is not None:
@@ -85,16 +79,16 @@ class Capture:
                 if after:
                     tenant = state.dict.get("tenant_id")
                     change = (tenant, tuple(state.identity), before, after)
-                    drafts.extend(self._drafts(state.mapper, "updated", [change]))
+                    drafts.extend(self.drafts(state.mapper, "updated", [change]))
         # flush_context.states also holds delete-orphans, which session.deleted
         # never lists; listonly states were only touched for relationships.
         for state, (is_delete, list_only) in flush_context.states.items():
             if is_delete and not list_only and is_audited(state.class_):
                 before = snapshots.get(state) or dict(state.dict)
-                pk = tuple(state.identity or _pk_of(state.mapper, before))
+                pk = tuple(state.identity or pk_of(state.mapper, before))
                 change = (before.get("tenant_id"), pk, before, None)
-                drafts.extend(self._drafts(state.mapper, "deleted", [change]))
-        _write(session, drafts)
+                drafts.extend(self.drafts(state.mapper, "deleted", [change]))
+        write(session, drafts)
 
     def _dirty_values(self, state: InstanceState[Any], fetched: Values) -> tuple[Values, Values]:
         before: Values = {}
@@ -107,57 +101,10 @@ class Capture:
             before[key] = hist.deleted[0] if hist.deleted else fetched.get(key)
         return before, after
 
-    # -- ORM bulk UPDATE / DELETE ---------------------------------------------
-
-    def on_execute(self, orm_state: ORMExecuteState) -> Result[Any] | None:
-        if not (orm_state.is_update or orm_state.is_delete):
-            return None
-        mapper = orm_state.bind_mapper
-        if mapper is None or orm_state.execution_options.get(SKIP_OPTION):
-            return None
-        if not is_audited(mapper.class_):
-            return None
-        session = orm_state.session
-        pk_keys = [mapper.get_property_by_column(col).key for col in mapper.primary_key]
-        tenant_key = ["tenant_id"] if "tenant_id" in mapper.attrs else []
-        keys = _unique([*pk_keys, *tenant_key, *(key for key, _ in self.policy.fields(mapper))])
-        params = orm_state.parameters
-        by_pk = isinstance(params, list)
-        if by_pk:
-            assert isinstance(params, list)
-            wanted = [tuple(p.get(key) for key in pk_keys) for p in params]
-            rows = _select_by_pk(session, mapper, keys, pk_keys, wanted)
-        else:
-            query = select(*(getattr(mapper.class_, key) for key in keys))
-            where = orm_state.statement.whereclause  # type: ignore[attr-defined]
-            if where is not None:
-                query = query.where(where)
-            query = query.with_for_update(of=mapper.class_)
-            found = session.execute(
-                query, params or {}, execution_options={SKIP_OPTION: True}
-            ).mappings()
-            rows = [dict(row) for row in found]
-        before = {tuple(row[key] for key in pk_keys): row for row in rows}
-        result = orm_state.invoke_statement()
-        if not by_pk:
-            _check_rowcount(session, result, len(before))
-        verb = "updated" if orm_state.is_update else "deleted"
-        after: dict[tuple[Any, ...], Values] = {}
-        if orm_state.is_update:
-            fresh = _select_by_pk(session, mapper, keys, pk_keys, list(before))
-            after = {tuple(row[key] for key in pk_keys): row for row in fresh}
-        changes = [
-            (row.get("tenant_id"), pk, row, after.get(pk) if orm_state.is_update else None)
-            for pk, row in before.items()
-        ]
-        _write(session, self._drafts(mapper, verb, changes, bulk=True))
-        return result
-
-    # -- shared ---------------------------------------------------------------
-
-    def _drafts(
+    def drafts(
         self, mapper: Mapper[Any], verb: str, changes: Iterable[Change], *, bulk: bool = False
     ) -> list[Draft]:
+        """Turn row changes of ``mapper`` into drafts; unchanged updates are dropped."""
         fields = self.policy.fields(mapper)
         if verb != "updated":
             # The entry carries the tenant; repeating it in changes adds nothing.
@@ -181,7 +128,8 @@ class Capture:
         return drafts
 
 
-def _write(session: Session, drafts: Sequence[Draft]) -> None:
+def write(session: Session, drafts: Sequence[Draft]) -> None:
+    """Append ``drafts`` on the session's connection and hold them for subscribers."""
     if not drafts:
         return
     conn = session.connection(bind_arguments={"mapper": inspect(AuditRow)})
@@ -193,17 +141,18 @@ def _fetch_current(session: Session, state: InstanceState[Any], keys: list[str])
     mapper = state.mapper
     assert state.identity is not None
     pk_keys = [mapper.get_property_by_column(col).key for col in mapper.primary_key]
-    rows = _select_by_pk(session, mapper, keys, pk_keys, [tuple(state.identity)])
+    rows = select_by_pk(session, mapper, keys, pk_keys, [tuple(state.identity)])
     return rows[0] if rows else {}
 
 
-def _select_by_pk(
+def select_by_pk(
     session: Session,
     mapper: Mapper[Any],
     keys: list[str],
     pk_keys: list[str],
     pks: Sequence[tuple[Any, ...]],
 ) -> list[Values]:
+    """Read ``keys`` of the rows with primary keys ``pks`` (locked on PostgreSQL)."""
     cls = mapper.class_
     columns = [getattr(cls, key) for key in keys]
     pk_columns = [getattr(cls, key) for key in pk_keys]
@@ -220,21 +169,11 @@ def _select_by_pk(
     return out
 
 
-def _check_rowcount(session: Session, result: Result[Any], expected: int) -> None:
-    bind = session.get_bind()
-    if bind.dialect.name not in ("postgresql", "sqlite"):
-        return
-    count = getattr(result, "rowcount", -1)
-    if isinstance(count, int) and count >= 0 and count != expected:
-        raise StorageError(
-            f"the statement changed {count} rows but {expected} were audited "
-            "(rows changed concurrently); roll back and retry"
-        )
-
-
-def _pk_of(mapper: Mapper[Any], values: Values) -> tuple[Any, ...]:
+def pk_of(mapper: Mapper[Any], values: Values) -> tuple[Any, ...]:
+    """Return the primary key found in ``values`` (attribute keys)."""
     return tuple(values.get(mapper.get_property_by_column(col).key) for col in mapper.primary_key)
 
 
-def _unique(keys: Iterable[str]) -> list[str]:
+def unique(keys: Iterable[str]) -> list[str]:
+    """Return ``keys`` without repeats, in order."""
     return list(dict.fromkeys(keys))

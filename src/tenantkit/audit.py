@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from . import _audit_bus, _audit_chain, scoping
+from ._audit_bulk import BulkCapture
 from ._audit_capture import Capture
 from ._audit_model import AUDIT_TABLES, GENESIS_HASH, AuditEntry
 from ._audit_policy import REDACTED, CapturePolicy, audited, is_audited, is_secret_name
@@ -63,7 +64,9 @@ __all__ = [
 
 subscribe = _audit_bus.subscribe
 
-_installed: weakref.WeakKeyDictionary[type[Session], Capture] = weakref.WeakKeyDictionary()
+_installed: weakref.WeakKeyDictionary[type[Session], tuple[Capture, BulkCapture]] = (
+    weakref.WeakKeyDictionary()
+)
 _unscoped_hooks: weakref.WeakKeyDictionary[Engine, Callable[[Any], None]] = (
     weakref.WeakKeyDictionary()
 )
@@ -94,10 +97,11 @@ def install(
                     "once per session factory (a second install would write every entry twice)"
                 )
         capture = Capture(policy)
+        bulk = BulkCapture(capture)
         event.listen(session_class, "before_flush", capture.before_flush)
         event.listen(session_class, "after_flush", capture.after_flush)
-        event.listen(session_class, "do_orm_execute", capture.on_execute)
-        _installed[session_class] = capture
+        event.listen(session_class, "do_orm_execute", bulk.on_execute)
+        _installed[session_class] = (capture, bulk)
     bind = getattr(target, "kw", {}).get("bind")
     if record_unscoped and isinstance(bind, Engine):
         log_unscoped(bind)
@@ -107,11 +111,12 @@ def uninstall(target: Any) -> None:
     """Stop capturing for ``target`` (tests, reconfiguration)."""
     session_class = _session_class(target)
     with _install_lock:
-        capture = _installed.pop(session_class, None)
-    if capture is not None:
+        installed = _installed.pop(session_class, None)
+    if installed is not None:
+        capture, bulk = installed
         event.remove(session_class, "before_flush", capture.before_flush)
         event.remove(session_class, "after_flush", capture.after_flush)
-        event.remove(session_class, "do_orm_execute", capture.on_execute)
+        event.remove(session_class, "do_orm_execute", bulk.on_execute)
 
 
 def _session_class(target: Any) -> type[Session]:
