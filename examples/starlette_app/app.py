@@ -28,6 +28,7 @@ from tenantkit.kit import TenantKit
 from tenantkit.quotas import QuotaEngine
 
 from .analytics import Analytics, CaptureContext, RequestLogMiddleware
+from .auth import Passwords
 from .config import AppConfig
 from .db import Database, prepare
 from .outbox import OutboxWorker
@@ -103,5 +104,6 @@ def create_app(config: AppConfig | None = None) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.state.services = Services(config, kit, db, outbox, analytics)
+    passwords = Passwords(time_cost=config.argon2_time_cost, memory_kib=config.argon2_memory_kib)
+    app.state.services = Services(config, kit, db, outbox, analytics, passwords)
     return app

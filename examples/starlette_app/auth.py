@@ -22,11 +22,6 @@ from tenantkit.types import Identity
 ADMIN = "ADMIN"
 MEMBER = "MEMBER"
 
-# argon2id with the RFC 9106 low-memory profile (64 MiB, 3 passes): memory-hard.
-_hasher = PasswordHasher()
-# Verified when the user does not exist, so both paths cost one argon2 run.
-_DUMMY_HASH = _hasher.hash("tenantkit-timing-equaliser")
-
 
 def require_admin_token(request: Request, admin_token: str) -> None:
     """Accept only ``Authorization: Bearer <ADMIN_TOKEN>``; anything else is 401."""
@@ -73,22 +68,38 @@ def require_user() -> Identity:
     return identity
 
 
-def hash_password(password: str) -> str:
-    """Return the argon2id hash of ``password``."""
-    return _hasher.hash(password)
+class Passwords:
+    """argon2id password hashing (memory-hard); parameters default to RFC 9106's low-memory profile.
 
+    A hash made with weaker parameters than the current ones is upgraded at the
+    next successful login (``needs_rehash``).
+    """
 
-def verify_password(stored: str | None, password: str) -> bool:
-    """Return whether ``password`` matches ``stored`` (constant work when ``stored`` is None)."""
-    try:
-        return _hasher.verify(stored or _DUMMY_HASH, password) and stored is not None
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
+    def __init__(
+        self, *, time_cost: int = 3, memory_kib: int = 65_536, parallelism: int = 4
+    ) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism
+        )
+        self._dummy: str | None = None
 
+    def hash(self, password: str) -> str:
+        """Return the argon2id hash of ``password``."""
+        return self._hasher.hash(password)
 
-def needs_rehash(stored: str) -> bool:
-    """Return whether ``stored`` was hashed with weaker parameters than today's."""
-    return _hasher.check_needs_rehash(stored)
+    def verify(self, stored: str | None, password: str) -> bool:
+        """Return whether ``password`` matches ``stored``; as costly when ``stored`` is None."""
+        if stored is None:
+            # Verify against a throwaway hash so an unknown user costs as much as a known one.
+            self._dummy = self._dummy or self._hasher.hash("tenantkit-timing-equaliser")
+        try:
+            return self._hasher.verify(stored or self._dummy or "", password) and stored is not None
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, stored: str) -> bool:
+        """Return whether ``stored`` was made with other parameters than today's."""
+        return self._hasher.check_needs_rehash(stored)
 
 
 async def throttle_login(
@@ -102,6 +113,6 @@ async def throttle_login(
     account = hashlib.sha256(email.encode()).hexdigest()[:32]
     limits = [
         Limit("login-account", f"{{{tenant_id}}}:login:{account}", "requests", per_minute),
-        Limit("login-client", f"login-client:{client or 'unknown'}", "requests", per_minute * 5),
+        Limit("login-client", f"login-client:{client or 'unknown'}", "requests", per_minute * 10),
     ]
     await quotas.acquire_async(limits, tokens=0)

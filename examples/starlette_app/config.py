@@ -10,7 +10,10 @@
 ``API_KEY_SECRET``             key hashing API keys (derived from ``JWT_SECRET`` if unset)
 ``TRUST_TENANT_HEADER``        ``1``: accept a bare ``X-Tenant-ID`` (behind a trusted gateway)
 ``ACCESS_TOKEN_TTL``           access-token lifetime in seconds (900)
-``LOGIN_ATTEMPTS_PER_MINUTE``  login attempts per tenant and email (10)
+``LOGIN_ATTEMPTS_PER_MINUTE``  login attempts per tenant and email (10; 10x that per client)
+``SIGNUPS_PER_MINUTE``         onboardings per client address (10)
+``ARGON2_MEMORY_KIB``          argon2id memory per hash in KiB (65536)
+``ARGON2_TIME_COST``           argon2id passes (3)
 ``MAX_BODY_BYTES``             request body limit (1048576)
 ``OUTBOX_MAX_ATTEMPTS``        handler attempts before an event is dead-lettered (5)
 ``OUTBOX_BACKOFF_SECONDS``     first retry delay, doubled per attempt (1.0)
@@ -59,6 +62,9 @@ class AppConfig:
     trust_tenant_header: bool = False
     access_token_ttl: int = 900
     login_attempts_per_minute: int = 10
+    signups_per_minute: int = 10
+    argon2_memory_kib: int = 65_536
+    argon2_time_cost: int = 3
     max_body_bytes: int = 1_048_576
     outbox_max_attempts: int = 5
     outbox_backoff_seconds: float = 1.0
@@ -100,6 +106,9 @@ class AppConfig:
             trust_tenant_header=_bool(env, "TRUST_TENANT_HEADER"),
             access_token_ttl=_int(env, "ACCESS_TOKEN_TTL", 900),
             login_attempts_per_minute=_int(env, "LOGIN_ATTEMPTS_PER_MINUTE", 10),
+            signups_per_minute=_int(env, "SIGNUPS_PER_MINUTE", 10),
+            argon2_memory_kib=_int(env, "ARGON2_MEMORY_KIB", 65_536),
+            argon2_time_cost=_int(env, "ARGON2_TIME_COST", 3),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 1_048_576),
             outbox_max_attempts=_int(env, "OUTBOX_MAX_ATTEMPTS", 5),
             outbox_backoff_seconds=_float(env, "OUTBOX_BACKOFF_SECONDS", 1.0),

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from tenantkit.kit import TenantKit
 
+from .auth import Passwords
 from .config import AppConfig
 from .db import Database
 
@@ -27,6 +28,7 @@ class Services:
     db: Database
     outbox: OutboxWorker
     analytics: Analytics
+    passwords: Passwords
 
 
 def services(request: Request) -> Services:

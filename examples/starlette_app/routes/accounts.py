@@ -25,7 +25,7 @@ from tenantkit.tenants import tenant_to_dict
 from tenantkit.types import TENANT_ID_PATTERN, Identity, TenantConfig
 
 from ..accounts import add_user, find_user
-from ..auth import ADMIN, hash_password, needs_rehash, throttle_login, verify_password
+from ..auth import ADMIN, throttle_login
 from ..models import User
 from ..openapi import operation
 from ..services import Services, json, services
@@ -101,14 +101,10 @@ async def onboard(request: Request) -> Response:
         raise invalid([{"field": "tenant_name", "message": "needs letters or digits for an id"}])
     client = request.client.host if request.client else None
     await s.kit.quotas.acquire_async(
-        [
-            Limit(
-                "signup-client", f"signup:{client}", "requests", s.config.login_attempts_per_minute
-            )
-        ],
+        [Limit("signup-client", f"signup:{client}", "requests", s.config.signups_per_minute)],
         tokens=0,
     )
-    hashed = await run_sync(hash_password, data["password"])
+    hashed = await run_sync(s.passwords.hash, data["password"])
 
     def work() -> tuple[TenantConfig, User]:
         tenant = s.kit.tenants.create(
@@ -176,14 +172,14 @@ def _check_password(
     try:
         tenant = s.kit.tenants.get(tenant_id)
     except TenantNotFound:
-        verify_password(None, password)  # same cost as a real check: no tenant oracle
+        s.passwords.verify(None, password)  # same cost as a real check: no tenant oracle
         raise Unauthorized(_BAD_LOGIN) from None
     identity = Identity(tenant_id=tenant_id, source="system", subject=email)
     with bound_tenant(tenant, identity=identity), audit.acting_as(f"login:{email}"):
 
         def work(session: Session) -> User | None:
             user = find_user(session, email)
-            ok = verify_password(user.password_hash if user else None, password)
+            ok = s.passwords.verify(user.password_hash if user else None, password)
             action = "user.login" if ok else "user.login_failed"
             audit.record(
                 session,
@@ -192,8 +188,9 @@ def _check_password(
                 resource_id=user.id if user else None,
                 metadata={"client": client},
             )
-            if ok and user is not None and user.password_hash and needs_rehash(user.password_hash):
-                user.password_hash = hash_password(password)
+            stored = user.password_hash if user else None
+            if ok and user is not None and stored and s.passwords.needs_rehash(stored):
+                user.password_hash = s.passwords.hash(password)
             return user if ok else None
 
         user = s.db.transaction(work)

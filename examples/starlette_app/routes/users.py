@@ -19,7 +19,7 @@ from starlette.routing import Route
 from tenantkit.errors import Conflict, NotFound
 
 from ..accounts import add_user
-from ..auth import ROLES, hash_password, require_tenant_admin
+from ..auth import ROLES, require_tenant_admin
 from ..models import User
 from ..openapi import PAGE_QUERY, list_of, operation
 from ..paging import page, page_params
@@ -129,7 +129,7 @@ async def create_member(request: Request) -> Response:
     s = services(request)
     require_tenant_admin()
     data = CREATE_MEMBER.parse(await read_json(request, max_bytes=s.config.max_body_bytes))
-    hashed = await run_sync(hash_password, data["password"])
+    hashed = await run_sync(s.passwords.hash, data["password"])
     user = await s.db.run(
         lambda session: add_user(
             session,
