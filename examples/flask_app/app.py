@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from flask import Flask
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from tenantkit import audit
 from tenantkit.apikeys import APIKeyStore
@@ -84,7 +84,9 @@ def build_platform(cfg: AppConfig, clock: Clock) -> Platform:
     )
     kit = _kit(settings, engine, clock)
     plans = Plans.from_mapping({PLANS_KEY: cfg.plans_json} if cfg.plans_json else {})
-    sessions = tenant_sessionmaker(engine, expire_on_commit=False)
+    # A session class of this app's own: audit capture listens on it and on nothing else.
+    app_session: type[Session] = type("PlatformSession", (Session,), {})
+    sessions = tenant_sessionmaker(engine, class_=app_session, expire_on_commit=False)
     audit.install(sessions)
     jobs_sessions = sessionmaker(jobs_engine, expire_on_commit=False)
     billing = None

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from examples.flask_app.api import operation_of
 from tests.e2e._flask_server import Org, Served, add_member, make_config, onboard, serve
 

@@ -57,7 +57,9 @@ def sign_in(body: dict[str, Any]) -> ResponseReturnValue:
             raise Forbidden("this organization is suspended", reason="suspended")
         with bound_tenant(tenant), p.sessions() as session:
             found = session.execute(
-                select(Membership, Organization).where(Membership.user_id == user.id)
+                select(Membership, Organization)
+                .join(Organization, Organization.tenant_id == Membership.tenant_id)
+                .where(Membership.user_id == user.id)
             ).first()
             if found is None or found[0].status == "invited":
                 raise Unauthorized(BAD_CREDENTIALS)
