@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ from tests.stripe_local.fixtures import (
     sign,
 )
 
+from tenantkit._db import utcnow
 from tenantkit.billing import BillingAccount, StripeBilling, StripeWebhookEvent
 from tenantkit.errors import ConfigurationError
 from tenantkit.plans import Plans
+from tenantkit.tenants import TenantStore as TenantStore_
 from tenantkit.webhooks import StripeWebhooks, WebhookRejected
 
 SECRET = "whsec_tenantkit_test"
@@ -353,3 +356,77 @@ def test_a_secret_is_required(engine: Engine) -> None:
     """Without a signing secret nothing could be verified: refuse to start."""
     with pytest.raises(ConfigurationError):
         StripeWebhooks("", sessions(engine))
+
+
+def test_a_tenant_store_is_updated_directly(
+    local_stripe: LocalStripe, engine: Engine, plans: Plans, prices: dict[str, str]
+) -> None:
+    """With tenant_store=, a plan change and a cancellation land in the real TenantStore."""
+    store = TenantStore_(engine)
+    store.create_all()
+    tenant, sub_id = _subscribed(local_stripe, engine, prices)
+    store.create(id=tenant, name="Acme", plan="starter")
+    hooks = StripeWebhooks(SECRET, sessions(engine), plans=plans, tenant_store=store)
+    client = local_stripe.client()
+    item = client.v1.subscriptions.retrieve(sub_id)["items"].data[0].id
+    change: Any = {"items": [{"id": item, "price": prices["pro"]}]}
+    client.v1.subscriptions.update(sub_id, params=change)
+    _deliver(hooks, _latest(local_stripe, "customer.subscription.updated", sub_id))
+    assert store.get(tenant).plan == "pro"
+    client.v1.subscriptions.cancel(sub_id)
+    _deliver(hooks, _latest(local_stripe, "customer.subscription.deleted", sub_id))
+    assert store.get(tenant).status == "suspended"
+
+
+def test_a_failing_callback_lets_stripes_retry_apply_the_event(
+    local_stripe: LocalStripe, engine: Engine, plans: Plans, prices: dict[str, str]
+) -> None:
+    """If the tenant store fails, the event is not marked processed: the retry applies it."""
+    tenant, sub_id = _subscribed(local_stripe, engine, prices)
+    local_stripe.client().v1.subscriptions.cancel(sub_id)
+    event = _latest(local_stripe, "customer.subscription.deleted", sub_id)
+    suspended: list[str] = []
+    failures = [RuntimeError("tenant store down")]
+
+    def suspend(tenant_id: str, status: str) -> None:
+        if failures:
+            raise failures.pop()
+        suspended.append(tenant_id)
+
+    hooks = StripeWebhooks(SECRET, sessions(engine), plans=plans, on_status_change=suspend)
+    with pytest.raises(RuntimeError):
+        _deliver(hooks, event)
+    assert _deliver(hooks, event).handled
+    assert suspended == [tenant]
+
+
+def test_a_delivery_that_died_midway_does_not_block_the_retry(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    prices: dict[str, str],
+    store: TenantStore,
+) -> None:
+    """An event left 'processing' by a dead process is taken over after five minutes."""
+    tenant, sub_id = _subscribed(local_stripe, engine, prices)
+    local_stripe.client().v1.subscriptions.cancel(sub_id)
+    event = _latest(local_stripe, "customer.subscription.deleted", sub_id)
+    with sessions(engine)() as session, session.begin():
+        session.add(
+            StripeWebhookEvent(
+                id=event["id"],
+                type=event["type"],
+                tenant_id=tenant,
+                outcome="processing",
+                created=event["created"],
+                received_at=utcnow() - timedelta(minutes=4),
+            )
+        )
+    with pytest.raises(WebhookRejected):
+        _deliver(hooks, event)  # the first delivery may still be running
+    with sessions(engine)() as session, session.begin():
+        row = session.get(StripeWebhookEvent, event["id"])
+        assert row is not None
+        row.received_at = utcnow() - timedelta(minutes=6)
+    assert _deliver(hooks, event).handled
+    assert ("status", tenant, "suspended") in store.calls

@@ -12,9 +12,12 @@
 Accepted events update the tenant's ``BillingAccount`` and call the injected
 callbacks: ``on_plan_change(tenant_id, plan)``, ``on_status_change(tenant_id,
 "active" | "suspended")`` and ``on_billing_status(tenant_id, "active" |
-"past_due" | "canceled")``. Callbacks run inside the event's transaction: if
-one raises, the event is not recorded and Stripe's retry applies it again, so
-they must be idempotent (setting a plan or a status is).
+"past_due" | "canceled")``; ``tenant_store=`` (a ``TenantStore``) supplies
+the first two as ``store.update(tenant_id, plan=...)`` and ``status=...``.
+The event id is claimed first (so concurrent deliveries apply it once), the
+account is updated, then the callbacks run outside tenantkit's transaction.
+If one raises, the claim is withdrawn and Stripe's retry applies the event
+again, so callbacks must be idempotent (setting a plan or a status is).
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import stripe
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ._billing_models import BillingAccount, StripeWebhookEvent
@@ -38,6 +42,7 @@ logger = logging.getLogger("tenantkit.billing")
 
 SIGNATURE_HEADER = "Stripe-Signature"
 MAX_TOLERANCE = 900
+PROCESSING_TIMEOUT = timedelta(minutes=5)
 HANDLED_TYPES = (
     "invoice.paid",
     "invoice.payment_succeeded",
@@ -45,6 +50,14 @@ HANDLED_TYPES = (
     "customer.subscription.updated",
     "customer.subscription.deleted",
 )
+
+
+class TenantUpdater(Protocol):
+    """What the webhooks need of a tenant store: ``TenantStore.update`` fits."""
+
+    def update(
+        self, tenant_id: str, *, expected_version: int | None = None, **fields: Any
+    ) -> Any: ...
 
 
 class WebhookRejected(BadRequest):
@@ -78,6 +91,7 @@ class StripeWebhooks:
         on_plan_change: Callable[[str, str], None] | None = None,
         on_status_change: Callable[[str, str], None] | None = None,
         on_billing_status: Callable[[str, str], None] | None = None,
+        tenant_store: TenantUpdater | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not secret:
@@ -91,6 +105,10 @@ class StripeWebhooks:
         self.plans = plans
         self.tolerance = tolerance
         self.max_clock_skew = max_clock_skew
+        if tenant_store is not None:
+            store = tenant_store
+            on_plan_change = on_plan_change or (lambda t, plan: store.update(t, plan=plan))
+            on_status_change = on_status_change or (lambda t, st: store.update(t, status=st))
         self._on_plan_change = on_plan_change
         self._on_status_change = on_status_change
         self._on_billing_status = on_billing_status
@@ -107,32 +125,72 @@ class StripeWebhooks:
             raise WebhookRejected(
                 "webhook body is not a Stripe event", reason="bad_payload"
             ) from exc
-        with self._sessionmaker() as session, session.begin():
+        with self._sessionmaker() as session:
             tenant = _tenant_of(session, obj)
-            values = {
-                "id": event_id,
-                "type": kind,
-                "tenant_id": tenant,
-                "outcome": "received",
-                "created": created,
-            }
-            if not insert_or_ignore(session, table_of(StripeWebhookEvent), values, ("id",)):
-                raise WebhookRejected(f"event {event_id} was already processed", reason="replayed")
-            changes: dict[str, str] = {}
-            outcome = "ignored"
-            if tenant is not None and kind in HANDLED_TYPES:
-                account = session.get(BillingAccount, tenant)
-                if account is not None and created < account.last_event_created:
-                    outcome = "out_of_order"
-                else:
-                    changes = self._apply(session, tenant, kind, obj)
-                    outcome = "handled"
-                    if account is not None:
-                        account.last_event_created = created
-            row = session.get(StripeWebhookEvent, event_id)
-            assert row is not None
-            row.outcome = outcome
+        self._claim(event_id, kind, tenant, created)
+        try:
+            outcome, changes = self._apply_event(tenant, kind, obj, created)
+            # Outside our transaction: the host's store may share a SQLite file with us.
+            self._notify(tenant, changes)
+        except BaseException:
+            self._unclaim(event_id)  # Stripe's retry will apply it again
+            raise
+        with self._sessionmaker() as session, session.begin():
+            session.execute(
+                update(StripeWebhookEvent)
+                .where(StripeWebhookEvent.id == event_id)
+                .values(outcome=outcome)
+            )
         return WebhookResult(event_id, kind, tenant, outcome == "handled", changes)
+
+    def _claim(self, event_id: str, kind: str, tenant: str | None, created: int) -> None:
+        """Record the event id once; a second delivery is a replay unless the first died."""
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        values = {
+            "id": event_id,
+            "type": kind,
+            "tenant_id": tenant,
+            "outcome": "processing",
+            "created": created,
+            "received_at": now,
+        }
+        with self._sessionmaker() as session, session.begin():
+            if insert_or_ignore(session, table_of(StripeWebhookEvent), values, ("id",)):
+                return
+            # A delivery whose process died mid-way must not block Stripe's retries for good.
+            result = session.execute(
+                update(StripeWebhookEvent)
+                .where(
+                    StripeWebhookEvent.id == event_id,
+                    StripeWebhookEvent.outcome == "processing",
+                    StripeWebhookEvent.received_at < now - PROCESSING_TIMEOUT,
+                )
+                .values(received_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 0) == 1:
+                return
+        raise WebhookRejected(f"event {event_id} was already processed", reason="replayed")
+
+    def _unclaim(self, event_id: str) -> None:
+        with self._sessionmaker() as session, session.begin():
+            session.execute(delete(StripeWebhookEvent).where(StripeWebhookEvent.id == event_id))
+
+    def _apply_event(
+        self, tenant: str | None, kind: str, obj: dict[str, Any], created: int
+    ) -> tuple[str, dict[str, str]]:
+        if tenant is None or kind not in HANDLED_TYPES:
+            return "ignored", {}
+        with self._sessionmaker() as session, session.begin():
+            account = session.get(BillingAccount, tenant)
+            if account is None:
+                account = BillingAccount(tenant_id=tenant, status="none", last_event_created=0)
+                session.add(account)
+            elif created < account.last_event_created:
+                return "out_of_order", {}
+            changes = self._apply(account, kind, obj)
+            account.last_event_created = created
+        return "handled", changes
 
     def _verify(self, body: bytes | str, signature: str | None) -> Any:
         if not signature:
@@ -159,13 +217,7 @@ class StripeWebhooks:
                 "webhook body is not a Stripe event", reason="bad_payload"
             ) from exc
 
-    def _apply(
-        self, session: Session, tenant: str, kind: str, obj: dict[str, Any]
-    ) -> dict[str, str]:
-        account = session.get(BillingAccount, tenant)
-        if account is None:
-            account = BillingAccount(tenant_id=tenant, status="none", last_event_created=0)
-            session.add(account)
+    def _apply(self, account: BillingAccount, kind: str, obj: dict[str, Any]) -> dict[str, str]:
         changes: dict[str, str] = {}
         if kind in ("invoice.paid", "invoice.payment_succeeded"):
             if account.status in ("past_due", "none"):
@@ -183,8 +235,6 @@ class StripeWebhooks:
             account.stripe_subscription_item_id = None
             changes["billing_status"] = account.status = "canceled"
             changes["status"] = "suspended"
-        session.flush()
-        self._notify(tenant, changes)
         return changes
 
     def _subscription_updated(self, account: BillingAccount, obj: dict[str, Any]) -> dict[str, str]:
@@ -204,7 +254,9 @@ class StripeWebhooks:
         account.stripe_subscription_id = obj.get("id") or account.stripe_subscription_id
         return changes
 
-    def _notify(self, tenant: str, changes: dict[str, str]) -> None:
+    def _notify(self, tenant: str | None, changes: dict[str, str]) -> None:
+        if tenant is None:
+            return
         if "plan" in changes and self._on_plan_change is not None:
             self._on_plan_change(tenant, changes["plan"])
         if "billing_status" in changes and self._on_billing_status is not None:
