@@ -68,6 +68,10 @@ class Admission:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _ok(healthy: bool) -> str:
+    return "ok" if healthy else "error"
+
+
 def default_on_reject(request: RequestInfo, exc: HTTPError) -> Decision:
     """Render a rejection as an RFC 9457 problem document."""
     return problem_decision(exc, instance=request.path)
@@ -183,16 +187,24 @@ class TenantKit:
 
     def health(self) -> dict[str, str]:
         """Check the database and the quota storage: ``{"database": "ok"|"error", ...}``."""
-        checks = {"database": "ok", "quota_storage": "ok"}
+        return {
+            "database": _ok(self._database_ok()),
+            "quota_storage": _ok(self.quotas.health()),
+        }
+
+    async def health_async(self) -> dict[str, str]:
+        """``health`` without blocking the event loop."""
+        database = await anyio.to_thread.run_sync(self._database_ok)
+        return {"database": _ok(database), "quota_storage": _ok(await self.quotas.health_async())}
+
+    def _database_ok(self) -> bool:
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception:  # any driver error means the check failed
             log.warning("tenantkit health: database check failed", exc_info=True)
-            checks["database"] = "error"
-        if not self.quotas.health():
-            checks["quota_storage"] = "error"
-        return checks
+            return False
+        return True
 
     # -- stages ------------------------------------------------------------------
 
