@@ -1,4 +1,4 @@
-"""Plan limits (402 with the upgrade), rate limits (429 with Retry-After), scopes and input errors."""
+"""Plan limits (402 with the upgrade), rate limits (429, Retry-After), scopes, bad input."""
 
 from __future__ import annotations
 
