@@ -57,6 +57,11 @@ class BillingService:
             # plan change (or the next onboarding step) retries the Stripe side.
             log.warning("Stripe setup of %s failed; it will be retried", tenant.id, exc_info=True)
 
+    def add_payment_method(self, tenant: TenantConfig, payment_method_id: str) -> None:
+        """Attach a card as the default and make sure the plan's subscription exists."""
+        self.stripe.set_payment_method(tenant.id, payment_method_id)
+        self.stripe.subscribe(tenant.id, tenant.plan)
+
     def change_plan(self, tenant_id: str, plan: str) -> None:
         """Move the subscription to ``plan``; the tenant's plan follows on success."""
         self.stripe.subscribe(tenant_id, plan)

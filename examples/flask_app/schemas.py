@@ -185,3 +185,7 @@ ADMIN_ORG_UPDATE = Schema(
         Field("plan", "string", enum=PLANS),
     ),
 )
+PAYMENT_METHOD = Schema(
+    "PaymentMethod",
+    (Field("payment_method_id", "string", required=True, pattern=r"^pm_[A-Za-z0-9_]{1,200}$"),),
+)
