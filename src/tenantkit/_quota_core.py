@@ -26,7 +26,6 @@ class Outcome:
         admitted: bool,
         remaining: Sequence[int],
         reset: Sequence[int],
-        *,
         retry_after: int = 0,
         blocker: int = -1,
         stamp: float = 0.0,

@@ -48,16 +48,14 @@ class MemoryBackend:
         """Charge every limit its cost, or none if any would exceed its bucket."""
         now = round(self._clock() * NS)
         window = self._window
-        n = len(limits)
-        bases = [0] * n
-        news = [0] * n
+        remaining: list[int] = []
+        reset: list[int] = []
         retry = 0
         blocker = -1
+        staged: dict[str, int] = {}
         with self._lock:
             tat = self._tat
-            staged: dict[str, int] = {}
-            for i in range(n):
-                limit = limits[i]
+            for i, limit in enumerate(limits):
                 q = limit.per_minute
                 cost = costs[i]
                 key = limit.key
@@ -65,58 +63,62 @@ class MemoryBackend:
                 if prior is None:
                     prior = tat.get(key, 0)
                 base = prior if prior > now else now
-                bases[i] = base
+                level = base - now
                 if q <= 0:
                     if retry < PERIOD_SECONDS:
                         retry, blocker = PERIOD_SECONDS, i
-                    news[i] = base
+                    remaining.append(0)
+                    reset.append(0)
                     continue
+                new = base + -(-cost * PERIOD_NS // q)
                 # Admit only while at least one unit is left, even for a zero-cost reservation.
-                check = base + -(-(cost if cost > 0 else 1) * PERIOD_NS // q)
-                over = check - now - window
+                over = (new if cost else base + -(-PERIOD_NS // q)) - now - window
                 if over > 0:
                     wait = -(-over // NS)
                     if wait > retry:
                         retry, blocker = wait, i
-                news[i] = staged[key] = base + -(-cost * PERIOD_NS // q)
-            if blocker >= 0:
-                return Outcome(
-                    False,
-                    *_state(limits, bases, now, window),
-                    retry_after=retry,
-                    blocker=blocker,
-                    stamp=now / NS,
-                )
-            for key, value in staged.items():
-                if key not in tat:
-                    self._make_room(now)
-                    self._ring.append(key)
-                tat[key] = value
-        return Outcome(True, *_state(limits, news, now, window), stamp=now / NS)
+                else:
+                    level = new - now
+                staged[key] = new
+                left = (window - level) * q // PERIOD_NS
+                remaining.append(left if left > 0 else 0)
+                reset.append(-(-level // NS))
+            if blocker < 0:
+                for key, value in staged.items():
+                    if key not in tat:
+                        self._make_room(now)
+                        self._ring.append(key)
+                    tat[key] = value
+                return Outcome(True, remaining, reset, 0, -1, now / NS)
+            # Denied: report every limit as it stands, uncharged.
+            remaining, reset = _state(limits, tat, now, window)
+        return Outcome(False, remaining, reset, retry, blocker, now / NS)
 
     def adjust(
         self, limits: Sequence[Limit], deltas: Sequence[int], stamp: float, ttl: float
     ) -> None:
         """Charge positive deltas; refund negative ones unless the grant is older than ``ttl``."""
-        now = round(self._clock() * NS)
-        fresh = now - round(stamp * NS) <= round(ttl * NS)
+        now_s = self._clock()
+        now = round(now_s * NS)
+        fresh = now_s - stamp <= ttl
         with self._lock:
             tat = self._tat
-            for limit, delta in zip(limits, deltas, strict=True):
+            for i, limit in enumerate(limits):
+                delta = deltas[i]
                 q = limit.per_minute
-                if delta == 0 or q <= 0 or (delta < 0 and not fresh):
+                if delta == 0 or q <= 0:
                     continue
                 prior = tat.get(limit.key)
                 if delta < 0:
                     # A refund beyond a full bucket is meaningless; an absent bucket is full.
-                    if prior is not None and prior > now:
+                    if fresh and prior is not None and prior > now:
                         tat[limit.key] = prior - (-delta * PERIOD_NS // q)
                     continue
                 if prior is None:
                     self._make_room(now)
                     self._ring.append(limit.key)
                     prior = now
-                tat[limit.key] = max(prior, now) + -(-delta * PERIOD_NS // q)
+                tat[limit.key] = (prior if prior > now else now) + -(-delta * PERIOD_NS // q)
 
     def _make_room(self, now: int) -> None:
         """Drop or rotate the two oldest keys; evict past ``max_keys`` (lock held)."""
@@ -160,14 +162,14 @@ class MemoryBackend:
 
 
 def _state(
-    limits: Sequence[Limit], tats: Sequence[int], now: int, window: int
+    limits: Sequence[Limit], tat: dict[str, int], now: int, window: int
 ) -> tuple[list[int], list[int]]:
-    """Remaining whole units and whole seconds to full, per limit."""
+    """Remaining whole units and whole seconds to full, per limit, without the charge."""
     remaining: list[int] = []
     reset: list[int] = []
-    for limit, value in zip(limits, tats, strict=True):
-        level = value - now
+    for limit in limits:
+        level = max(tat.get(limit.key, 0) - now, 0)
         left = (window - level) * limit.per_minute // PERIOD_NS
         remaining.append(left if left > 0 else 0)
-        reset.append(-(-level // NS) if level > 0 else 0)
+        reset.append(-(-level // NS))
     return remaining, reset

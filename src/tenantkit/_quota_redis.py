@@ -155,6 +155,7 @@ class RedisBackend:
         self._lock = threading.Lock()
         self._sync: Any = None
         self._async: Any = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
         self._denied: dict[str, tuple[float, int, int, float]] = {}
         self.round_trips = 0
         self.local_denials = 0
@@ -169,8 +170,11 @@ class RedisBackend:
         return self._sync
 
     def _aclient(self) -> Any:
-        if self._async is None:
+        # An asyncio connection belongs to the loop that opened it: one client per loop.
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async_loop is not loop:
             self._async = self._connect("async+" + self._uri)
+            self._async_loop = loop
         return self._async
 
     def _connect(self, uri: str) -> Any:

@@ -63,9 +63,9 @@ class HeaderRenderer:
             return []
         headers = [(RATELIMIT_POLICY, ", ".join([limit.policy_item for limit in limits]))]
         items = [
-            f'"{limit.name}";r={left};t={secs}'
-            for limit, left, secs in zip(limits, remaining, reset, strict=True)
-            if left != UNKNOWN
+            f'"{limit.name}";r={remaining[i]};t={reset[i]}'
+            for i, limit in enumerate(limits)
+            if remaining[i] != UNKNOWN
         ]
         if items:
             headers.append((RATELIMIT, ", ".join(items)))

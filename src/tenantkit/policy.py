@@ -11,8 +11,7 @@ shape is a 422 naming the field, never a 500.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import PolicyDenied, UnprocessableEntity
@@ -23,7 +22,8 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 """Tokens a chat format adds around each message (role, separators)."""
 COMPLETION_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-PROMPT_FIELDS = ("messages", "prompt", "input", "system", "instructions")
+PROMPT_FIELDS = ("prompt", "input", "system", "instructions")
+"""Prompt fields besides ``messages``."""
 
 
 class Policy:
@@ -31,7 +31,7 @@ class Policy:
 
     def check(self, tenant: TenantConfig, body: Mapping[str, Any]) -> None:
         """Raise ``PolicyDenied`` (403) if the body names a model or tool the tenant may not use."""
-        if not isinstance(body, Mapping):
+        if not isinstance(body, dict | Mapping):
             raise _invalid("", "the request body must be a JSON object")
         if tenant.allowed_models is not None:
             self._check_model(tenant, body)
@@ -78,10 +78,10 @@ def _tool_name(entry: object, where: str) -> str:
     if isinstance(entry, str):
         name: object = entry
         field = where
-    elif isinstance(entry, Mapping):
+    elif isinstance(entry, dict | Mapping):
         function = entry.get("function")
         if function is not None:
-            if not isinstance(function, Mapping):
+            if not isinstance(function, dict | Mapping):
                 raise _invalid(f"{where}.function", "function must be an object")
             name, field = function.get("name"), f"{where}.function.name"
         elif "name" in entry:
@@ -105,22 +105,35 @@ def estimate_tokens(body: Mapping[str, Any], default: int) -> int:
     the declared tools); the completion budget is ``max_tokens`` (or
     ``max_completion_tokens`` / ``max_output_tokens``), else ``default``.
     """
-    if not isinstance(body, Mapping):
+    if not isinstance(body, dict | Mapping):
         return default
     chars = 0
-    messages = 0
+    messages = body.get("messages")
+    count = 0
+    if type(messages) is list:
+        count = len(messages)
+        for message in messages:
+            # The common message, {"role": ..., "content": "..."}, without the general walk.
+            if type(message) is dict and len(message) == 2 and "role" in message:
+                content = message.get("content")
+                if type(content) is str:
+                    chars += len(content)
+                    continue
+            chars += _text_length(message, 1)
+    elif messages is not None:
+        chars += _text_length(messages, 0)
     for field in PROMPT_FIELDS:
         value = body.get(field)
-        if value is None:
-            continue
-        if field == "messages" and isinstance(value, list):
-            messages = len(value)
-        chars += _text_length(value)
+        if value is not None:
+            chars += _text_length(value, 0)
     tools = body.get("tools") or body.get("functions")
-    if isinstance(tools, list) and tools:
-        chars += len(json.dumps(tools, separators=(",", ":"), default=str))
-    prompt = math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * messages
+    if type(tools) is list and tools:
+        chars += len(_COMPACT_JSON.encode(tools))
+    prompt = -(-chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * count
     return prompt + _completion_budget(body, default)
+
+
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 def _completion_budget(body: Mapping[str, Any], default: int) -> int:
@@ -128,32 +141,32 @@ def _completion_budget(body: Mapping[str, Any], default: int) -> int:
         value = body.get(field)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if type(value) is not int or value < 0:
             raise _invalid(field, f"{field} must be a non-negative integer")
         return value
     return default
 
 
-def _text_length(value: object, depth: int = 0) -> int:
+def _text_length(value: object, depth: int) -> int:
     """Characters of text in a prompt value: strings, content parts, nested messages."""
     if isinstance(value, str):
         return len(value)
     if depth > 8:  # a pathological nesting is not a prompt; stop counting, never recurse deep
         return 0
-    if isinstance(value, Mapping):
+    if isinstance(value, dict | Mapping):
         total = 0
         for key in ("content", "text", "input", "arguments", "name"):
             part = value.get(key)
             if part is not None:
                 total += _text_length(part, depth + 1)
         function = value.get("function")
-        if isinstance(function, Mapping):
+        if isinstance(function, dict | Mapping):
             total += _text_length(function, depth + 1)
         calls = value.get("tool_calls")
         if isinstance(calls, list):
             total += _text_length(calls, depth + 1)
         return total
-    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+    if isinstance(value, list | tuple):
         return sum(_text_length(item, depth + 1) for item in value)
     return 0
 

@@ -63,14 +63,21 @@ class Grant:
         self.limits = limits
         self.costs = costs
         """Units charged per limit: 1 per request limit, the reservation per token limit."""
-        unknown = [UNKNOWN] * len(limits)
-        self.remaining = outcome.remaining if outcome is not None else unknown
-        self.reset = outcome.reset if outcome is not None else unknown
-        self.stamp = outcome.stamp if outcome is not None else 0.0
-        self.degraded = outcome is None
-        """Admitted without the storage (``fail_open``): nothing to settle or release."""
         self._renderer = renderer
-        self._open = outcome is not None and bool(limits)
+        self.remaining: Sequence[int]
+        self.reset: Sequence[int]
+        if outcome is None:
+            self.remaining = self.reset = [UNKNOWN] * len(limits)
+            self.stamp = 0.0
+            self.degraded = True
+            """Admitted without the storage (``fail_open``): nothing to settle or release."""
+            self._open = False
+        else:
+            self.remaining = outcome.remaining
+            self.reset = outcome.reset
+            self.stamp = outcome.stamp
+            self.degraded = False
+            self._open = bool(limits)
 
     @property
     def reserved_tokens(self) -> int:
@@ -270,15 +277,17 @@ class QuotaEngine:
     # -- internals ----------------------------------------------------------------------
 
     def _costs(self, limits: Sequence[Limit], tokens: int) -> list[int]:
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        if type(tokens) is not int or tokens < 0:
             raise ValidationError("tokens must be a non-negative integer", field="tokens")
-        burst_us = self._burst_us
-        return [
-            1
-            if limit.unit == "requests"
-            else min(tokens, limit.per_minute * (60_000_000 + burst_us) // 60_000_000)
-            for limit in limits
-        ]
+        window = 60_000_000 + self._burst_us
+        costs = []
+        for limit in limits:
+            if limit.unit == "requests":
+                costs.append(1)
+            else:
+                capacity = limit.per_minute * window // 60_000_000
+                costs.append(tokens if tokens < capacity else capacity)
+        return costs
 
     def _decide(self, limits: Sequence[Limit], costs: list[int], outcome: Outcome) -> Grant:
         if outcome.admitted:
@@ -334,7 +343,7 @@ class QuotaEngine:
             )
 
     def _settle_deltas(self, grant: Grant, tokens_used: int) -> list[int] | None:
-        if isinstance(tokens_used, bool) or not isinstance(tokens_used, int) or tokens_used < 0:
+        if type(tokens_used) is not int or tokens_used < 0:
             raise ValidationError("tokens_used must be a non-negative integer", field="tokens_used")
         if not grant._close():
             return None
@@ -360,7 +369,8 @@ class QuotaEngine:
             self._stats.storage_errors += 1
             self._log_failure(exc, "the token reservation stays as estimated")
             return
-        self._backend.forget_denial(_refunded(grant.limits, deltas))
+        if self._redis is not None:
+            self._redis.forget_denial(_refunded(grant.limits, deltas))
 
     async def _adjust_async(self, grant: Grant, deltas: list[int]) -> None:
         if not any(deltas):
@@ -371,7 +381,8 @@ class QuotaEngine:
             self._stats.storage_errors += 1
             self._log_failure(exc, "the token reservation stays as estimated")
             return
-        self._backend.forget_denial(_refunded(grant.limits, deltas))
+        if self._redis is not None:
+            self._redis.forget_denial(_refunded(grant.limits, deltas))
 
 
 def _refunded(limits: Sequence[Limit], deltas: Sequence[int]) -> list[Limit]:
