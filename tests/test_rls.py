@@ -39,6 +39,13 @@ class Doc(TenantScoped, Base):
     title: Mapped[str] = mapped_column(String(40))
 
 
+class Secret(TenantScoped, Base):
+    """Created without RLS by one test only."""
+
+    __tablename__ = "rl_secrets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
 class Country(Base):
     __tablename__ = "rl_countries"
     code: Mapped[str] = mapped_column(String(2), primary_key=True)
@@ -46,7 +53,7 @@ class Country(Base):
 
 def test_rls_ddl_for_each_scoped_table() -> None:
     """rls_ddl enables, forces and creates the tenant policy on scoped tables only."""
-    assert rls_ddl(Base.metadata) == [
+    assert rls_ddl([Doc.__table__, Country.__table__]) == [
         "ALTER TABLE rl_docs ENABLE ROW LEVEL SECURITY",
         "ALTER TABLE rl_docs FORCE ROW LEVEL SECURITY",
         "DROP POLICY IF EXISTS tenantkit_tenant_isolation ON rl_docs",
@@ -57,7 +64,7 @@ def test_rls_ddl_for_each_scoped_table() -> None:
 
 def test_grants_for_the_app_role() -> None:
     """The app role gets DML on every table, its schema and sequences, never ownership."""
-    assert grant_ddl(Base.metadata.sorted_tables, "app_rw") == [
+    assert grant_ddl([Country.__table__, Doc.__table__], "app_rw") == [
         "GRANT USAGE ON SCHEMA public TO app_rw",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON rl_countries TO app_rw",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON rl_docs TO app_rw",
@@ -71,7 +78,7 @@ def test_apply_rls_needs_postgresql() -> None:
     """Applying RLS to SQLite is a configuration error, not a silent no-op."""
     engine = make_engine("sqlite://")
     with pytest.raises(ConfigurationError, match="PostgreSQL"):
-        apply_rls(engine, Base.metadata)
+        apply_rls(engine, [Doc.__table__])
     with engine.connect() as conn:
         assert rls_active(conn) is False
     engine.dispose()
@@ -87,17 +94,17 @@ class PG:
 @pytest.fixture(scope="module")
 def pg(postgres_url: URL) -> Iterator[PG]:
     owner = create_engine(postgres_url)
-    Base.metadata.create_all(owner)
+    Base.metadata.create_all(owner, tables=[Doc.__table__, Country.__table__])
     with owner.begin() as conn:
         conn.execute(
             insert(Doc.__table__),
             [dict(id=1, tenant_id=A, title="a1"), dict(id=2, tenant_id=B, title="b1")],
         )
         conn.execute(text("SELECT setval(pg_get_serial_sequence('rl_docs', 'id'), 100)"))
-    apply_rls(owner, Base.metadata)
-    with temporary_app_role(owner, Base.metadata) as role:
+    apply_rls(owner, [Doc.__table__])
+    with temporary_app_role(owner, [Doc.__table__, Country.__table__]) as role:
         yield PG(owner, postgres_url.set(username=role), role)
-    Base.metadata.drop_all(owner)
+    Base.metadata.drop_all(owner, tables=[Doc.__table__, Country.__table__])
     owner.dispose()
 
 
@@ -141,11 +148,25 @@ def test_rls_active_only_for_the_app_role(pg: PG, app_engine: Engine) -> None:
         assert rls_active(conn, tables=[Doc.__table__]) is False
 
 
+def test_rls_active_counts_every_table_the_role_can_reach(pg: PG, app_engine: Engine) -> None:
+    """A scoped table without RLS makes rls_active false once the app role is granted it."""
+    Secret.__table__.create(pg.owner)
+    try:
+        with app_engine.connect() as conn:
+            assert rls_active(conn) is True  # no privilege on rl_secrets: out of reach
+        with pg.owner.begin() as conn:
+            conn.execute(text(f"GRANT SELECT ON rl_secrets TO {pg.role}"))
+        with app_engine.connect() as conn:
+            assert rls_active(conn) is False
+    finally:
+        Secret.__table__.drop(pg.owner)
+
+
 def test_assert_rls_enforced(pg: PG, app_engine: Engine) -> None:
     """assert_rls_enforced passes for the app role and names the superuser owner's problems."""
-    assert_rls_enforced(app_engine, Base.metadata)
+    assert_rls_enforced(app_engine, [Doc.__table__])
     with pytest.raises(AssertionError, match="role-superuser"):
-        assert_rls_enforced(pg.owner, Base.metadata)
+        assert_rls_enforced(pg.owner, [Doc.__table__])
 
 
 def test_fresh_checkout_after_a_request_sees_nothing(app_engine: Engine) -> None:

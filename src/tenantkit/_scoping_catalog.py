@@ -50,6 +50,7 @@ class TableSecurity:
     enabled: bool
     forced: bool
     owned_by_role: bool
+    accessible: bool
     policies: tuple[PolicyInfo, ...]
     index_leads: tuple[str, ...]
 
@@ -69,7 +70,8 @@ def table_security(conn: Connection, table: Table) -> TableSecurity | None:
     row = conn.execute(
         text(
             "SELECT c.oid, pg_get_userbyid(c.relowner), c.relrowsecurity, "
-            "c.relforcerowsecurity, pg_has_role(current_user, c.relowner, 'MEMBER') "
+            "c.relforcerowsecurity, pg_has_role(current_user, c.relowner, 'MEMBER'), "
+            "has_table_privilege(current_user, c.oid, 'SELECT,INSERT,UPDATE,DELETE') "
             "FROM pg_class c WHERE c.oid = to_regclass(:name)"
         ),
         {"name": _preparer.format_table(table)},
@@ -99,6 +101,7 @@ def table_security(conn: Connection, table: Table) -> TableSecurity | None:
         enabled=bool(row[2]),
         forced=bool(row[3]),
         owned_by_role=bool(row[4]),
+        accessible=bool(row[5]),
         policies=tuple(
             PolicyInfo(name=p[0], permissive=bool(p[1]), command=p[2], using=p[3], check=p[4])
             for p in policies

@@ -147,9 +147,10 @@ def rls_active(connection: Connection, *, tables: Iterable[Table] | None = None)
     """Return whether row-level security binds the connecting role on every scoped table.
 
     True only on PostgreSQL, for a role that is not superuser, has no
-    ``BYPASSRLS``, and for each existing scoped table (default: every mapped
-    ``TenantScoped`` table) either is not its owner or the table forces RLS,
-    with RLS enabled and a tenant policy and no other permissive policy.
+    ``BYPASSRLS``, and for each scoped table it can reach (default: every
+    mapped ``TenantScoped`` table that exists and that the role holds a
+    privilege on) either is not its owner or the table forces RLS, with RLS
+    enabled and a tenant policy and no other permissive policy.
     """
     if connection.dialect.name != "postgresql":
         return False
@@ -158,8 +159,8 @@ def rls_active(connection: Connection, *, tables: Iterable[Table] | None = None)
         return False
     for table in scoped_tables(mapped_scoped_tables() if tables is None else tables):
         security = table_security(connection, table)
-        if security is None:
-            continue  # not in this database, so raw SQL cannot read it either
+        if security is None or not (security.accessible or security.owned_by_role):
+            continue  # absent or out of the role's reach: raw SQL cannot touch it
         if not security.enabled or (security.owned_by_role and not security.forced):
             return False
         if not security.policies or not all(
