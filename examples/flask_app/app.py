@@ -82,7 +82,7 @@ def build_platform(cfg: AppConfig, clock: Clock) -> Platform:
         jwt=JWTSettings(secret=cfg.jwt_secret, tenant_claim=TENANT_CLAIM, roles_claim="role"),
         quota=QuotaSettings(storage_uri=cfg.quota_storage_uri),
     )
-    kit = _kit(settings, engine, clock)
+    kit = _kit(settings, engine, clock, cfg.quota_key_prefix)
     plans = Plans.from_mapping({PLANS_KEY: cfg.plans_json} if cfg.plans_json else {})
     # A session class of this app's own: audit capture listens on it and on nothing else.
     app_session: type[Session] = type("PlatformSession", (Session,), {})
@@ -114,7 +114,7 @@ def build_platform(cfg: AppConfig, clock: Clock) -> Platform:
     )
 
 
-def _kit(settings: Settings, engine: Engine, clock: Clock) -> PlatformKit:
+def _kit(settings: Settings, engine: Engine, clock: Clock, key_prefix: str) -> PlatformKit:
     """Compose tenantkit's pipeline from its stages, each on the app clock."""
     api_keys = APIKeyStore(
         engine, secret=settings.api_key_secret, cache=settings.cache, now=clock.now
@@ -138,7 +138,9 @@ def _kit(settings: Settings, engine: Engine, clock: Clock) -> PlatformKit:
         engine=engine,
         api_key_store=api_keys,
         identity=chain,
-        quotas=QuotaEngine(settings.quota, clock=clock.time if memory else None),
+        quotas=QuotaEngine(
+            settings.quota, clock=clock.time if memory else None, key_prefix=key_prefix
+        ),
         on_reject=on_reject,
     )
     kit.create_all()

@@ -25,6 +25,7 @@ class AppConfig:
     database_app_role: str = "tenantkit_flask_app"
     database_app_password: str | None = None
     quota_storage_uri: str = "memory://"
+    quota_key_prefix: str = "tenantkit"
     jwt_secret: str = ""
     admin_token: str = ""
     api_key_secret: str = ""
@@ -81,6 +82,7 @@ _VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("database_app_role", "DATABASE_APP_ROLE", str),
     ("database_app_password", "DATABASE_APP_PASSWORD", str),
     ("quota_storage_uri", "QUOTA_STORAGE_URI", str),
+    ("quota_key_prefix", "QUOTA_KEY_PREFIX", str),
     ("jwt_secret", "JWT_SECRET", str),
     ("admin_token", "ADMIN_TOKEN", str),
     ("api_key_secret", "API_KEY_SECRET", str),
