@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ._db import utcnow
+from ._usage_alerts import UsageAlert, UsageAlerts
 from ._usage_counter import ApiCallCounter
 from ._usage_models import UsageEvent, insert_or_ignore, table_of
 from ._usage_report import UsageReport, build_report
@@ -32,6 +33,8 @@ from .types import TenantConfig, validate_tenant_id
 __all__ = [
     "API_CALLS",
     "ApiCallCounter",
+    "UsageAlert",
+    "UsageAlerts",
     "UsageEvent",
     "UsageRecord",
     "UsageRecorder",
