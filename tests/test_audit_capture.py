@@ -356,3 +356,22 @@ def test_upsert_is_recorded_as_upserted(engine: Engine, maker: Maker) -> None:
     upserted = rows(engine)[-1]
     assert (upserted["action"], upserted["resource_id"]) == ("project.upserted", "1")
     assert upserted["changes"]["name"] == [None, "new"]
+
+
+def test_oversized_request_details_are_clipped_not_fatal(engine: Engine, maker: Maker) -> None:
+    """A client's huge request id or user agent is clipped; the change still commits."""
+    identity = Identity(tenant_id="acme", source="jwt", subject="u" * 400)
+    token = bind(TenantContext(identity=identity, request_id="r" * 1000, user_agent="a" * 5000))
+    try:
+        with maker() as session:
+            session.add(Project(tenant_id="acme", name="P"))
+            session.commit()
+    finally:
+        reset(token)
+    entry = rows(engine)[0]
+    assert (len(entry["request_id"]), len(entry["user_agent"]), len(entry["actor"])) == (
+        128,
+        512,
+        255,
+    )
+    assert audit.verify(engine, "acme").ok

@@ -205,14 +205,13 @@ def test_scoped_bulk_update_records_only_the_tenants_rows(engine: Engine) -> Non
 
 
 def test_unscoped_use_is_recorded(engine: Engine) -> None:
-    """Every unscoped() block leaves an 'unscoped.used' entry with its reason."""
+    """Every unscoped() block leaves an 'unscoped.used' entry; uninstall stops that."""
     if not hasattr(scoping, "on_unscoped") or not hasattr(scoping, "system_identity"):
         pytest.skip("tenantkit.scoping has no unscoped() hook yet")
-    tenant_sessionmaker = scoping.tenant_sessionmaker
-    factory = tenant_sessionmaker(engine)
+    factory = scoping.tenant_sessionmaker(engine)
     audit.install(factory)  # the sessionmaker's engine records unscoped() uses
+    identity = scoping.system_identity("nightly-job")
     try:
-        identity = scoping.system_identity("nightly-job")
         with bound_tenant(identity), factory() as session:
             with scoping.unscoped(session, reason="backfill projects"):
                 session.add(Project(tenant_id="beta", name="x"))
@@ -220,13 +219,36 @@ def test_unscoped_use_is_recorded(engine: Engine) -> None:
             session.commit()
     finally:
         audit.uninstall(factory)
-        remove = audit.log_unscoped(engine)
-        remove()
+    with bound_tenant(identity), factory() as session, scoping.unscoped(session, reason="later"):
+        pass
     used = [r for r in rows(engine) if r["action"] == "unscoped.used"]
-    assert len(used) == 1
-    assert used[0]["metadata"]["reason"] == "backfill projects"
+    assert [u["metadata"]["reason"] for u in used] == ["backfill projects"]
     assert used[0]["actor"] == "user:nightly-job"
     assert [r["action"] for r in rows(engine, "beta")] == ["project.created"]
+
+
+def test_unscoped_hook_is_shared_per_engine(engine: Engine) -> None:
+    """Two installs on one engine record each unscoped() use once, until both are gone."""
+    if not hasattr(scoping, "on_unscoped") or not hasattr(scoping, "system_identity"):
+        pytest.skip("tenantkit.scoping has no unscoped() hook yet")
+    first, second = scoping.tenant_sessionmaker(engine), scoping.tenant_sessionmaker(engine)
+    audit.install(first)
+    audit.install(second)
+    identity = scoping.system_identity()
+
+    def use(reason: str) -> None:
+        with bound_tenant(identity), first() as session, scoping.unscoped(session, reason=reason):
+            pass
+
+    try:
+        use("both installed")
+        audit.uninstall(first)
+        use("one installed")
+    finally:
+        audit.uninstall(second)
+    use("none installed")
+    reasons = [r["metadata"]["reason"] for r in rows(engine) if r["action"] == "unscoped.used"]
+    assert reasons == ["both installed", "one installed"]
 
 
 # -- through the adapters ------------------------------------------------------

@@ -141,14 +141,20 @@ Bind = Session | Connection | Engine
 
 
 @contextmanager
-def connection_for(bind: Bind) -> Iterator[Connection]:
-    """Yield a connection for ``bind``: the session's own, the connection, or a new one."""
+def connection_for(bind: Bind, *, snapshot: bool = False) -> Iterator[Connection]:
+    """Yield a connection for ``bind``: the session's own, the connection, or a new one.
+
+    With ``snapshot``, a new PostgreSQL connection reads in one REPEATABLE READ
+    snapshot, so a purge or writer running meanwhile cannot tear the reads.
+    """
     if isinstance(bind, Session):
         yield bind.connection(bind_arguments={"mapper": inspect(AuditRow)})
     elif isinstance(bind, Connection):
         yield bind
     elif isinstance(bind, Engine):
         with bind.connect() as conn:
+            if snapshot and conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")
             yield conn
     else:
         raise ConfigurationError(

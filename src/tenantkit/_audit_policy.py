@@ -16,7 +16,7 @@ import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar, overload
@@ -128,9 +128,18 @@ class CapturePolicy:
 
     redact: frozenset[str] = frozenset()
     exclude: frozenset[str] = frozenset()
+    _cache: dict[Mapper[Any], list[tuple[str, bool]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def fields(self, mapper: Mapper[Any]) -> list[tuple[str, bool]]:
         """Return ``(attribute key, redacted)`` for the mapper's captured column attributes."""
+        found = self._cache.get(mapper)
+        if found is None:
+            found = self._cache[mapper] = self._fields(mapper)
+        return found
+
+    def _fields(self, mapper: Mapper[Any]) -> list[tuple[str, bool]]:
         cls = mapper.class_
         exclude = self.exclude | frozenset(getattr(cls, "__audit_exclude__", ()))
         redact = self.redact | frozenset(getattr(cls, "__audit_redact__", ()))

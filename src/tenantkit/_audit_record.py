@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy.orm import Session
 
@@ -18,8 +18,16 @@ from .errors import ValidationError
 from .types import validate_tenant_id
 
 SYSTEM_ACTOR = "system"
-MAX_ACTION = 128
-MAX_USER_AGENT = 512
+# Column widths of tenantkit_audit_log.
+LIMITS = {
+    "actor": 255,
+    "action": 128,
+    "resource_type": 128,
+    "resource_id": 255,
+    "request_id": 128,
+    "client_ip": 64,
+    "user_agent": 512,
+}
 
 _actor_override: ContextVar[str | None] = ContextVar("tenantkit.audit.actor", default=None)
 
@@ -63,8 +71,13 @@ def make_draft(
     Without ``tenant_id`` the bound tenant is used; with neither it raises
     ``NoTenantError``: an entry never lands in no tenant's log.
     """
-    if not isinstance(action, str) or not action or len(action) > MAX_ACTION:
-        raise ValidationError(f"action must be 1 to {MAX_ACTION} characters", field="action")
+    _check_text("action", action, LIMITS["action"], required=True)
+    _check_text("resource_type", resource_type, LIMITS["resource_type"])
+    if resource_id is not None:
+        resource_id = str(resource_id)
+        _check_text("resource_id", resource_id, LIMITS["resource_id"])
+    if actor is not None:
+        _check_text("actor", actor, LIMITS["actor"], required=True)
     tenant = validate_tenant_id(tenant_id) if tenant_id is not None else current_tenant_id()
     ctx = get_context()
     if ctx is not None:
@@ -73,16 +86,32 @@ def make_draft(
         user_agent = user_agent if user_agent is not None else ctx.user_agent
     return Draft(
         tenant_id=tenant,
-        actor=actor if actor is not None else current_actor(),
+        actor=actor if actor is not None else _clip(current_actor(), "actor"),
         action=action,
         resource_type=resource_type,
-        resource_id=None if resource_id is None else str(resource_id),
+        resource_id=resource_id,
         changes=_as_changes(changes),
         metadata=jsonable(dict(metadata)) if metadata is not None else None,
-        request_id=request_id,
-        client_ip=client_ip,
-        user_agent=user_agent[:MAX_USER_AGENT] if user_agent else user_agent,
+        # Request details come from clients: clip them, never fail the change.
+        request_id=_clip(request_id, "request_id"),
+        client_ip=_clip(client_ip, "client_ip"),
+        user_agent=_clip(user_agent, "user_agent"),
     )
+
+
+def _check_text(name: str, value: object, limit: int, *, required: bool = False) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ValidationError(f"{name} must be 1 to {limit} characters", field=name)
+
+
+@overload
+def _clip(value: str, column: str) -> str: ...
+@overload
+def _clip(value: str | None, column: str) -> str | None: ...
+def _clip(value: str | None, column: str) -> str | None:
+    return value[: LIMITS[column]] if value else value
 
 
 def _as_changes(changes: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -49,7 +49,7 @@ def verify(bind: Bind, tenant_id: str, *, batch_size: int = 1000) -> VerifyResul
     ``bind`` is a Session, Connection or Engine; the log is only read.
     """
     validate_tenant_id(tenant_id)
-    with connection_for(bind) as conn:
+    with connection_for(bind, snapshot=True) as conn:
         return _Walk(conn, tenant_id).run(batch_size)
 
 

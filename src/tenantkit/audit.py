@@ -64,12 +64,10 @@ __all__ = [
 
 subscribe = _audit_bus.subscribe
 
-_installed: weakref.WeakKeyDictionary[type[Session], tuple[Capture, BulkCapture]] = (
-    weakref.WeakKeyDictionary()
-)
-_unscoped_hooks: weakref.WeakKeyDictionary[Engine, Callable[[Any], None]] = (
-    weakref.WeakKeyDictionary()
-)
+_Installed = tuple[Capture, BulkCapture, Callable[[], None] | None]
+_installed: weakref.WeakKeyDictionary[type[Session], _Installed] = weakref.WeakKeyDictionary()
+# engine -> [hook, number of installs and log_unscoped() callers using it]
+_unscoped_hooks: weakref.WeakKeyDictionary[Engine, list[Any]] = weakref.WeakKeyDictionary()
 _install_lock = threading.Lock()
 
 
@@ -101,10 +99,14 @@ def install(
         event.listen(session_class, "before_flush", capture.before_flush)
         event.listen(session_class, "after_flush", capture.after_flush)
         event.listen(session_class, "do_orm_execute", bulk.on_execute)
-        _installed[session_class] = (capture, bulk)
-    bind = getattr(target, "kw", {}).get("bind")
-    if record_unscoped and isinstance(bind, Engine):
-        log_unscoped(bind)
+        factory = target.session_factory if isinstance(target, scoped_session) else target
+        bind = getattr(factory, "kw", {}).get("bind")
+        remover = None
+        # A scoping module without the hook has no unscoped() to record.
+        hookable = hasattr(scoping, "on_unscoped") and hasattr(scoping, "remove_unscoped_hook")
+        if record_unscoped and isinstance(bind, Engine) and hookable:
+            remover = _log_unscoped(bind)
+        _installed[session_class] = (capture, bulk, remover)
 
 
 def uninstall(target: Any) -> None:
@@ -113,10 +115,12 @@ def uninstall(target: Any) -> None:
     with _install_lock:
         installed = _installed.pop(session_class, None)
     if installed is not None:
-        capture, bulk = installed
+        capture, bulk, remover = installed
         event.remove(session_class, "before_flush", capture.before_flush)
         event.remove(session_class, "after_flush", capture.after_flush)
         event.remove(session_class, "do_orm_execute", bulk.on_execute)
+        if remover is not None:
+            remover()
 
 
 def _session_class(target: Any) -> type[Session]:
@@ -149,32 +153,45 @@ def log_unscoped(bind: Engine) -> Callable[[], None]:
     commits on its own: it stays even when the unscoped work rolls back.
     A failure to write it aborts the ``unscoped()`` block.
     """
+    with _install_lock:
+        return _log_unscoped(bind)
+
+
+def _log_unscoped(bind: Engine) -> Callable[[], None]:
     on_unscoped = getattr(scoping, "on_unscoped", None)
     remove = getattr(scoping, "remove_unscoped_hook", None)
     if on_unscoped is None or remove is None:
         raise ConfigurationError("this tenantkit.scoping has no on_unscoped() hook")
-    with _install_lock:
-        hook = _unscoped_hooks.get(bind)
-        if hook is None:
-            audit_log = AuditLog(bind)
+    registered = _unscoped_hooks.get(bind)
+    if registered is None:
+        audit_log = AuditLog(bind)
 
-            def hook(unscoped_event: Any) -> None:
-                audit_log.record(
-                    "unscoped.used",
-                    tenant_id=unscoped_event.tenant_id or unscoped_event.identity.tenant_id,
-                    actor=unscoped_event.actor,
-                    request_id=unscoped_event.request_id,
-                    metadata={"reason": unscoped_event.reason, "scoped": unscoped_event.tenant_id},
-                )
+        def hook(unscoped_event: Any) -> None:
+            audit_log.record(
+                "unscoped.used",
+                tenant_id=unscoped_event.tenant_id or unscoped_event.identity.tenant_id,
+                actor=unscoped_event.actor,
+                request_id=unscoped_event.request_id,
+                metadata={"reason": unscoped_event.reason, "scoped": unscoped_event.tenant_id},
+            )
 
-            _unscoped_hooks[bind] = hook
-            on_unscoped(hook)
+        on_unscoped(hook)
+        registered = [hook, 0]
+        _unscoped_hooks[bind] = registered
+    registered[1] += 1
+    removed = False
 
     def remover() -> None:
+        # One hook per engine, shared by every install on it: the last remover removes it.
+        nonlocal removed
         with _install_lock:
-            found = _unscoped_hooks.pop(bind, None)
-        if found is not None:
-            remove(found)
+            if removed:
+                return
+            removed = True
+            registered[1] -= 1
+            if registered[1] == 0 and _unscoped_hooks.get(bind) is registered:
+                del _unscoped_hooks[bind]
+                remove(registered[0])
 
     return remover
 
