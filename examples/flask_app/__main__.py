@@ -14,10 +14,12 @@ import signal
 import sys
 from types import FrameType
 
-from waitress.server import create_server
+from waitress.server import create_server  # type: ignore[import-untyped]
 
 from .app import create_app
 from .config import DEFAULT_ADDR, AppConfig
+from .context import EXTENSION_KEY
+from .jobs import start_jobs
 
 SECRET_VARIABLES = {
     "jwt_secret": "JWT_SECRET",
@@ -41,6 +43,7 @@ def main() -> int:
         # Printed once, now: they are not stored anywhere else.
         print(f"generated {SECRET_VARIABLES[name]}={getattr(config, name)}", flush=True)
     app = create_app(config)
+    stop_jobs = start_jobs(app.extensions[EXTENSION_KEY])
     server = create_server(app, host=host, port=port, threads=int(os.environ.get("THREADS", "8")))
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -49,13 +52,14 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"serving on http://{host}:{server.effective_port}", flush=True)  # type: ignore[union-attr]
+    print(f"serving on http://{host}:{server.effective_port}", flush=True)
     try:
         server.run()
     except (KeyboardInterrupt, OSError):
         pass  # closing the listening socket ends the loop
     finally:
-        app.extensions["flask_app"].kit.quotas.close()
+        stop_jobs()
+        app.extensions[EXTENSION_KEY].kit.quotas.close()
     return 0
 
 

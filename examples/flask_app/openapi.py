@@ -33,7 +33,7 @@ ERROR_TITLES = {
     429: "Rate limit exceeded (Retry-After)",
     503: "A backing service is down",
 }
-SECURITY = {
+SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "member": [{"bearerAuth": []}],
     "admin": [{"bearerAuth": []}],
     "owner": [{"bearerAuth": []}],

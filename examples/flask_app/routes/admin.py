@@ -7,13 +7,13 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from tenantkit import audit
 from tenantkit.errors import UnprocessableEntity
 from tenantkit.tenants import tenant_to_dict
 
 from .. import schemas
 from ..api import endpoint
 from ..context import platform
+from ..jobs import purge_audit
 from ..serialize import page
 
 bp = Blueprint("admin", __name__)
@@ -58,7 +58,12 @@ def update_organization(org_id: str, body: dict[str, Any]) -> ResponseReturnValu
     responses=(401,),
     response="PurgeResult",
 )
-def purge_audit() -> ResponseReturnValue:
-    p = platform()
-    result = audit.purge(p.engine, now=p.clock.now(), default_days=p.config.audit_retention_days)
-    return jsonify({"deleted": getattr(result, "deleted", None), "result": repr(result)})
+def purge_audit_now() -> ResponseReturnValue:
+    result = purge_audit(platform())
+    return jsonify(
+        {
+            "deleted": result.deleted,
+            "per_tenant": dict(result.per_tenant),
+            "retention_days": platform().config.audit_retention_days,
+        }
+    )

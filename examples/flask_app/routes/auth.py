@@ -66,7 +66,7 @@ def sign_in(body: dict[str, Any]) -> ResponseReturnValue:
             member, org = found
             if member.status != "active":
                 raise Forbidden("your membership of this organization is suspended")
-            mfa = _second_factor(accounts, user, org, body.get("totp_code"))
+            mfa = _second_factor(user, org, body.get("totp_code"))
             response = issue_token(user, member, org, mfa=mfa)
             audit.record(
                 session,
@@ -137,7 +137,7 @@ def _current_user() -> User:
     return user
 
 
-def _second_factor(accounts: Any, user: User, org: Organization, code: str | None) -> bool:
+def _second_factor(user: User, org: Organization, code: str | None) -> bool:
     """Return whether a TOTP code was checked; refuse a sign-in that needs one and lacks it."""
     if not user.totp_enabled or user.totp_secret is None:
         return False

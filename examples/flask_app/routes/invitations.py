@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tenantkit import audit
 from tenantkit.context import bound_tenant, current_tenant
@@ -196,7 +197,7 @@ def _prove_identity(user: User, body: dict[str, Any]) -> None:
     raise Unauthorized("this email has an account: accept with its bearer token or password")
 
 
-def check_projects(session: Any, project_ids: list[str]) -> None:
+def check_projects(session: Session, project_ids: list[str]) -> None:
     if not project_ids:
         return
     found = set(session.scalars(select(Project.id).where(Project.id.in_(project_ids))))

@@ -9,10 +9,12 @@ from flask import Blueprint, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from tenantkit import audit
 from tenantkit.context import bound_tenant, current_tenant
 from tenantkit.errors import Conflict, TenantNotFound, Unauthorized, UnprocessableEntity
+from tenantkit.types import TenantConfig
 
 from .. import schemas
 from ..api import endpoint
@@ -137,7 +139,7 @@ def change_plan(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
     return jsonify(_organization(session, g.org))
 
 
-def _owner(session: Any, body: dict[str, Any]) -> User:
+def _owner(session: Session, body: dict[str, Any]) -> User:
     p = platform()
     email = body["owner_email"]
     user = session.scalars(select(User).where(User.email == email)).first()
@@ -158,7 +160,9 @@ def _owner(session: Any, body: dict[str, Any]) -> User:
     return user
 
 
-def _organization(session: Any, org: Organization, *, tenant: Any = None) -> dict[str, Any]:
+def _organization(
+    session: Session, org: Organization, *, tenant: TenantConfig | None = None
+) -> dict[str, Any]:
     config = tenant or platform().kit.tenants.get(org.id)
     return {
         "id": org.id,

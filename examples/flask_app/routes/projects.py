@@ -8,6 +8,7 @@ from flask import Blueprint, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from tenantkit.context import current_tenant
@@ -150,7 +151,7 @@ def _can_see(project: Project) -> bool:
     return any(entry.get("user_id") == member.user_id for entry in project.team)
 
 
-def _team(session: Any, team: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _team(session: Session, team: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Check that every team member belongs to the organization; return the clean team."""
     ids = [entry["user_id"] for entry in team]
     members = set(session.scalars(select(Membership.user_id).where(Membership.user_id.in_(ids))))

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from tenantkit import audit
 from tenantkit.context import current_identity, current_tenant
 from tenantkit.errors import Forbidden, UnprocessableEntity
+from tenantkit.plans import Resource
 from tenantkit.usage import UsageEvent
 
 from .. import schemas
@@ -104,7 +105,7 @@ def _check_plan(tenant: Any, kind: str, quantity: int, key: str | None) -> None:
     if key is not None and _already_recorded(key):
         return
     report = p.usage.report(tenant.id, plan=tenant)
-    resource = "api_calls" if kind == API_CALLS else "storage_gb"
+    resource: Resource = "api_calls" if kind == API_CALLS else "storage_gb"
     enforce(tenant, resource, report.totals.get(kind, 0) + quantity)
 
 

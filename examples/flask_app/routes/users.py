@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from tenantkit.errors import Conflict, Forbidden, NotFound
@@ -104,7 +105,7 @@ def update_user(org_id: str, user_id: str, body: dict[str, Any]) -> ResponseRetu
     return jsonify(member_dict(member, user))
 
 
-def _active_owners(session: Any) -> int:
+def _active_owners(session: Session) -> int:
     owners = session.scalars(
         select(Membership.id).where(Membership.role == "owner", Membership.status == "active")
     )
@@ -112,5 +113,7 @@ def _active_owners(session: Any) -> int:
 
 
 def _stale(current: int | None) -> Conflict:
-    extra = {} if current is None else {"current_version": current}
-    return Conflict("the resource changed since you read it; reload and retry", **extra)
+    detail = "the resource changed since you read it; reload and retry"
+    if current is None:
+        return Conflict(detail)
+    return Conflict(detail, current_version=current)
