@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ from tenantkit.billing import BillingAccount, StripeBilling, StripeWebhookEvent
 from tenantkit.errors import ConfigurationError
 from tenantkit.plans import Plans
 from tenantkit.tenants import TenantStore as TenantStore_
-from tenantkit.webhooks import StripeWebhooks, WebhookRejected
+from tenantkit.webhooks import SIGNATURE_HEADER, StripeWebhooks, WebhookRejected
 
 SECRET = "whsec_tenantkit_test"
 
@@ -429,4 +432,73 @@ def test_a_delivery_that_died_midway_does_not_block_the_retry(
         assert row is not None
         row.received_at = utcnow() - timedelta(minutes=6)
     assert _deliver(hooks, event).handled
+    assert ("status", tenant, "suspended") in store.calls
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """Hands each POST to ``server.hooks`` and answers 200 or the problem's status."""
+
+    server: Any
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        try:
+            self.server.results.append(
+                self.server.hooks.handle(body, self.headers.get(SIGNATURE_HEADER))
+            )
+            self.send_response(200)
+        except WebhookRejected as exc:
+            self.server.results.append(exc)
+            self.send_response(exc.status)
+        self.end_headers()
+        self.server.delivered.set()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _wait_for(server: Any, tenant: str) -> Any:
+    """Wait (bounded) for the delivery about ``tenant``; earlier tests' events may come first."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for result in list(server.results):
+            assert not isinstance(result, WebhookRejected), result
+            if result.tenant_id == tenant:
+                return result
+        server.delivered.wait(timeout=1)
+        server.delivered.clear()
+    raise AssertionError("localstripe delivered nothing for the tenant")
+
+
+def test_a_delivery_signed_by_localstripe_itself_is_accepted(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    prices: dict[str, str],
+    store: TenantStore,
+) -> None:
+    """localstripe signs and POSTs the event over HTTP; our verification accepts its signature."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    server.hooks, server.results, server.delivered = hooks, [], threading.Event()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        hook_id = f"wh_{tenant_id()}"
+        form = urllib.parse.urlencode(
+            [
+                ("url", f"http://127.0.0.1:{server.server_address[1]}/webhooks/stripe"),
+                ("secret", SECRET),
+                ("events[]", "customer.subscription.deleted"),
+            ]
+        ).encode()
+        with urllib.request.urlopen(f"{local_stripe.url}/_config/webhooks/{hook_id}", data=form):
+            pass
+        tenant, sub_id = _subscribed(local_stripe, engine, prices)
+        local_stripe.client().v1.subscriptions.cancel(sub_id)
+        ours = _wait_for(server, tenant)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert ours.tenant_id == tenant and ours.handled
     assert ("status", tenant, "suspended") in store.calls
