@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import stripe
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ._billing_models import BillingAccount
@@ -103,7 +103,7 @@ class MeterSync:
     def claimable(self) -> int:
         """Return how many events a run would try now."""
         with self._sessionmaker() as session:
-            return len(session.scalars(select(UsageEvent.id).where(self._due())).all())
+            return int(session.scalar(select(func.count(UsageEvent.id)).where(self._due())) or 0)
 
     def sync(
         self,

@@ -37,6 +37,7 @@ from ._billing_models import BillingAccount, StripeWebhookEvent
 from ._usage_models import insert_or_ignore, table_of
 from .errors import BadRequest, ConfigurationError
 from .plans import DEFAULT_PLANS, Plans
+from .types import TENANT_ID_PATTERN
 
 logger = logging.getLogger("tenantkit.billing")
 
@@ -288,7 +289,9 @@ def _tenant_of(session: Session, obj: dict[str, Any]) -> str | None:
             return tenant
     metadata = obj.get("metadata") or {}
     tenant_id = metadata.get("tenant_id") if isinstance(metadata, dict) else None
-    return tenant_id if isinstance(tenant_id, str) else None
+    if isinstance(tenant_id, str) and TENANT_ID_PATTERN.fullmatch(tenant_id):
+        return tenant_id
+    return None
 
 
 def _price_id(subscription: dict[str, Any]) -> str | None:
