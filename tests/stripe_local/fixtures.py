@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import hmac
 import json
 import socket
@@ -79,6 +80,8 @@ class LocalStripe:
 @contextmanager
 def running_localstripe() -> Iterator[LocalStripe]:
     """Run the server in a subprocess for the duration of the block, then stop it."""
+    if importlib.util.find_spec("localstripe") is None:
+        raise RuntimeError("localstripe is not installed: pip install -e '.[test]'")
     port = free_port()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
