@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import hmac
+import importlib.util
 import json
 import socket
 import subprocess
