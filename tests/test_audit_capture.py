@@ -375,3 +375,34 @@ def test_oversized_request_details_are_clipped_not_fatal(engine: Engine, maker: 
         255,
     )
     assert audit.verify(engine, "acme").ok
+
+
+def test_foreign_key_set_through_a_relationship_keeps_its_old_value(
+    engine: Engine, maker: Maker
+) -> None:
+    """Moving a child to another parent records the old and new parent id."""
+    with bound_tenant("acme"), maker() as session:
+        first, second = Project(tenant_id="acme", name="p1"), Project(tenant_id="acme", name="p2")
+        task = Task(tenant_id="acme", title="t")
+        first.tasks.append(task)
+        session.add_all([first, second])
+        session.commit()
+        second.tasks.append(task)
+        session.commit()
+        ids = (first.id, second.id)
+    moved = rows(engine)[-1]
+    assert (moved["action"], moved["changes"]) == ("task.updated", {"project_id": list(ids)})
+
+
+def test_deleting_an_expired_object_records_its_stored_values(engine: Engine, maker: Maker) -> None:
+    """A deleted instance whose attributes were never loaded still records its values."""
+    with bound_tenant("acme"), maker() as session:
+        session.add(Project(tenant_id="acme", name="stored", description="d"))
+        session.commit()
+        project = session.scalars(select(Project)).one()
+        session.expire(project)
+        session.delete(project)
+        session.commit()
+    gone = rows(engine)[-1]
+    assert gone["changes"]["name"] == ["stored", None]
+    assert gone["changes"]["description"] == ["d", None]

@@ -3,9 +3,11 @@
 Entries are appended on the session's own connection, inside its transaction:
 a rollback takes them away with the change, a commit keeps both.
 
-- ``before_flush`` reads what the flush will need and cannot see afterwards:
-  the values of rows about to be deleted, and the old values of attributes
-  that were set while expired (the ORM never loaded them).
+- ``before_update`` / ``before_delete`` (mapper events, acting only inside a
+  flush of an installed session) read what the flush will need and cannot
+  see afterwards: the values of rows about to be deleted, and old values the
+  attribute history lacks (attributes set while expired, foreign keys the
+  flush synchronises from relationships).
 - ``after_flush`` turns new, dirty and deleted (including delete-orphan)
   instances into entries; primary keys are known by then.
 """
@@ -15,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import inspect, select, tuple_
+from sqlalchemy import event, inspect, select, tuple_
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 
 from . import _audit_bus, _audit_chain
@@ -25,6 +28,7 @@ from ._audit_policy import CapturePolicy, diff, is_audited, resource_id_of, reso
 from ._audit_record import make_draft
 
 SNAPSHOT_KEY = "tenantkit.audit.snapshots"
+CAPTURE_KEY = "tenantkit.audit.capture"
 SKIP_OPTION = "tenantkit_audit_skip"
 PK_CHUNK = 500
 
@@ -38,32 +42,50 @@ class Capture:
 
     def __init__(self, policy: CapturePolicy) -> None:
         self.policy = policy
+        listen_to_mappers()
 
     # -- ORM flush -----------------------------------------------------------
 
     def before_flush(self, session: Session, flush_context: UOWTransaction, instances: Any) -> None:
-        snapshots: dict[InstanceState[Any], Values] = {}
-        for obj in session.deleted:
-            state = inspect(obj)
-            if is_audited(state.class_) and state.key is not None:
-                keys = [key for key, _ in self.policy.fields(state.mapper)]
-                if "tenant_id" in state.mapper.attrs:
-                    keys.append("tenant_id")
-                snapshots[state] = {key: getattr(obj, key) for key in keys}
-        for obj in session.dirty:
-            state = inspect(obj)
-            if not is_audited(state.class_) or state.key is None:
-                continue
-            unknown = [
-                key
-                for key, _ in self.policy.fields(state.mapper)
-                if (hist := state.attrs[key].history).added and not hist.deleted
-            ]
-            if unknown:
-                snapshots[state] = _fetch_current(session, state, unknown)
-        session.info[SNAPSHOT_KEY] = snapshots
+        session.info[CAPTURE_KEY] = self
+        session.info[SNAPSHOT_KEY] = {}
+
+    def before_update(self, session: Session, conn: Connection, state: InstanceState[Any]) -> None:
+        """Read the stored values the attribute history lacks, before the row changes."""
+        # Attributes set while expired, and foreign keys the flush itself
+        # synchronised from a relationship, have no old value in their history.
+        unknown = [
+            key
+            for key, _ in self.policy.fields(state.mapper)
+            if (hist := state.attrs[key].history).added and not hist.deleted
+        ]
+        if unknown:
+            snapshots = session.info.setdefault(SNAPSHOT_KEY, {})
+            snapshots[state] = fetch_row(conn, state, unknown)
+
+    def before_delete(self, session: Session, conn: Connection, state: InstanceState[Any]) -> None:
+        """Keep the values of a row about to be deleted (orphans included)."""
+        keys = [key for key, _ in self.policy.fields(state.mapper)]
+        if "tenant_id" in state.mapper.attrs:
+            keys.append("tenant_id")
+        known: Values = {}
+        unknown = []
+        for key in keys:
+            hist = state.attrs[key].history
+            if hist.deleted:
+                known[key] = hist.deleted[0]
+            elif hist.unchanged:
+                known[key] = hist.unchanged[0]
+            elif key in state.dict and not hist.added:
+                known[key] = state.dict[key]
+            else:
+                unknown.append(key)
+        if unknown:
+            known.update(fetch_row(conn, state, unknown))
+        session.info.setdefault(SNAPSHOT_KEY, {})[state] = known
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
+        session.info.pop(CAPTURE_KEY, None)
         snapshots: dict[InstanceState[Any], Values] = session.info.pop(SNAPSHOT_KEY, {})
         drafts: list[Draft] = []
         for obj in session.new:
@@ -136,13 +158,37 @@ def write(session: Session, drafts: Sequence[Draft]) -> None:
     _audit_bus.add_pending(session, _audit_chain.append(conn, drafts))
 
 
-def _fetch_current(session: Session, state: InstanceState[Any], keys: list[str]) -> Values:
-    """Read the stored values of ``keys`` for a persistent instance (before the flush)."""
+def fetch_row(conn: Connection, state: InstanceState[Any], keys: list[str]) -> Values:
+    """Read the stored values of ``keys`` for a persistent instance, with Core on ``conn``."""
     mapper = state.mapper
     assert state.identity is not None
-    pk_keys = [mapper.get_property_by_column(col).key for col in mapper.primary_key]
-    rows = select_by_pk(session, mapper, keys, pk_keys, [tuple(state.identity)])
-    return rows[0] if rows else {}
+    columns = [mapper.get_property(key).columns[0].label(key) for key in keys]
+    where = [col == value for col, value in zip(mapper.primary_key, state.identity, strict=True)]
+    query = select(*columns).select_from(mapper.persist_selectable).where(*where)
+    row = conn.execute(query).mappings().first()
+    return dict(row) if row is not None else {}
+
+
+def _on_mapper_event(method: str) -> Any:
+    def listener(mapper: Mapper[Any], conn: Connection, target: Any) -> None:
+        state = inspect(target)
+        session = state.session
+        capture = session.info.get(CAPTURE_KEY) if session is not None else None
+        if capture is not None and is_audited(state.class_):
+            getattr(capture, method)(session, conn, state)
+
+    return listener
+
+
+_before_update = _on_mapper_event("before_update")
+_before_delete = _on_mapper_event("before_delete")
+
+
+def listen_to_mappers() -> None:
+    """Register the row-level listeners once; they act only inside an installed flush."""
+    if not event.contains(Mapper, "before_update", _before_update):
+        event.listen(Mapper, "before_update", _before_update)
+        event.listen(Mapper, "before_delete", _before_delete)
 
 
 def select_by_pk(
