@@ -28,7 +28,6 @@ from starlette.datastructures import Headers
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tenantkit._db import utcnow
 from tenantkit.context import bound_tenant, get_context
 from tenantkit.errors import (
     HTTPError,
@@ -42,7 +41,7 @@ from tenantkit.kit import TenantKit, default_on_reject
 from tenantkit.types import Decision, RequestInfo
 
 from .db import Database
-from .models import RequestLog, TaskMetric, rfc3339
+from .models import RequestLog, TaskMetric, rfc3339, utcnow
 
 log = logging.getLogger("starlette_app")
 STATE_KEY = "tenant_context"

@@ -11,6 +11,7 @@ The middleware stack, outermost first::
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -36,6 +37,8 @@ from .problems import EXCEPTION_HANDLERS
 from .routes import ROUTES
 from .routes.meta import index
 from .services import Services
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
 class PublicRoot:

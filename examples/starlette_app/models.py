@@ -15,7 +15,10 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tenantkit._db import UTCDateTime, utcnow
+# tenantkit's timezone-aware timestamp type (SQLite forgets zones) and its clock,
+# which the rest of the app imports from here.
+from tenantkit._db import UTCDateTime
+from tenantkit._db import utcnow as utcnow
 from tenantkit.scoping import TenantScoped, tenant_fk, tenant_key, tenant_unique
 
 ROLES = ("ADMIN", "MEMBER")

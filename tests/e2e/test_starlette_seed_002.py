@@ -248,7 +248,7 @@ def test_analytics_report_the_tenants_own_requests(client: httpx.Client) -> None
 
 
 def test_tenant_changes_take_effect_on_the_next_request(client: httpx.Client) -> None:
-    """PUT /admin/tenants/{id} changes the allow-lists and status for the very next request."""
+    """PUT /admin/tenants/{id} applies on the next request and lands in the tenant's audit log."""
     tenant, key = new_tenant(client, allowed_models=["gpt-4"])
     headers = {"X-API-Key": key}
     assert_problem(client.post("/api/chat/completions", headers=headers, json=chat("claude")), 403)

@@ -10,10 +10,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from tenantkit._db import utcnow
 from tenantkit.context import current_context
 
-from ..models import DeliveryQueue, EventDelivery, OutboxEvent, Task, new_id
+from ..models import DeliveryQueue, EventDelivery, OutboxEvent, Task, new_id, utcnow
 
 #: Every event goes to each of these handlers (seed 003's background functions).
 HANDLER_NAMES = ("analytics", "audit", "notification")

@@ -28,14 +28,13 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from tenantkit._db import utcnow
 from tenantkit.context import bound_tenant
 from tenantkit.errors import TenantNotFound
 from tenantkit.tenants import TenantStore
 from tenantkit.types import Identity, TenantConfig
 
 from ..db import Database
-from ..models import DeliveryQueue, EventDelivery, OutboxEvent
+from ..models import DeliveryQueue, EventDelivery, OutboxEvent, utcnow
 from .handlers import HANDLERS, Handler
 
 log = logging.getLogger("starlette_app.outbox")

@@ -15,10 +15,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tenantkit.apikeys import IssuedKey, api_key_to_dict
+from tenantkit.audit import AuditLog
 from tenantkit.context import bound_tenant
 from tenantkit.errors import NotFound
 from tenantkit.tenants import tenant_to_dict
-from tenantkit.types import TENANT_ID_PATTERN
+from tenantkit.types import TENANT_ID_PATTERN, TenantConfig
 
 from ..auth import require_admin_token
 from ..models import TENANT_DATA, DeliveryQueue
@@ -88,6 +89,18 @@ def _new_key(issued: IssuedKey) -> dict[str, Any]:
     }
 
 
+def _audit(s: Services, request: Request, action: str, tenant_id: str, **fields: Any) -> None:
+    """Record a platform admin's action in the tenant's own audit log."""
+    AuditLog(s.db.engine).record(
+        action,
+        tenant_id=tenant_id,
+        actor="platform:admin",
+        request_id=request.headers.get("x-request-id"),
+        client_ip=request.client.host if request.client else None,
+        **fields,
+    )
+
+
 def _admin(request: Request) -> Services:
     s = services(request)
     require_admin_token(request, s.config.admin_token)
@@ -106,10 +119,18 @@ async def create_tenant(request: Request) -> Response:
     s = _admin(request)
     data = CREATE_TENANT.parse(await read_json(request, max_bytes=s.config.max_body_bytes))
     tenant_id = data.pop("tenant_id")
-    config = await run_sync(lambda: s.kit.tenants.create(id=tenant_id, **data))
     api_keys = s.kit.api_keys
     assert api_keys is not None  # the app always configures an API key secret
-    issued = await run_sync(lambda: api_keys.issue(tenant_id, name="default"))
+
+    def work() -> tuple[TenantConfig, IssuedKey]:
+        config = s.kit.tenants.create(id=tenant_id, **data)
+        issued = api_keys.issue(tenant_id, name="default")
+        _audit(
+            s, request, "tenant.created", tenant_id, resource_type="tenant", resource_id=tenant_id
+        )
+        return config, issued
+
+    config, issued = await run_sync(work)
     body = {**tenant_to_dict(config), "api_key": _new_key(issued)}
     return json(body, 201, location=f"/admin/tenants/{tenant_id}")
 
@@ -152,10 +173,24 @@ async def update_tenant(request: Request) -> Response:
     expected = data.pop("version", None)
     if not data:
         UPDATE_TENANT.parse({})  # only "version" given: nothing to change
-    config = await run_sync(
-        lambda: s.kit.tenants.update(tenant_id, expected_version=expected, **data)
-    )
-    return json(tenant_to_dict(config))
+
+    def work() -> TenantConfig:
+        before = tenant_to_dict(s.kit.tenants.get(tenant_id))
+        config = s.kit.tenants.update(tenant_id, expected_version=expected, **data)
+        after = tenant_to_dict(config)
+        changes = {k: [before[k], after[k]] for k in data if before[k] != after[k]}
+        _audit(
+            s,
+            request,
+            "tenant.updated",
+            tenant_id,
+            resource_type="tenant",
+            resource_id=tenant_id,
+            changes=changes,
+        )
+        return config
+
+    return json(tenant_to_dict(await run_sync(work)))
 
 
 @operation(
@@ -176,6 +211,10 @@ async def delete_tenant(request: Request) -> Response:
         if s.kit.api_keys is not None:
             s.kit.api_keys.delete_for_tenant(tenant_id)
         s.kit.tenants.delete(tenant_id)
+        # The audit trail outlives the tenant: compliance records are kept to retention.
+        _audit(
+            s, request, "tenant.deleted", tenant_id, resource_type="tenant", resource_id=tenant_id
+        )
 
     await run_sync(purge)
     return Response(status_code=204)
@@ -230,13 +269,22 @@ async def create_key(request: Request) -> Response:
 
     def work() -> IssuedKey:
         s.kit.tenants.get(tenant_id)
-        return api_keys.issue(
+        issued = api_keys.issue(
             tenant_id,
             name=data.get("name", "api key"),
             scopes=data.get("scopes") or (),
             rate_limit=data.get("rate_limit"),
             token_limit=data.get("token_limit"),
         )
+        _audit(
+            s,
+            request,
+            "api_key.issued",
+            tenant_id,
+            resource_type="api_key",
+            resource_id=issued.record.id,
+        )
+        return issued
 
     issued = await run_sync(work)
     return json(_new_key(issued), 201, location=f"/admin/tenants/{tenant_id}/api-keys")
@@ -254,7 +302,14 @@ async def revoke_key(request: Request) -> Response:
     key_id: str = request.path_params["key_id"]
     api_keys = s.kit.api_keys
     assert api_keys is not None
-    await run_sync(lambda: api_keys.revoke(tenant_id, key_id))
+
+    def work() -> None:
+        api_keys.revoke(tenant_id, key_id)
+        _audit(
+            s, request, "api_key.revoked", tenant_id, resource_type="api_key", resource_id=key_id
+        )
+
+    await run_sync(work)
     return Response(status_code=204)
 
 

@@ -16,13 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tenantkit._db import utcnow
 from tenantkit.errors import Forbidden, NotFound
 from tenantkit.types import Identity
 
 from ..accounts import find_user
 from ..auth import ADMIN, require_user
-from ..models import TASK_STATUSES, EventDelivery, OutboxEvent, Task, User, rfc3339
+from ..models import TASK_STATUSES, EventDelivery, OutboxEvent, Task, User, rfc3339, utcnow
 from ..openapi import PAGE_QUERY, list_of, operation
 from ..outbox import emit
 from ..paging import page, page_params
