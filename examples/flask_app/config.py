@@ -32,6 +32,7 @@ class AppConfig:
     token_ttl_seconds: int = 3600
     invitation_ttl_seconds: int = 7 * 24 * 3600
     default_rate_limit: int = 1000
+    sign_in_rate_limit: int = 10
     audit_retention_days: int = 90
     stripe_secret_key: str | None = None
     stripe_api_base: str | None = None
@@ -89,6 +90,7 @@ _VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("token_ttl_seconds", "TOKEN_TTL_SECONDS", int),
     ("invitation_ttl_seconds", "INVITATION_TTL_SECONDS", int),
     ("default_rate_limit", "DEFAULT_RATE_LIMIT", int),
+    ("sign_in_rate_limit", "SIGN_IN_RATE_LIMIT", int),
     ("audit_retention_days", "AUDIT_RETENTION_DAYS", int),
     ("stripe_secret_key", "STRIPE_SECRET_KEY", str),
     ("stripe_api_base", "STRIPE_API_BASE", str),

@@ -5,8 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from tenantkit.errors import UnprocessableEntity
+
+T = TypeVar("T")
+K = TypeVar("K", str, int)
 
 
 def encode_cursor(after: str | int) -> str:
@@ -15,7 +20,7 @@ def encode_cursor(after: str | int) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, kind: type[str] | type[int]) -> str | int | None:
+def decode_cursor(cursor: str | None, kind: type[K]) -> K | None:
     """Return the sort key a cursor continues after; a forged or foreign cursor is a 422."""
     if cursor is None:
         return None
@@ -26,4 +31,33 @@ def decode_cursor(cursor: str | None, kind: type[str] | type[int]) -> str | int 
         after = None
     if isinstance(after, bool) or not isinstance(after, kind):
         raise UnprocessableEntity("cursor is not valid", field="cursor")
-    return after
+    found: K = after
+    return found
+
+
+def filtered_page(
+    fetch: Callable[[K | None, int], Sequence[T]],
+    keep: Callable[[T], bool],
+    key: Callable[[T], K],
+    *,
+    limit: int,
+    after: K | None,
+) -> tuple[list[T], K | None]:
+    """Return one page of rows passing ``keep`` and the key to continue after, if any.
+
+    ``fetch(after, n)`` returns up to ``n`` rows after ``after`` in key order.
+    Rows are filtered here (a check SQL cannot express portably), so it
+    fetches until the page is full or the rows run out: a short page never
+    hides the rows that follow it.
+    """
+    kept: list[T] = []
+    while True:
+        batch = fetch(after, limit + 1)
+        for row in batch:
+            if keep(row):
+                kept.append(row)
+                if len(kept) > limit:
+                    return kept[:limit], key(kept[limit - 1])
+        if len(batch) <= limit:
+            return kept, None
+        after = key(batch[-1])

@@ -270,3 +270,84 @@ def test_totp_matches_the_rfc_6238_test_vector() -> None:
     assert totp.code_at(1111111109 // 30) == "081804"
     assert totp.verify("287082", 59.0) == 1
     assert totp.verify("287082", 59.0, last_step=1) is None
+
+
+def test_removing_a_member_frees_the_seat_and_ends_their_access(served: Served) -> None:
+    """DELETE a member: 204, their token stops at once, the seat and team spot are freed."""
+    org = onboard(served, plan="free")
+    owner = served.client(org.token)
+    email = f"leaver@{org.id}.example.com"
+    token = add_member(served, org, "member", email=email)
+    leaver = sign_in(served, email, org.id)
+    project = owner.post(
+        f"/organizations/{org.id}/projects",
+        json={"name": "P", "slug": "team", "team": [{"user_id": leaver["user_id"]}]},
+    ).json()
+    add_member(served, org)  # the third and last seat of Free
+    assert (
+        owner.post(
+            f"/organizations/{org.id}/invitations", json={"email": "next@x.example"}
+        ).status_code
+        == 402
+    )
+    removed = owner.delete(f"/organizations/{org.id}/users/{leaver['user_id']}")
+    assert removed.status_code == 204
+    assert served.client(token).get(f"/organizations/{org.id}").status_code == 404
+    assert owner.get(f"/organizations/{org.id}/projects/{project['id']}").json()["team"] == []
+    assert (
+        owner.post(
+            f"/organizations/{org.id}/invitations", json={"email": "next@x.example"}
+        ).status_code
+        == 201
+    )
+    assert owner.delete(f"/organizations/{org.id}/users/{org.owner_id}").status_code == 409
+
+
+def test_filtered_lists_page_through_every_match(served: Served) -> None:
+    """?project_id= with limit=1 walks every matching member, whatever lies between them."""
+    org = onboard(served)
+    owner = served.client(org.token)
+    project = owner.post(
+        f"/organizations/{org.id}/projects", json={"name": "P", "slug": "paged"}
+    ).json()
+    wanted = []
+    for index in range(4):
+        email = f"m{index}@{org.id}.example.com"
+        body = {"email": email, "projects": [project["id"]] if index % 2 else []}
+        token = owner.post(f"/organizations/{org.id}/invitations", json=body).json()["token"]
+        if index % 2:
+            wanted.append(email)
+        assert (
+            served.client()
+            .post(f"/invitations/{token}/accept", json={"name": "M", "password": PASSWORD})
+            .status_code
+            == 200
+        )
+    seen, cursor = [], None
+    while True:
+        params = {"project_id": project["id"], "limit": 1}
+        if cursor:
+            params["cursor"] = cursor
+        listed = owner.get(f"/organizations/{org.id}/users", params=params).json()
+        seen += [m["email"] for m in listed["items"]]
+        cursor = listed["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == wanted
+
+
+def test_sign_in_attempts_are_rate_limited_per_email(tmp_path: Path) -> None:
+    """Past SIGN_IN_RATE_LIMIT attempts a minute: 429 with Retry-After, even with the password."""
+    with serve(make_config(tmp_path, sign_in_rate_limit=3), FakeClock()) as app:
+        org = onboard(app)
+        client = app.client()
+        wrong = {"email": org.owner_email, "password": "guess"}
+        assert [client.post("/auth/token", json=wrong).status_code for _ in range(3)] == [401] * 3
+        right = {"email": org.owner_email, "password": PASSWORD}
+        limited = client.post("/auth/token", json=right)
+        assert limited.status_code == 429
+        assert int(limited.headers["Retry-After"]) >= 1
+        other = client.post("/auth/token", json={**wrong, "email": "someone@else.example"})
+        assert other.status_code == 401
+        app.clock.advance(60)
+        assert client.post("/auth/token", json=right).status_code == 200

@@ -8,6 +8,7 @@ factor must send ``totp_code``; members who have not enrolled are told to.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from flask import Blueprint, g, jsonify
@@ -17,6 +18,7 @@ from sqlalchemy import select
 from tenantkit import audit
 from tenantkit.context import bound_tenant
 from tenantkit.errors import Conflict, Forbidden, TenantNotFound, Unauthorized, UnprocessableEntity
+from tenantkit.quotas import Limit
 
 from .. import schemas
 from ..api import endpoint
@@ -41,6 +43,7 @@ ISSUER = "tenantkit-flask-example"
 )
 def sign_in(body: dict[str, Any]) -> ResponseReturnValue:
     p = platform()
+    _throttle(body["email"])
     with p.global_sessions() as accounts:
         user = accounts.scalars(select(User).where(User.email == body["email"])).first()
         password_ok = p.passwords.verify(user.password_hash if user else None, body["password"])
@@ -127,6 +130,13 @@ def verify(body: dict[str, Any]) -> ResponseReturnValue:
     audit.record(db(), "auth.mfa_enabled", resource_type="user", resource_id=user.id)
     db().commit()
     return jsonify({"mfa_enabled": True})
+
+
+def _throttle(email: str) -> None:
+    """Allow SIGN_IN_RATE_LIMIT attempts a minute per email (429 beyond): no guessing."""
+    digest = hashlib.sha256(email.encode()).hexdigest()[:32]  # no email in counter keys
+    limit = Limit("sign-in", f"sign-in:{digest}", "requests", platform().config.sign_in_rate_limit)
+    platform().kit.quotas.acquire([limit], tokens=0)
 
 
 def _current_user() -> User:

@@ -18,7 +18,7 @@ from .. import schemas
 from ..api import endpoint
 from ..context import db, now, platform
 from ..models import ADMIN_ROLES, Membership, Project
-from ..pagination import decode_cursor, encode_cursor
+from ..pagination import decode_cursor, encode_cursor, filtered_page
 from ..security import new_id
 from ..serialize import created, page, project_dict
 from ..usage_view import enforce, project_count
@@ -73,15 +73,20 @@ def create_project(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
     response="ProjectPage",
 )
 def list_projects(org_id: str, query: dict[str, Any]) -> ResponseReturnValue:
-    statement = select(Project).order_by(Project.id).limit(query["limit"] + 1)
-    after = decode_cursor(query.get("cursor"), str)
-    if after is not None:
-        statement = statement.where(Project.id > after)
-    projects = [p for p in db().scalars(statement) if _can_see(p)]
-    next_cursor = None
-    if len(projects) > query["limit"]:
-        projects = projects[: query["limit"]]
-        next_cursor = encode_cursor(projects[-1].id)
+    def fetch(after: str | None, size: int) -> list[Project]:
+        statement = select(Project).order_by(Project.id).limit(size)
+        if after is not None:
+            statement = statement.where(Project.id > after)
+        return list(db().scalars(statement))
+
+    projects, last = filtered_page(
+        fetch,
+        _can_see,
+        lambda project: project.id,
+        limit=query["limit"],
+        after=decode_cursor(query.get("cursor"), str),
+    )
+    next_cursor = None if last is None else encode_cursor(last)
     return jsonify(page((project_dict(p) for p in projects), next_cursor))
 
 

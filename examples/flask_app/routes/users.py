@@ -15,8 +15,8 @@ from tenantkit.errors import Conflict, Forbidden, NotFound
 from .. import schemas
 from ..api import endpoint
 from ..context import db, now
-from ..models import Membership, User
-from ..pagination import decode_cursor, encode_cursor
+from ..models import Invitation, Membership, Project, User
+from ..pagination import decode_cursor, encode_cursor, filtered_page
 from ..serialize import member_dict, page
 from .invitations import check_projects
 
@@ -33,27 +33,28 @@ bp = Blueprint("users", __name__)
     response="MemberPage",
 )
 def list_users(org_id: str, query: dict[str, Any]) -> ResponseReturnValue:
-    statement = (
-        select(Membership, User)
-        .join(User, User.id == Membership.user_id)
-        .order_by(Membership.id)
-        .limit(query["limit"] + 1)
-    )
-    after = decode_cursor(query.get("cursor"), int)
-    if after is not None:
-        statement = statement.where(Membership.id > after)
+    base = select(Membership, User).join(User, User.id == Membership.user_id)
     if "role" in query:
-        statement = statement.where(Membership.role == query["role"])
+        base = base.where(Membership.role == query["role"])
     if "status" in query:
-        statement = statement.where(Membership.status == query["status"])
-    rows = [(m, u) for m, u in db().execute(statement)]
-    if "project_id" in query:
+        base = base.where(Membership.status == query["status"])
+    project_id = query.get("project_id")
+
+    def fetch(after: int | None, size: int) -> list[tuple[Membership, User]]:
+        statement = base.order_by(Membership.id).limit(size)
+        if after is not None:
+            statement = statement.where(Membership.id > after)
+        return [(m, u) for m, u in db().execute(statement)]
+
+    rows, last = filtered_page(
+        fetch,
         # Project access is a short JSON list per member: filtered here, portably.
-        rows = [(m, u) for m, u in rows if query["project_id"] in m.projects]
-    next_cursor = None
-    if len(rows) > query["limit"]:
-        rows = rows[: query["limit"]]
-        next_cursor = encode_cursor(rows[-1][0].id)
+        lambda row: project_id is None or project_id in row[0].projects,
+        lambda row: row[0].id,
+        limit=query["limit"],
+        after=decode_cursor(query.get("cursor"), int),
+    )
+    next_cursor = None if last is None else encode_cursor(last)
     return jsonify(page((member_dict(m, u) for m, u in rows), next_cursor))
 
 
@@ -117,3 +118,38 @@ def _stale(current: int | None) -> Conflict:
     if current is None:
         return Conflict(detail)
     return Conflict(detail, current_version=current)
+
+
+@bp.delete("/organizations/<org_id>/users/<user_id>")
+@endpoint(
+    "Remove a member (or withdraw an invitation)",
+    auth="admin",
+    tag="users",
+    status=204,
+    responses=(401, 403, 404, 409),
+    description="Frees the seat, withdraws open invitations and takes the user off project "
+    "teams. Only an owner removes an owner; the last active owner stays.",
+)
+def remove_user(org_id: str, user_id: str) -> ResponseReturnValue:
+    session = db()
+    member = session.scalars(select(Membership).where(Membership.user_id == user_id)).first()
+    if member is None:
+        raise NotFound("user not found")
+    caller: Membership = g.member
+    if member.role == "owner":
+        if caller.role != "owner":
+            raise Forbidden("only an owner can remove an owner", reason="role")
+        if member.status == "active" and _active_owners(session) <= 1:
+            raise Conflict("an organization keeps at least one active owner")
+    moment = now()
+    for invitation in session.scalars(
+        select(Invitation).where(Invitation.user_id == user_id, Invitation.accepted_at.is_(None))
+    ):
+        invitation.revoked_at = moment
+    for project in session.scalars(select(Project)):
+        team = [entry for entry in project.team if entry.get("user_id") != user_id]
+        if len(team) != len(project.team):
+            project.team, project.updated_at = team, moment
+    session.delete(member)
+    session.commit()
+    return "", 204
