@@ -76,9 +76,10 @@ def complete(
             return Completion(message, "tool_calls", prompt, min(used, budget))
     if words:
         topic = " ".join(words[:12])
+        plural = "" if len(words) == 1 else "s"
         text = (
-            f"[{model}] You wrote {len(words)} words about: {topic}. Here is my answer: "
-            + " ".join(reversed(words))
+            f"[{model}] You wrote {len(words)} word{plural} about: {topic}. "
+            f"Here is my answer: {' '.join(reversed(words))}"
         )
     else:
         text = f"[{model}] I received no question. How can I help?"
