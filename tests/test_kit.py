@@ -116,3 +116,35 @@ def test_api_key_resolver_needs_a_secret(tmp_path: Any) -> None:
                 database_url=f"sqlite:///{tmp_path / 'k.db'}", jwt=JWTSettings(secret="x" * 40)
             )
         )
+
+
+def test_monthly_cap_is_enforced_and_calls_counted(make_kit: Callable[..., Any]) -> None:
+    """A hard monthly API-call cap gives 429 with Retry-After; admitted calls are counted."""
+    from sqlalchemy.orm import sessionmaker
+
+    from tenantkit._db import Base
+    from tenantkit.plans import Plans
+    from tenantkit.usage import ApiCallCounter, UsageRecorder
+
+    plans = Plans.from_mapping(
+        {
+            "TENANTKIT_PLANS": '{"tiny": {"price": "0", "api_call_cap": "hard", "limits": '
+            '{"users": 1, "projects": 1, "api_calls": 3, "storage_gb": 1}}}'
+        }
+    )
+    kit = make_kit(tenants={"acme": {"plan": "tiny"}, "globex": {"plan": "tiny"}})
+    Base.metadata.create_all(kit.engine)
+    recorder = UsageRecorder(sessionmaker(kit.engine), plans=plans)
+    counter = ApiCallCounter(recorder, background=False, max_pending=100)
+    capped = TenantKit(kit.settings, engine=kit.engine, call_counter=counter)
+    key = kit.api_keys.issue("acme", name="k").key
+    for _ in range(3):
+        capped.admit(request(**{"x-api-key": key}))
+    with pytest.raises(errors.QuotaExceeded) as exc:
+        capped.admit(request(**{"x-api-key": key}))
+    assert int(exc.value.headers["Retry-After"]) >= 1
+    assert counter.cycle_count("acme") == 3
+    other = kit.api_keys.issue("globex", name="k").key
+    capped.admit(request(**{"x-api-key": other}))
+    counter.close()
+    assert counter.cycle_count("globex") == 1

@@ -45,9 +45,15 @@ RejectHook = Callable[[RequestInfo, HTTPError], Decision]
 
 
 class CallCounter(Protocol):
-    """Anything that counts admitted API calls per tenant without blocking (usage metering)."""
+    """Counts admitted API calls per tenant without a write per request (usage metering).
+
+    ``check`` raises ``QuotaExceeded`` when one more call would pass the
+    tenant's hard monthly cap; ``tenantkit.usage.ApiCallCounter`` is one.
+    """
 
     def add(self, tenant_id: str) -> None: ...
+
+    def check(self, tenant: TenantConfig) -> None: ...
 
 
 class _WouldBlock(Exception):
@@ -144,6 +150,8 @@ class TenantKit:
         """Admit a request (sync) or raise the ``HTTPError`` that rejects it."""
         identity, tenant = self._identify(request, True)
         tokens = self._check_policy(request, tenant, body)
+        if self.call_counter is not None:
+            self.call_counter.check(tenant)
         limits = limits_for(tenant, identity)
         grant = self.quotas.acquire(limits, tokens=tokens) if limits else None
         return self._admitted(request, identity, tenant, grant, tokens)
@@ -155,6 +163,8 @@ class TenantKit:
         except _WouldBlock:
             identity, tenant = await anyio.to_thread.run_sync(self._identify, request, True)
         tokens = self._check_policy(request, tenant, body)
+        if self.call_counter is not None:
+            self.call_counter.check(tenant)
         limits = limits_for(tenant, identity)
         grant = await self.quotas.acquire_async(limits, tokens=tokens) if limits else None
         return self._admitted(request, identity, tenant, grant, tokens)
