@@ -237,3 +237,26 @@ def test_raw_sql_edit_is_found(engine: Engine) -> None:
             {"m": '{"i": 99}'},
         )
     assert audit.verify(engine, "acme").problem == "edited"
+
+
+def test_anchors_catch_a_recomputed_chain(engine: Engine) -> None:
+    """A rewrite that recomputes every later hash and the head still fails a published anchor."""
+    _write(engine, "acme", 5)
+    published = audit.verify(engine, "acme")
+    stored = rows(engine)
+    prev = stored[1]["hash"]
+    with engine.begin() as conn:
+        for entry in stored[2:]:
+            forged = {**entry, "prev_hash": prev}
+            if entry["seq"] == 3:
+                forged["actor"] = "someone-else"
+            forged["hash"] = prev = compute_hash(forged)
+            conn.execute(
+                update(LOG)
+                .where(LOG.c.tenant_id == "acme", LOG.c.seq == entry["seq"])
+                .values(actor=forged["actor"], prev_hash=forged["prev_hash"], hash=forged["hash"])
+            )
+        conn.execute(update(HEADS).where(HEADS.c.tenant_id == "acme").values(hash=prev))
+    assert audit.verify(engine, "acme").ok  # without an anchor the rewrite is consistent
+    anchored = audit.verify(engine, "acme", anchors={published.last_seq: published.last_hash})
+    assert (anchored.ok, anchored.problem, anchored.seq) == (False, "edited", 5)

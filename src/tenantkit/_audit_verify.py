@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,20 +43,30 @@ class VerifyResult:
         return self.ok
 
 
-def verify(bind: Bind, tenant_id: str, *, batch_size: int = 1000) -> VerifyResult:
+def verify(
+    bind: Bind,
+    tenant_id: str,
+    *,
+    anchors: Mapping[int, str] | None = None,
+    batch_size: int = 1000,
+) -> VerifyResult:
     """Check every entry of ``tenant_id`` after the last purge checkpoint.
 
     ``bind`` is a Session, Connection or Engine; the log is only read.
+    ``anchors`` maps seqs to hashes published earlier (``last_seq`` /
+    ``last_hash`` of a past result): an entry that no longer has its
+    published hash is reported as edited even if the chain was recomputed.
     """
     validate_tenant_id(tenant_id)
     with connection_for(bind, snapshot=True) as conn:
-        return _Walk(conn, tenant_id).run(batch_size)
+        return _Walk(conn, tenant_id, dict(anchors or {})).run(batch_size)
 
 
 class _Walk:
-    def __init__(self, conn: Connection, tenant_id: str) -> None:
+    def __init__(self, conn: Connection, tenant_id: str, anchors: dict[int, str]) -> None:
         self.conn = conn
         self.tenant_id = tenant_id
+        self.anchors = anchors
         checkpoint = conn.execute(
             select(CHECKPOINTS.c.seq, CHECKPOINTS.c.hash).where(
                 CHECKPOINTS.c.tenant_id == tenant_id
@@ -67,6 +77,14 @@ class _Walk:
         self.seq = self.start
         self.hash = self.start_hash
         self.checked = 0
+        if self.anchors.get(self.start, self.start_hash) != self.start_hash:
+            self.problem: tuple[Problem, int, str] | None = (
+                "edited",
+                self.start,
+                "the purge checkpoint differs from its anchor",
+            )
+        else:
+            self.problem = None
 
     def result(
         self, problem: Problem | None = None, seq: int | None = None, detail: str = ""
@@ -84,6 +102,8 @@ class _Walk:
         )
 
     def run(self, batch_size: int) -> VerifyResult:
+        if self.problem is not None:
+            return self.result(*self.problem)
         for entry in self._entries(batch_size):
             expected = self.seq + 1
             if entry.seq != expected:
@@ -95,6 +115,8 @@ class _Walk:
             linked = entry.prev_hash == self.hash
             if not (intact and linked):
                 return self._broken(entry, fields, intact, linked)
+            if self.anchors.get(entry.seq, entry.hash) != entry.hash:
+                return self.result("edited", entry.seq, "the entry differs from its anchor")
             self.seq, self.hash = entry.seq, entry.hash
             self.checked += 1
         head = read_head(self.conn, self.tenant_id)

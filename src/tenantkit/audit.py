@@ -250,9 +250,9 @@ class AuditLog:
         _audit_bus.notify(entries)
         return entries[0]
 
-    def verify(self, tenant_id: str) -> VerifyResult:
+    def verify(self, tenant_id: str, *, anchors: Mapping[int, str] | None = None) -> VerifyResult:
         """Verify ``tenant_id``'s chain (see ``verify``)."""
-        return verify(self.bind, tenant_id)
+        return verify(self.bind, tenant_id, anchors=anchors)
 
     def query(self, tenant_id: str | None = None, **filters: Any) -> Page[AuditEntry]:
         """Return one page of entries (see ``query``)."""
