@@ -7,6 +7,7 @@ connection-level listener is ever installed.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any
 
@@ -17,7 +18,13 @@ from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from . import context
 from ._scoping_models import TENANT_COLUMN, TenantScoped, mapped_scoped_tables
-from ._scoping_statements import check_insert, guard_dml, scope_core, survey
+from ._scoping_statements import (
+    check_insert,
+    guard_dml,
+    is_identity_load,
+    scope_core,
+    survey_cached,
+)
 from .errors import CrossTenantError, NoTenantError
 
 OWNER_KEY = "tenantkit.tenant_id"
@@ -76,12 +83,12 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
     if tenant_id is None:
         return
     stmt: Any = state.statement
-    if state.is_relationship_load or state.is_column_load:
+    if state.is_relationship_load or state.is_column_load or is_identity_load(stmt):
         # built by the ORM from an entity already scoped; loader criteria below still apply
         state.statement = _with_criteria(stmt, tenant_id)
         return
     orm = state.is_orm_statement and not state.is_insert
-    found = survey(stmt, orm=orm)
+    found = survey_cached(stmt, orm=orm)
     if found.raw_sql is not None and not _rls_active_for(state.session):
         raise CrossTenantError(
             f"{found.raw_sql} in a tenant-scoped session is refused: raw SQL cannot be "
@@ -109,13 +116,17 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
 
 
 def _with_criteria(stmt: Any, tenant_id: str) -> Any:
-    # tenant_id is a closure variable, so the lambda's SQL is cached and the id is bound
-    return stmt.options(
-        with_loader_criteria(
-            TenantScoped,
-            lambda cls: cls.tenant_id == tenant_id,
-            include_aliases=True,
-        )
+    return stmt.options(_criteria(tenant_id))
+
+
+@functools.lru_cache(maxsize=4096)
+def _criteria(tenant_id: str) -> Any:
+    # tenant_id is computed outside and captured as a closure variable: SQLAlchemy
+    # caches the lambda's SQL once and binds the id; the option itself is reused
+    return with_loader_criteria(
+        TenantScoped,
+        lambda cls: cls.tenant_id == tenant_id,
+        include_aliases=True,
     )
 
 

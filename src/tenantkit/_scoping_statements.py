@@ -76,6 +76,47 @@ def survey(stmt: ClauseElement, *, orm: bool) -> Findings:
     return found
 
 
+_SURVEYS: dict[Any, tuple[str | None, bool]] = {}
+_SURVEYS_MAX = 4096
+
+
+def survey_cached(stmt: ClauseElement, *, orm: bool) -> Findings:
+    """``survey`` memoised on the statement's cache key for the common, no-rewrite case.
+
+    Only statements needing no Core rewrite and holding no INSERT are
+    memoised: the rest carry per-object state (options, values) and are
+    walked every time.
+    """
+    cache_key = stmt._generate_cache_key()
+    if cache_key is None:
+        return survey(stmt, orm=orm)
+    key = (cache_key.key, orm)
+    hit = _SURVEYS.get(key)
+    if hit is not None:
+        return Findings(raw_sql=hit[0])
+    found = survey(stmt, orm=orm)
+    if not found.core and not found.inserts:
+        if len(_SURVEYS) >= _SURVEYS_MAX:
+            _SURVEYS.pop(next(iter(_SURVEYS)))
+        _SURVEYS[key] = (found.raw_sql, False)
+    return found
+
+
+def is_identity_load(stmt: Any) -> bool:
+    """Return whether ``stmt`` is the ORM's own primary-key load (``Session.get``).
+
+    That statement is ``select(Model)`` plus the mapper's memoised
+    ``_get_clause`` (raw primary-key columns); the loader criteria cover it.
+    """
+    if not isinstance(stmt, Select) or stmt._from_obj or stmt._setup_joins:
+        return False
+    subject = stmt._propagate_attrs.get("plugin_subject")
+    mapper = getattr(subject, "mapper", None)
+    if mapper is None or len(stmt._where_criteria) != 1:
+        return False
+    return stmt._where_criteria[0] is mapper._get_clause[0]
+
+
 def _set_keys(update: Update) -> list[Any]:
     return list(update._values or {})
 
