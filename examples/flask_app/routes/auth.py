@@ -58,7 +58,7 @@ def sign_in(body: dict[str, Any]) -> ResponseReturnValue:
             raise Unauthorized(BAD_CREDENTIALS) from None
         if not tenant.active:
             raise Forbidden("this organization is suspended", reason="suspended")
-        with bound_tenant(tenant), p.sessions() as session:
+        with bound_tenant(tenant, request_id=g.get("request_id")), p.sessions() as session:
             found = session.execute(
                 select(Membership, Organization)
                 .join(Organization, Organization.tenant_id == Membership.tenant_id)

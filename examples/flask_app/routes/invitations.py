@@ -138,7 +138,7 @@ def accept(token: str, body: dict[str, Any]) -> ResponseReturnValue:
         tenant = p.kit.tenants.get(org_id)
     except (TenantNotFound, ValueError):
         raise NotFound("invitation not found") from None
-    with bound_tenant(tenant), p.sessions() as session:
+    with bound_tenant(tenant, request_id=g.get("request_id")), p.sessions() as session:
         invitation = session.scalars(
             select(Invitation).where(Invitation.token_hash == token_digest(token))
         ).first()

@@ -51,7 +51,7 @@ def onboard(body: dict[str, Any]) -> ResponseReturnValue:
         quota_requests_per_minute=p.config.default_rate_limit,
     )
     try:
-        with bound_tenant(tenant), p.sessions() as session:
+        with bound_tenant(tenant, request_id=g.get("request_id")), p.sessions() as session:
             user = _owner(session, body)
             moment = now()
             org = Organization(id=org_id, owner_id=user.id, created_at=moment, updated_at=moment)
