@@ -254,6 +254,13 @@ def test_roles_decide_what_members_may_do(client: httpx.Client) -> None:
         t["title"]
         for t in client.get("/tasks", headers=admin, params={"status": "OPEN"}).json()["items"]
     ] == ["Notes v2"]
+    bilal_id = next(
+        u["id"]
+        for u in client.get("/api/users", headers=admin).json()["items"]
+        if u["email"] == "bilal@company.pk"
+    )
+    has_tasks = assert_problem(client.delete(f"/api/users/{bilal_id}", headers=admin), 409)
+    assert has_tasks["reason"] == "has_tasks"
     assert client.delete(f"/tasks/{task_id}", headers=admin).status_code == 204
     assert_problem(client.get(f"/tasks/{task_id}", headers=admin), 404)
     invalid = client.post("/tasks", headers=admin, json={"title": "", "assigned_to": "nobody@x.pk"})
