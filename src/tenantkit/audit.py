@@ -19,12 +19,14 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from . import _audit_bus, _audit_chain, scoping
 from ._audit_bulk import BulkCapture
 from ._audit_capture import Capture
+from ._audit_denials import DenialRecorder
 from ._audit_model import AUDIT_TABLES, GENESIS_HASH, AuditEntry
 from ._audit_policy import REDACTED, CapturePolicy, audited, is_audited, is_secret_name
 from ._audit_query import export_jsonl, query
@@ -32,7 +34,7 @@ from ._audit_record import acting_as, current_actor, make_draft, record
 from ._audit_retention import PurgeResult, protect, purge
 from ._audit_verify import VerifyResult, verify
 from ._db import Base
-from .errors import ConfigurationError
+from .errors import ConfigurationError, StorageError
 from .types import Page
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "REDACTED",
     "AuditEntry",
     "AuditLog",
+    "DenialRecorder",
     "Page",
     "PurgeResult",
     "VerifyResult",
@@ -232,7 +235,10 @@ class AuditLog:
         client_ip: str | None = None,
         user_agent: str | None = None,
     ) -> AuditEntry:
-        """Write and commit one explicit event; the tenant is the bound one unless given."""
+        """Write and commit one explicit event; the tenant is the bound one unless given.
+
+        Raises ``StorageError`` when the database refuses the write.
+        """
         draft = make_draft(
             action,
             tenant_id=tenant_id,
@@ -245,8 +251,12 @@ class AuditLog:
             client_ip=client_ip,
             user_agent=user_agent,
         )
-        with self.bind.begin() as conn:
-            entries = _audit_chain.append(conn, [draft])
+        try:
+            with self.bind.begin() as conn:
+                entries = _audit_chain.append(conn, [draft])
+        except SQLAlchemyError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StorageError(f"could not write to the audit log: {first}") from exc
         _audit_bus.notify(entries)
         return entries[0]
 
