@@ -213,7 +213,8 @@ def test_completion_is_deterministic_and_its_tokens_are_charged(client: httpx.Cl
     spent = sum(r.json()["usage"]["total_tokens"] for r in remaining if r.status_code == 200)
     problem = assert_problem(remaining[-1], 429)
     assert problem["limit"] == "tenant-tokens" and "Retry-After" in remaining[-1].headers
-    assert spent <= 400
+    # Within the minute's 400 (one more request's worth may have refilled meanwhile).
+    assert 400 - usage["total_tokens"] * 2 < spent <= 400 + usage["total_tokens"]
 
 
 def test_analytics_report_the_tenants_own_requests(client: httpx.Client) -> None:
