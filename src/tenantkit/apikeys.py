@@ -1,44 +1,47 @@
 """API keys: issue, verify, list and revoke; only an HMAC of each key is stored.
 
-A key reads ``tk_live_`` or ``tk_test_``, then 43 base62 characters holding
-32 random bytes, then a 6-character base62 CRC32 of everything before it.
-The fixed shape and the checksum let secret scanners spot a leaked key and
-let ``verify`` refuse a mistyped one without a database read. The database
-holds HMAC-SHA256(server secret, key), the display prefix (``tk_live_AbCd``)
-and the last four characters, never the key.
+The key format (``tk_live_``/``tk_test_``, 32 random bytes in base62, a
+CRC32 checksum) lives in ``_keyformat``: the checksum lets ``verify`` refuse
+a mistyped key without a database read. The database holds
+HMAC-SHA256(server secret, key), the display prefix (``tk_live_AbCd``) and
+the last four characters, never the key. Every public name of the format and
+record modules is importable from here.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
-import json
 import logging
 import re
 import secrets
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from hashlib import sha256
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from cachetools import TTLCache
-from sqlalchemy import JSON, Integer, String, and_, delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
+from ._apikey_models import APIKey, APIKeyRow, IssuedKey, api_key_to_dict
 from ._cache import MISS, Miss, VersionedCache
-from ._db import Base, UTCDateTime, utcnow
+from ._db import Base, utcnow
+from ._keyformat import BASE62 as BASE62
+from ._keyformat import BODY_LENGTH as BODY_LENGTH
+from ._keyformat import CHECKSUM_LENGTH as CHECKSUM_LENGTH
+from ._keyformat import ENTROPY_BYTES as ENTROPY_BYTES
+from ._keyformat import KEY_PATTERN as KEY_PATTERN
+from ._keyformat import KEY_PREFIXES as KEY_PREFIXES
+from ._keyformat import Environment, ParsedKey, base62, generate_key, looks_like_key, parse_key
+from ._stores import check_limit, check_text, decode_cursor, encode_cursor, storage_errors
 from .errors import ConfigurationError, NotFound, StorageError, Unauthorized, ValidationError
 from .settings import CacheSettings
-from .tenants import check_limit
-from .types import Identity, Page, validate_tenant_id
+from .types import Page, validate_tenant_id
 
 __all__ = [
     "MISS",
@@ -56,145 +59,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Environment = Literal["live", "test"]
-
-BASE62: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-ENTROPY_BYTES: Final = 32
-BODY_LENGTH: Final = 43  # 62**43 > 2**256: room for 32 bytes at a fixed width
-CHECKSUM_LENGTH: Final = 6  # 62**6 > 2**32: room for a CRC32
-KEY_PREFIXES: Final = ("tk_live_", "tk_test_")
-KEY_PATTERN: Final = re.compile(
-    rf"tk_(live|test)_([0-9A-Za-z]{{{BODY_LENGTH}}})([0-9A-Za-z]{{{CHECKSUM_LENGTH}}})"
-)
 KEY_ID_PATTERN: Final = re.compile(r"key_[0-9A-Za-z]{22}")
 SCOPE_PATTERN: Final = re.compile(r"[A-Za-z0-9:._*/-]{1,100}")
 MIN_SECRET_BYTES: Final = 32
 INVALID_KEY: Final = "invalid API key"
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedKey:
-    """A well-formed key's public parts: its environment and display pieces."""
-
-    environment: Environment
-    prefix: str
-    last4: str
-
-
-def looks_like_key(value: object) -> bool:
-    """Return whether ``value`` is meant as a tenantkit key (``tk_live_``/``tk_test_``)."""
-    return isinstance(value, str) and value.startswith(KEY_PREFIXES)
-
-
-def parse_key(key: object) -> ParsedKey:
-    """Check a key's shape and checksum; raise ``ValidationError`` if either is wrong."""
-    match = KEY_PATTERN.fullmatch(key) if isinstance(key, str) else None
-    if match is None or not isinstance(key, str):
-        raise ValidationError("not a tenantkit API key", field="key")
-    body = key[:-CHECKSUM_LENGTH]
-    if not hmac.compare_digest(match.group(3), _checksum(body)):
-        raise ValidationError("API key checksum does not match", field="key")
-    environment: Environment = "live" if match.group(1) == "live" else "test"
-    return ParsedKey(environment=environment, prefix=key[: len("tk_live_") + 4], last4=key[-4:])
-
-
-def generate_key(environment: Environment = "live") -> str:
-    """Return a new random key for ``environment``."""
-    body = f"tk_{environment}_" + _base62(secrets.token_bytes(ENTROPY_BYTES), BODY_LENGTH)
-    return body + _checksum(body)
-
-
-class APIKeyRow(Base):
-    """One issued key as stored: its HMAC, never the key."""
-
-    __tablename__ = "tenantkit_api_keys"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(String(63), nullable=False, index=True)
-    name: Mapped[str] = mapped_column(String(200), nullable=False)
-    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
-    last4: Mapped[str] = mapped_column(String(4), nullable=False)
-    hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
-    scopes: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    rate_limit: Mapped[int | None] = mapped_column(Integer)
-    token_limit: Mapped[int | None] = mapped_column(Integer)
-    project_id: Mapped[str | None] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
-    def to_record(self) -> APIKey:
-        """Return the public, secret-free view of this row."""
-        return APIKey(
-            id=self.id,
-            tenant_id=self.tenant_id,
-            name=self.name,
-            prefix=self.prefix,
-            last4=self.last4,
-            scopes=tuple(self.scopes or ()),
-            created_at=self.created_at,
-            expires_at=self.expires_at,
-            revoked_at=self.revoked_at,
-            last_used_at=self.last_used_at,
-            rate_limit=self.rate_limit,
-            token_limit=self.token_limit,
-            project_id=self.project_id,
-        )
-
-
-@dataclass(frozen=True)
-class APIKey:
-    """An issued key's metadata (no secret): who owns it and what it may do."""
-
-    id: str
-    tenant_id: str
-    name: str
-    prefix: str
-    last4: str
-    scopes: tuple[str, ...]
-    created_at: datetime
-    expires_at: datetime | None = None
-    revoked_at: datetime | None = None
-    last_used_at: datetime | None = None
-    rate_limit: int | None = None
-    token_limit: int | None = None
-    project_id: str | None = None
-
-    @property
-    def environment(self) -> Environment:
-        """``"live"`` or ``"test"``, from the key's prefix."""
-        return "test" if self.prefix.startswith("tk_test_") else "live"
-
-    @property
-    def revoked(self) -> bool:
-        """Return whether the key has been revoked."""
-        return self.revoked_at is not None
-
-    def expired(self, now: datetime) -> bool:
-        """Return whether the key has expired at ``now``."""
-        return self.expires_at is not None and self.expires_at <= now
-
-    def to_identity(self) -> Identity:
-        """Return the authenticated identity this key grants."""
-        return Identity(
-            tenant_id=self.tenant_id,
-            source="api_key",
-            authenticated=True,
-            scopes=frozenset(self.scopes),
-            api_key_id=self.id,
-            api_key_rate_limit=self.rate_limit,
-            api_key_token_limit=self.token_limit,
-            claims={"project_id": self.project_id} if self.project_id else {},
-        )
-
-
-@dataclass(frozen=True)
-class IssuedKey:
-    """A newly issued key: ``key`` is shown once and cannot be recovered later."""
-
-    key: str
-    record: APIKey
 
 
 @dataclass(frozen=True)
@@ -274,14 +142,14 @@ class APIKeyStore:
         if env not in ("live", "test"):
             raise ValidationError("environment must be 'live' or 'test'", field="environment")
         row = APIKeyRow(
-            id="key_" + _base62(secrets.token_bytes(16), 22),
+            id="key_" + base62(secrets.token_bytes(16), 22),
             tenant_id=tenant_id,
-            name=_text(name, "name", 200),
+            name=check_text(name, "name", max_length=200),
             scopes=_scopes(scopes),
             expires_at=self._expiry(expires_at),
             rate_limit=_positive(rate_limit, "rate_limit"),
             token_limit=_positive(token_limit, "token_limit"),
-            project_id=None if project_id is None else _text(project_id, "project_id", 100),
+            project_id=_optional_text(project_id, "project_id", max_length=100),
             created_at=self._now(),
         )
         key = generate_key(env)
@@ -359,7 +227,7 @@ class APIKeyStore:
         if len(records) > limit:
             records = records[:limit]
             last = records[-1]
-            return Page(items=records, next_cursor=_encode_cursor(last.created_at, last.id))
+            return Page(items=records, next_cursor=_encode_cursor(last))
         return Page(items=records)
 
     def get(self, tenant_id: str, key_id: str) -> APIKey:
@@ -464,50 +332,8 @@ def purge_tenant_keys(engine: Engine, tenant_id: str) -> list[str]:
         return [digest for (digest,) in result]
 
 
-def api_key_to_dict(record: APIKey) -> dict[str, Any]:
-    """Return a JSON-ready dict of a key's metadata (never the key)."""
-    return {
-        "id": record.id,
-        "tenant_id": record.tenant_id,
-        "name": record.name,
-        "prefix": record.prefix,
-        "last4": record.last4,
-        "environment": record.environment,
-        "scopes": list(record.scopes),
-        "rate_limit": record.rate_limit,
-        "token_limit": record.token_limit,
-        "project_id": record.project_id,
-        "created_at": _isoformat(record.created_at),
-        "expires_at": _isoformat(record.expires_at),
-        "revoked_at": _isoformat(record.revoked_at),
-        "last_used_at": _isoformat(record.last_used_at),
-    }
-
-
-def _base62(data: bytes, width: int) -> str:
-    return _base62_int(int.from_bytes(data, "big"), width)
-
-
-def _base62_int(number: int, width: int) -> str:
-    digits = []
-    while number:
-        number, rest = divmod(number, 62)
-        digits.append(BASE62[rest])
-    if len(digits) > width:
-        raise ValueError("number does not fit the width")
-    return "".join(reversed(digits)).rjust(width, "0")
-
-
-def _checksum(body: str) -> str:
-    return _base62_int(zlib.crc32(body.encode()), CHECKSUM_LENGTH)
-
-
-def _text(value: object, field: str, max_length: int) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > max_length:
-        raise ValidationError(
-            f"{field} must be a non-empty string of at most {max_length} characters", field=field
-        )
-    return value
+def _optional_text(value: object, field: str, *, max_length: int) -> str | None:
+    return None if value is None else check_text(value, field, max_length=max_length)
 
 
 def _scopes(value: object) -> list[str]:
@@ -530,33 +356,21 @@ def _positive(value: object, field: str) -> int | None:
     return value
 
 
-def _isoformat(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def _encode_cursor(created_at: datetime, key_id: str) -> str:
-    raw = json.dumps([created_at.isoformat(), key_id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _encode_cursor(last: APIKey) -> str:
+    return encode_cursor([last.created_at.isoformat(), last.id])
 
 
 def _decode_cursor(cursor: object) -> tuple[datetime, str]:
-    try:
-        if not isinstance(cursor, str) or len(cursor) > 200:
-            raise ValueError("bad cursor")
-        padded = cursor + "=" * (-len(cursor) % 4)
-        stamp, key_id = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        created_at = datetime.fromisoformat(stamp)
-        if created_at.tzinfo is None or not KEY_ID_PATTERN.fullmatch(key_id):
-            raise ValueError("bad cursor")
-        return created_at, key_id
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise ValidationError("cursor is not valid", field="cursor") from exc
+    return decode_cursor(cursor, _cursor_position)
 
 
-@contextmanager
-def _storage_errors() -> Iterator[None]:
-    """Re-raise SQLAlchemy errors as ``StorageError`` (the original is the cause)."""
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        raise StorageError(f"API key store failed: {type(exc).__name__}") from exc
+def _cursor_position(position: Any) -> tuple[datetime, str]:
+    stamp, key_id = position
+    created_at = datetime.fromisoformat(stamp)
+    if created_at.tzinfo is None or not KEY_ID_PATTERN.fullmatch(key_id):
+        raise ValueError("bad cursor")
+    return created_at, key_id
+
+
+def _storage_errors() -> AbstractContextManager[None]:
+    return storage_errors("API key store")
