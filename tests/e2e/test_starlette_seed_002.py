@@ -322,3 +322,16 @@ def test_public_routes_and_request_ids(client: httpx.Client) -> None:
         assert response.headers["X-Request-ID"] == "req-456"
     assert client.get("/health").headers["X-Request-ID"]
     assert_problem(client.get("/api/users"), 401)
+
+
+def test_unset_secrets_are_generated_and_printed_once(tmp_path: Path) -> None:
+    """Without ADMIN_TOKEN and JWT_SECRET the app prints generated ones once, and they work."""
+    env = {"ADMIN_TOKEN": "", "JWT_SECRET": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}"}
+    with serve_module("examples.starlette_app", env=env, cwd=tmp_path) as running:
+        lines = [line for line in running.output().splitlines() if "was not set" in line]
+        assert [line.split()[0] for line in lines] == ["ADMIN_TOKEN", "JWT_SECRET"]
+        token = lines[0].rsplit(" ", 1)[1]
+        listed = httpx.get(
+            running.url + "/admin/tenants", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert listed.status_code == 200
