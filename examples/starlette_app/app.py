@@ -56,9 +56,9 @@ class PublicRoot:
         if scope["type"] == "http" and scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
             request = Request(scope, receive)
             response = await self.endpoint(request)
-            response.headers["X-Request-ID"] = (
-                request.headers.get("x-request-id") or uuid.uuid4().hex
-            )
+            given = request.headers.get("x-request-id", "")
+            sane = _REQUEST_ID.fullmatch(given) is not None  # echo only what is safe to log
+            response.headers["X-Request-ID"] = given if sane else uuid.uuid4().hex
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
