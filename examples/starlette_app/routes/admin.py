@@ -25,7 +25,7 @@ from ..auth import require_admin_token
 from ..models import TENANT_DATA, DeliveryQueue
 from ..openapi import PAGE_QUERY, list_of, operation
 from ..services import Services, json, services
-from ..validation import Body, Field, query_int, read_json
+from ..validation import Body, Field, invalid, query_int, read_json
 
 _NAMES = Field("name", "string", min_length=1, max_length=200)
 _TENANT_FIELDS = (
@@ -172,7 +172,7 @@ async def update_tenant(request: Request) -> Response:
     data = UPDATE_TENANT.parse(await read_json(request, max_bytes=s.config.max_body_bytes))
     expected = data.pop("version", None)
     if not data:
-        UPDATE_TENANT.parse({})  # only "version" given: nothing to change
+        raise invalid([{"field": "body", "message": "give a field to change besides version"}])
 
     def work() -> TenantConfig:
         before = tenant_to_dict(s.kit.tenants.get(tenant_id))
