@@ -286,6 +286,18 @@ def test_upsert_cannot_touch_another_tenants_row(
         assert conn.execute(select(t.c.name).where(t.c.id == 2)).scalar() == "blue"
 
 
+def test_legacy_bulk_api_is_refused(maker: sessionmaker[Session]) -> None:
+    """bulk_save_objects and the *_mappings methods bypass scoping and are refused."""
+    with bound_tenant(A), maker() as s:
+        for call in (
+            lambda: s.bulk_save_objects([Team(tenant_id=B, name="x")]),
+            lambda: s.bulk_insert_mappings(Team, [{"tenant_id": B, "name": "x"}]),  # type: ignore[arg-type]
+            lambda: s.bulk_update_mappings(Team, [{"id": 2, "name": "x"}]),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(CrossTenantError, match="bypasses tenant scoping"):
+                call()
+
+
 def test_literal_columns(maker: sessionmaker[Session]) -> None:
     """literal_column('*') and names pass; an SQL fragment in literal_column is refused."""
     with bound_tenant(A), maker() as s:

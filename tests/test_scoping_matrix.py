@@ -360,6 +360,21 @@ SHAPES = [
         _bulk_by_pk,
         lambda t, b: [(r[0], 50 if r[0] in (1, 4) else r[5]) for r in tasks(t)],
     ),
+    Shape(
+        "orm_with_core_subquery",
+        rows(lambda: select(Task.id).where(Task.id.in_(select(tt.c.parent_id)))),
+        lambda t, b: sorted({(r[3],) for r in tasks(t) if r[3] is not None}),
+    ),
+    Shape(
+        "orm_where_raw_column",
+        rows(lambda: select(Project.id).where(tt.c.points > 7, tt.c.project_id == Project.id)),
+        lambda t, b: sorted({(r[2],) for r in tasks(t) if r[5] > 7}),
+    ),
+    Shape(
+        "core_union_all",
+        rows(lambda: select(tt.c.id).union_all(select(pt.c.id + 100))),
+        lambda t, b: sorted([(r[0],) for r in tasks(t)] + [(p[0] + 100,) for p in projects(t)]),
+    ),
     Shape("insert_other_tenant", _insert_other_tenant, lambda t, b: CrossTenantError),
     Shape("add_other_tenant", _add_other_tenant, lambda t, b: CrossTenantError),
     Shape("add_stamped", _add_stamped, lambda t, b: t),

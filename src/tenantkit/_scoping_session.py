@@ -53,6 +53,23 @@ class TenantSession(Session):
         session_tenant(self)
         return super().merge(*args, **kw)
 
+    # The legacy bulk API writes without flush events or do_orm_execute.
+    def bulk_save_objects(self, *args: Any, **kw: Any) -> None:
+        _refuse_legacy_bulk("bulk_save_objects")
+
+    def bulk_insert_mappings(self, *args: Any, **kw: Any) -> None:
+        _refuse_legacy_bulk("bulk_insert_mappings")
+
+    def bulk_update_mappings(self, *args: Any, **kw: Any) -> None:
+        _refuse_legacy_bulk("bulk_update_mappings")
+
+
+def _refuse_legacy_bulk(name: str) -> None:
+    raise CrossTenantError(
+        f"Session.{name}() bypasses tenant scoping; use session.execute(insert(Model), rows) "
+        "or session.execute(update(Model), rows), which are scoped"
+    )
+
 
 def session_tenant(session: Session) -> str | None:
     """Return the tenant ``session`` is scoped to (``None`` inside ``unscoped``); claim it.

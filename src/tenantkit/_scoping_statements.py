@@ -8,6 +8,7 @@ joins), ``INSERT`` values and ``INSERT ... FROM SELECT``, and raw SQL.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -97,7 +98,8 @@ def survey_cached(stmt: ClauseElement, *, orm: bool) -> Findings:
     found = survey(stmt, orm=orm)
     if not found.core and not found.inserts:
         if len(_SURVEYS) >= _SURVEYS_MAX:
-            _SURVEYS.pop(next(iter(_SURVEYS)))
+            with contextlib.suppress(RuntimeError, KeyError, StopIteration):  # another thread
+                _SURVEYS.pop(next(iter(_SURVEYS)))
         _SURVEYS[key] = (found.raw_sql, False)
     return found
 
