@@ -7,22 +7,23 @@ cache. An update or delete made through a store is seen by that store's next
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import JSON, CheckConstraint, Integer, String, delete, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ._cache import MISS, Miss, VersionedCache
 from ._db import Base, UTCDateTime, utcnow
+from ._stores import MAX_PAGE_SIZE as MAX_PAGE_SIZE
+from ._stores import check_limit as check_limit
+from ._stores import check_text, decode_cursor, encode_cursor, isoformat, storage_errors
 from .errors import Conflict, StorageError, TenantNotFound, ValidationError
 from .settings import CacheSettings
 from .types import Page, TenantConfig, TenantStatus, validate_tenant_id
@@ -30,7 +31,6 @@ from .types import Page, TenantConfig, TenantStatus, validate_tenant_id
 __all__ = ["MISS", "TenantRow", "TenantStore", "tenant_to_dict"]
 
 STATUSES: Final = ("active", "suspended")
-MAX_PAGE_SIZE: Final = 200
 UPDATABLE_FIELDS: Final = frozenset(
     {
         "name",
@@ -275,16 +275,9 @@ def tenant_to_dict(config: TenantConfig) -> dict[str, Any]:
         "allowed_tools": _list_or_none(config.allowed_tools),
         "metadata": dict(config.metadata),
         "version": config.version,
-        "created_at": _isoformat(config.created_at),
-        "updated_at": _isoformat(config.updated_at),
+        "created_at": isoformat(config.created_at),
+        "updated_at": isoformat(config.updated_at),
     }
-
-
-def check_limit(limit: object) -> int:
-    """Return a page size in 1..200, or raise ``ValidationError`` naming ``limit``."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ValidationError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}", field="limit")
-    return limit
 
 
 def _clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -292,9 +285,9 @@ def _clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in fields.items():
         if name == "name":
-            out[name] = _text(value, name, max_length=200)
+            out[name] = check_text(value, name, max_length=200)
         elif name == "plan":
-            out[name] = _text(value, name, max_length=64)
+            out[name] = check_text(value, name, max_length=64)
         elif name == "status":
             out[name] = _status(value)
         elif name in ("quota_requests_per_minute", "quota_tokens_per_minute"):
@@ -308,14 +301,6 @@ def _clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         elif name == "metadata":
             out[name] = _metadata(value)
     return out
-
-
-def _text(value: object, field: str, *, max_length: int) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > max_length:
-        raise ValidationError(
-            f"{field} must be a non-empty string of at most {max_length} characters", field=field
-        )
-    return value
 
 
 def _status(value: object) -> TenantStatus:
@@ -358,32 +343,15 @@ def _list_or_none(value: Sequence[str] | None) -> list[str] | None:
     return None if value is None else list(value)
 
 
-def _isoformat(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
 def _encode_cursor(last_id: str) -> str:
-    raw = json.dumps({"after": last_id}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor({"after": last_id})
 
 
 def _decode_cursor(cursor: str | None) -> str | None:
     if cursor is None:
         return None
-    try:
-        if not isinstance(cursor, str) or len(cursor) > 200:
-            raise ValueError("cursor too long")
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        return validate_tenant_id(data["after"])
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise ValidationError("cursor is not valid", field="cursor") from exc
+    return decode_cursor(cursor, lambda position: validate_tenant_id(position["after"]))
 
 
-@contextmanager
-def _storage_errors() -> Iterator[None]:
-    """Re-raise SQLAlchemy errors as ``StorageError`` (the original is the cause)."""
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        raise StorageError(f"tenant store failed: {type(exc).__name__}") from exc
+def _storage_errors() -> AbstractContextManager[None]:
+    return storage_errors("tenant store")
