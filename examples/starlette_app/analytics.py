@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from anyio.to_thread import run_sync
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from starlette.datastructures import Headers
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tenantkit import audit
 from tenantkit.context import bound_tenant, get_context
 from tenantkit.errors import (
     HTTPError,
@@ -38,7 +40,7 @@ from tenantkit.errors import (
     TenantSuspended,
 )
 from tenantkit.kit import TenantKit, default_on_reject
-from tenantkit.types import Decision, RequestInfo
+from tenantkit.types import Decision, Identity, RequestInfo
 
 from .db import Database
 from .models import RequestLog, TaskMetric, rfc3339, utcnow
@@ -48,10 +50,16 @@ STATE_KEY = "tenant_context"
 _MAX_PENDING = 10_000
 
 
+#: Rejections worth an audit entry (security-relevant, and bounded: quota 429s are
+#: left to analytics, so a client cannot flood the audit trail by hammering).
+AUDITED_CAUSES = {"policy": "policy.denied", "tenant_mismatch": "tenant.mismatch"}
+
+
 @dataclass(frozen=True)
 class _Rejection:
-    tenant_id: str
+    identity: Identity
     cause: str
+    problem: Mapping[str, Any]
 
 
 def cause_of(exc: HTTPError) -> str:
@@ -82,17 +90,19 @@ class Analytics:
 
     def on_reject(self, request: RequestInfo, exc: HTTPError) -> Decision:
         """tenantkit's rejection hook: remember who was refused and why, then render it."""
-        tenant_id = self._tenant_of(request)
-        if tenant_id is not None and request.request_id:
+        decision = default_on_reject(request, exc)
+        identity = self._identity_of(request)
+        if identity is not None and request.request_id:
             if len(self._pending) >= _MAX_PENDING:  # responses never sent (client gone)
                 self._pending.clear()
-            self._pending[request.request_id] = _Rejection(tenant_id, cause_of(exc))
-        return default_on_reject(request, exc)
+            rejection = _Rejection(identity, cause_of(exc), decision.problem)
+            self._pending[request.request_id] = rejection
+        return decision
 
-    def _tenant_of(self, request: RequestInfo) -> str | None:
+    def _identity_of(self, request: RequestInfo) -> Identity | None:
         # The credential was checked moments ago, so this is a cache hit.
         try:
-            return self.kit.identity.resolve(request).tenant_id
+            return self.kit.identity.resolve(request)
         except HTTPError:
             return None  # no valid credential: the request belongs to no tenant
 
@@ -101,9 +111,9 @@ class Analytics:
         ctx = scope.get("state", {}).get(STATE_KEY)
         rejection = self._pending.pop(request_id, None)
         if ctx is not None:
-            tenant_id, cause, tokens = ctx.tenant_id, None, ctx.meter.used or 0
+            identity, cause, tokens = ctx.identity, None, ctx.meter.used or 0
         elif rejection is not None:
-            tenant_id, cause, tokens = rejection.tenant_id, rejection.cause, 0
+            identity, cause, tokens = rejection.identity, rejection.cause, 0
         else:
             return  # public or admin route, or no credential: not a tenant's request
         row = RequestLog(
@@ -115,13 +125,20 @@ class Analytics:
             request_id=request_id or None,
         )
         try:
-            await run_sync(self._write, tenant_id, row)
+            await run_sync(self._write, identity, row, rejection)
         except Exception:  # analytics must never break a response
             log.exception("could not record request analytics")
 
-    def _write(self, tenant_id: str, row: RequestLog) -> None:
-        with bound_tenant(tenant_id):
-            self.db.transaction(lambda session: session.add(row))
+    def _write(self, identity: Identity, row: RequestLog, rejection: _Rejection | None) -> None:
+        def work(session: Session) -> None:
+            session.add(row)
+            action = AUDITED_CAUSES.get(rejection.cause) if rejection else None
+            if rejection is not None and action is not None:
+                details = {k: v for k, v in rejection.problem.items() if k not in ("type", "title")}
+                audit.record(session, action, metadata={**details, "route": row.route})
+
+        with bound_tenant(identity, request_id=row.request_id):
+            self.db.transaction(work)
 
     def _route(self, scope: Scope) -> str:
         route = scope.get("route")

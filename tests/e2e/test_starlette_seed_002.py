@@ -181,8 +181,9 @@ def test_request_quota_gives_429_with_retry_after(client: httpx.Client) -> None:
 
 
 def test_disallowed_model_or_tool_is_403_with_the_reason(client: httpx.Client) -> None:
-    """A model or tool outside the tenant's allow-lists is 403 naming the reason."""
-    _, key = new_tenant(client, allowed_models=["gpt-4"], allowed_tools=["search"])
+    """A model or tool outside the allow-lists is 403 naming the reason, and audited."""
+    tenant, key = new_tenant(client, allowed_models=["gpt-4"], allowed_tools=["search"])
+    key_id = client.get(f"/admin/tenants/{tenant}/api-keys", headers=ADMIN).json()["items"][0]["id"]
     headers = {"Authorization": f"Bearer {key}"}
     model = assert_problem(
         client.post("/api/chat/completions", headers=headers, json=chat("gpt-5")), 403
@@ -194,6 +195,12 @@ def test_disallowed_model_or_tool_is_403_with_the_reason(client: httpx.Client) -
     assert tool["reason"] == "tool_not_allowed"
     ok = client.post("/api/chat/completions", headers=headers, json=chat(tools=["search"]))
     assert ok.status_code == 200
+    trail = client.get("/api/audit", headers=headers, params={"action": "policy.denied"}).json()
+    assert [e["metadata"]["reason"] for e in trail["items"]] == [
+        "tool_not_allowed",
+        "model_not_allowed",
+    ]
+    assert {e["actor"] for e in trail["items"]} == {f"api_key:{key_id}"}
 
 
 def test_completion_is_deterministic_and_its_tokens_are_charged(client: httpx.Client) -> None:
