@@ -165,6 +165,7 @@ def test_rls_active_counts_every_table_the_role_can_reach(pg: PG, app_engine: En
 def test_assert_rls_enforced(pg: PG, app_engine: Engine) -> None:
     """assert_rls_enforced passes for the app role and names the superuser owner's problems."""
     assert_rls_enforced(app_engine, [Doc.__table__])
+    assert_rls_enforced(app_engine)  # every mapped scoped table the role can reach
     with pytest.raises(AssertionError, match="role-superuser"):
         assert_rls_enforced(pg.owner, [Doc.__table__])
 
