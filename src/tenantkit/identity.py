@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ._jwt import Clock, TokenVerifier, encode_token
+from ._keyformat import KEY_PREFIXES as API_KEY_PREFIXES
+from ._keyformat import looks_like_key as looks_like_api_key
 from .errors import BadRequest, ConfigurationError, TenantMismatch, Unauthorized, ValidationError
 from .settings import JWTSettings, Settings
 from .types import Identity, IdentitySource, RequestInfo, validate_tenant_id
@@ -34,7 +36,6 @@ __all__ = [
     "looks_like_api_key",
 ]
 
-API_KEY_PREFIXES = ("tk_live_", "tk_test_")
 API_KEY_HEADER = "X-API-Key"
 FORWARDED_HOST_HEADER = "X-Forwarded-Host"
 
@@ -54,11 +55,6 @@ class Resolver(Protocol):
     def resolve(self, request: RequestInfo) -> Identity | None:
         """Return the identity this resolver finds in ``request``, or ``None``."""
         ...
-
-
-def looks_like_api_key(value: str) -> bool:
-    """Return whether ``value`` has the shape of a tenantkit API key (``tk_live_``/``tk_test_``)."""
-    return value.startswith(API_KEY_PREFIXES)
 
 
 def bearer_token(request: RequestInfo) -> str | None:
