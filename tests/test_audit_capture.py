@@ -15,6 +15,7 @@ from tenantkit.errors import ConfigurationError, NoTenantError, StorageError
 from tenantkit.types import Identity
 from test_audit_support import (  # noqa: F401  (fixtures)
     Contact,
+    Model,
     Note,
     Project,
     Task,
@@ -293,7 +294,7 @@ def test_bulk_update_refuses_rows_it_did_not_read(
         monkeypatch.setattr(
             _audit_bulk,
             "_check_rowcount",
-            lambda s, result, expected: real(s, result, expected - 1),
+            lambda s, mapper, result, expected: real(s, mapper, result, expected - 1),
         )
         with pytest.raises(StorageError, match="changed 2 rows but 1"):
             session.execute(update(Project).values(description="x"))
@@ -406,3 +407,19 @@ def test_deleting_an_expired_object_records_its_stored_values(engine: Engine, ma
     gone = rows(engine)[-1]
     assert gone["changes"]["name"] == ["stored", None]
     assert gone["changes"]["description"] == ["d", None]
+
+
+def test_session_binding_only_the_app_models(engine: Engine) -> None:
+    """Entries follow the changed model's bind, so binds={AppBase: engine} sessions work."""
+    factory = sessionmaker(binds={Model: engine})
+    audit.install(factory, record_unscoped=False)
+    try:
+        with bound_tenant("acme"), factory() as session:
+            session.add(Project(tenant_id="acme", name="a"))
+            session.flush()
+            session.execute(update(Project).values(name="b"))
+            audit.record(session, "user.login")
+            session.commit()
+    finally:
+        audit.uninstall(factory)
+    assert actions(engine) == ["project.created", "project.updated", "user.login"]

@@ -67,7 +67,7 @@ class BulkCapture:
         before = {tuple(row[key] for key in pk_keys): row for row in rows}
         result = orm_state.invoke_statement()
         if not isinstance(params, list):
-            _check_rowcount(session, result, len(before))
+            _check_rowcount(session, mapper, result, len(before))
         after: dict[tuple[Any, ...], Values] = {}
         if orm_state.is_update:
             fresh = select_by_pk(session, mapper, keys, pk_keys, list(before))
@@ -77,7 +77,7 @@ class BulkCapture:
             (row.get("tenant_id"), pk, row, after.get(pk) if orm_state.is_update else None)
             for pk, row in before.items()
         ]
-        write(session, self.capture.drafts(mapper, verb, changes, bulk=True))
+        write(session, mapper, self.capture.drafts(mapper, verb, changes, bulk=True))
         return result
 
     def _insert(self, orm_state: ORMExecuteState, mapper: Mapper[Any]) -> Result[Any]:
@@ -108,13 +108,15 @@ class BulkCapture:
             (row.get("tenant_id"), tuple(row[key] for key in pk_keys), None, row) for row in rows
         ]
         verb = "upserted" if upsert else "created"
-        write(session, self.capture.drafts(mapper, verb, changes, bulk=True))
+        write(session, mapper, self.capture.drafts(mapper, verb, changes, bulk=True))
         result = frozen()
         return result.columns(*range(theirs)) if theirs else result
 
 
-def _check_rowcount(session: Session, result: Result[Any], expected: int) -> None:
-    bind = session.get_bind()
+def _check_rowcount(
+    session: Session, mapper: Mapper[Any], result: Result[Any], expected: int
+) -> None:
+    bind = session.get_bind(mapper=mapper)
     if bind.dialect.name not in ("postgresql", "sqlite"):
         return
     count = getattr(result, "rowcount", -1)

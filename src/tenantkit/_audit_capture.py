@@ -23,7 +23,6 @@ from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 
 from . import _audit_bus, _audit_chain
 from ._audit_chain import Draft
-from ._audit_model import AuditRow
 from ._audit_policy import CapturePolicy, diff, is_audited, resource_id_of, resource_type_of
 from ._audit_record import make_draft
 
@@ -87,30 +86,40 @@ class Capture:
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         session.info.pop(CAPTURE_KEY, None)
         snapshots: dict[InstanceState[Any], Values] = session.info.pop(SNAPSHOT_KEY, {})
-        drafts: list[Draft] = []
+        drafts: list[tuple[Mapper[Any], Draft]] = []
+
+        def add(mapper: Mapper[Any], verb: str, change: Change) -> None:
+            drafts.extend((mapper, draft) for draft in self.drafts(mapper, verb, [change]))
+
         for obj in session.new:
             state = inspect(obj)
             if is_audited(state.class_):
                 after = dict(state.dict)
-                change: Change = (after.get("tenant_id"), pk_of(state.mapper, after), None, after)
-                drafts.extend(self.drafts(state.mapper, "created", [change]))
+                add(
+                    state.mapper,
+                    "created",
+                    (after.get("tenant_id"), pk_of(state.mapper, after), None, after),
+                )
         for obj in session.dirty:
             state = inspect(obj)
             if is_audited(state.class_) and state.identity is not None:
                 before, after = self._dirty_values(state, snapshots.get(state, {}))
                 if after:
                     tenant = state.dict.get("tenant_id")
-                    change = (tenant, tuple(state.identity), before, after)
-                    drafts.extend(self.drafts(state.mapper, "updated", [change]))
+                    add(state.mapper, "updated", (tenant, tuple(state.identity), before, after))
         # flush_context.states also holds delete-orphans, which session.deleted
         # never lists; listonly states were only touched for relationships.
         for state, (is_delete, list_only) in flush_context.states.items():
             if is_delete and not list_only and is_audited(state.class_):
                 before = snapshots.get(state) or dict(state.dict)
                 pk = tuple(state.identity or pk_of(state.mapper, before))
-                change = (before.get("tenant_id"), pk, before, None)
-                drafts.extend(self.drafts(state.mapper, "deleted", [change]))
-        write(session, drafts)
+                add(state.mapper, "deleted", (before.get("tenant_id"), pk, before, None))
+        by_bind: dict[int, tuple[Mapper[Any], list[Draft]]] = {}
+        for mapper, draft in drafts:
+            bind = session.get_bind(mapper=mapper)
+            by_bind.setdefault(id(bind), (mapper, []))[1].append(draft)
+        for mapper, group in by_bind.values():
+            write(session, mapper, group)
 
     def _dirty_values(self, state: InstanceState[Any], fetched: Values) -> tuple[Values, Values]:
         before: Values = {}
@@ -150,11 +159,15 @@ class Capture:
         return drafts
 
 
-def write(session: Session, drafts: Sequence[Draft]) -> None:
-    """Append ``drafts`` on the session's connection and hold them for subscribers."""
+def write(session: Session, mapper: Mapper[Any], drafts: Sequence[Draft]) -> None:
+    """Append ``drafts`` on the connection ``mapper``'s rows use; hold them for subscribers.
+
+    The entries must share the changed rows' transaction, so they go where
+    the model is bound, whatever the session binds tenantkit's own tables to.
+    """
     if not drafts:
         return
-    conn = session.connection(bind_arguments={"mapper": inspect(AuditRow)})
+    conn = session.connection(bind_arguments={"mapper": mapper})
     _audit_bus.add_pending(session, _audit_chain.append(conn, drafts))
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import insert, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import Session
 
 from . import _db
@@ -148,7 +149,14 @@ def connection_for(bind: Bind, *, snapshot: bool = False) -> Iterator[Connection
     snapshot, so a purge or writer running meanwhile cannot tear the reads.
     """
     if isinstance(bind, Session):
-        yield bind.connection(bind_arguments={"mapper": inspect(AuditRow)})
+        try:
+            conn = bind.connection(bind_arguments={"mapper": inspect(AuditRow)})
+        except UnboundExecutionError as exc:
+            raise ConfigurationError(
+                "this session has no bind for tenantkit's audit tables: bind "
+                "tenantkit._db.Base (or the audit tables) in its binds"
+            ) from exc
+        yield conn
     elif isinstance(bind, Connection):
         yield bind
     elif isinstance(bind, Engine):

@@ -27,7 +27,14 @@ from . import _audit_bus, _audit_chain, scoping
 from ._audit_bulk import BulkCapture
 from ._audit_capture import Capture
 from ._audit_denials import DenialRecorder
-from ._audit_model import AUDIT_TABLES, GENESIS_HASH, AuditEntry
+from ._audit_model import (
+    AUDIT_TABLES,
+    GENESIS_HASH,
+    AuditCheckpoint,
+    AuditEntry,
+    AuditHead,
+    AuditRow,
+)
 from ._audit_policy import REDACTED, CapturePolicy, audited, is_audited, is_secret_name
 from ._audit_query import export_jsonl, query
 from ._audit_record import acting_as, current_actor, make_draft, record
@@ -66,6 +73,7 @@ __all__ = [
 ]
 
 subscribe = _audit_bus.subscribe
+AUDIT_MODELS = (AuditRow, AuditHead, AuditCheckpoint)
 
 _Installed = tuple[Capture, BulkCapture, Callable[[], None] | None]
 _installed: weakref.WeakKeyDictionary[type[Session], _Installed] = weakref.WeakKeyDictionary()
@@ -103,6 +111,7 @@ def install(
         event.listen(session_class, "after_flush", capture.after_flush)
         event.listen(session_class, "do_orm_execute", bulk.on_execute)
         factory = target.session_factory if isinstance(target, scoped_session) else target
+        _bind_audit_tables(factory)
         bind = getattr(factory, "kw", {}).get("bind")
         remover = None
         # A scoping module without the hook has no unscoped() to record.
@@ -110,6 +119,25 @@ def install(
         if record_unscoped and isinstance(bind, Engine) and hookable:
             remover = _log_unscoped(bind)
         _installed[session_class] = (capture, bulk, remover)
+
+
+def _bind_audit_tables(factory: Any) -> None:
+    """Give a factory that binds only the app's models a bind for the audit tables too.
+
+    When every bind is one engine, record() and query() through its sessions
+    then reach the audit tables on that engine.
+    """
+    kw = getattr(factory, "kw", None)
+    if not isinstance(kw, dict) or kw.get("bind") is not None or not kw.get("binds"):
+        return
+    binds = dict(kw["binds"])
+    if any(key in binds for key in (Base, *AUDIT_MODELS, *AUDIT_TABLES)):
+        return
+    engines = {getattr(value, "engine", value) for value in binds.values()}
+    if len(engines) == 1:
+        engine = engines.pop()
+        binds.update({model: engine for model in AUDIT_MODELS})
+        kw["binds"] = binds
 
 
 def uninstall(target: Any) -> None:
