@@ -134,16 +134,28 @@ def test_audit_log_record_notifies_after_its_commit(
 # -- async sessions -----------------------------------------------------------
 
 
-@pytest.mark.anyio
-async def test_async_sessions_are_captured(tmp_path: Any) -> None:
-    """An async_sessionmaker gets the same capture; rollback leaves nothing."""
-    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+def _async_engine(engine: Engine) -> Any:
+    """An async engine on the same database (and PostgreSQL schema) as ``engine``."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/async.db")
-    async with engine.begin() as conn:
-        await conn.run_sync(audit.create_tables)
-        await conn.run_sync(Model.metadata.create_all)
-    factory = async_sessionmaker(engine)
+    if engine.dialect.name == "sqlite":
+        return create_async_engine(f"sqlite+aiosqlite:///{engine.url.database}")
+    with engine.connect() as conn:
+        schema = conn.execute(text("SELECT current_schema()")).scalar()
+    return create_async_engine(
+        engine.url.render_as_string(hide_password=False),
+        connect_args={"options": f"-csearch_path={schema}"},
+    )
+
+
+@pytest.mark.anyio
+async def test_async_sessions_are_captured(engine: Engine) -> None:
+    """An async_sessionmaker gets the same capture; rollback leaves nothing."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    async_engine = _async_engine(engine)
+    factory = async_sessionmaker(async_engine)
     audit.install(factory)
     try:
         with bound_tenant("acme"):
@@ -153,6 +165,7 @@ async def test_async_sessions_are_captured(tmp_path: Any) -> None:
                 session.add(Project(tenant_id="acme", name="b"))
                 await session.flush()
                 await session.rollback()
+                await session.execute(update(Project).values(description="bulk"))
                 await audit.arecord(session, "user.login")
                 await session.commit()
             async with factory() as session:
@@ -160,8 +173,8 @@ async def test_async_sessions_are_captured(tmp_path: Any) -> None:
                 assert (await session.run_sync(lambda s: audit.verify(s, "acme"))).ok
     finally:
         audit.uninstall(factory)
-        await engine.dispose()
-    assert [e.action for e in found] == ["user.login", "project.created"]
+        await async_engine.dispose()
+    assert [e.action for e in found] == ["user.login", "project.updated", "project.created"]
 
 
 def test_installing_on_an_async_maker_leaves_other_sessions_alone(engine: Engine) -> None:
