@@ -191,3 +191,17 @@ def test_per_key_and_per_organization_rate_limits_give_429_with_retry_after(
         served.clock.advance(MINUTE)
         assert owner.get(f"/organizations/{org.id}").status_code == 200
         assert client.post(path, json=body).status_code == 201
+
+
+def test_a_quota_storage_outage_is_a_503_naming_the_check(tmp_path: Path) -> None:
+    """Redis down: /health is 503 naming quota_storage; organization routes 503, never 500."""
+    config = make_config(tmp_path, quota_storage_uri="redis://127.0.0.1:1/0")
+    with serve(config) as served:
+        health = served.client().get("/health")
+        assert health.status_code == 503
+        assert health.json()["checks"] == {"database": "ok", "quota_storage": "error"}
+        org = onboard(served)  # onboarding needs no counter
+        refused = served.client(org.token).get(f"/organizations/{org.id}")
+        assert refused.status_code == 503
+        assert refused.headers["Content-Type"] == "application/problem+json"
+        assert "Retry-After" in refused.headers
