@@ -423,3 +423,9 @@ def test_session_binding_only_the_app_models(engine: Engine) -> None:
     finally:
         audit.uninstall(factory)
     assert actions(engine) == ["project.created", "project.updated", "user.login"]
+
+
+def test_install_on_a_parent_of_an_installed_class_is_refused(engine: Engine, maker: Maker) -> None:
+    """Installing on a base class of an installed factory would double its entries."""
+    with pytest.raises(ConfigurationError, match="already installed"):
+        audit.install(maker.class_.__mro__[1])

@@ -99,12 +99,16 @@ def install(
     session_class = _session_class(target)
     policy = CapturePolicy(redact=frozenset(redact), exclude=frozenset(exclude))
     with _install_lock:
-        for klass in session_class.__mro__:
-            if klass in _installed:
-                raise ConfigurationError(
-                    f"audit capture is already installed on {klass.__name__}; install it "
-                    "once per session factory (a second install would write every entry twice)"
-                )
+        overlapping = [
+            klass
+            for klass in list(_installed)
+            if issubclass(session_class, klass) or issubclass(klass, session_class)
+        ]
+        if overlapping:
+            raise ConfigurationError(
+                f"audit capture is already installed on {overlapping[0].__name__}; install it "
+                "once per session factory (a second install would write every entry twice)"
+            )
         capture = Capture(policy)
         bulk = BulkCapture(capture)
         event.listen(session_class, "before_flush", capture.before_flush)
