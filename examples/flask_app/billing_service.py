@@ -9,13 +9,14 @@ loses usage: events stay ``pending`` and the next sync sends them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from tenantkit.billing import MeterSync, StripeBilling, make_client
-from tenantkit.errors import HTTPError, StorageError
+from tenantkit.errors import ConfigurationError, HTTPError, ServiceUnavailable, StorageError
 from tenantkit.plans import Plans
 from tenantkit.tenants import TenantStore
 from tenantkit.types import TenantConfig
@@ -48,23 +49,31 @@ class BillingService:
         self.meters = MeterSync(client, sessions, event_names=METER_EVENTS)
 
     def on_onboarding(self, tenant: TenantConfig, email: str) -> None:
-        """Create the customer and, on a paid plan, the subscription; log a failure."""
+        """Create the customer and try the plan's subscription; the organization stands anyway.
+
+        A paid plan usually needs a payment method first: Stripe refuses the
+        subscription until ``add_payment_method``, which starts it.
+        """
         try:
             self.stripe.ensure_customer(tenant.id, email=email, name=tenant.name)
+        except (HTTPError, StorageError, ConfigurationError):
+            log.warning("Stripe customer for %s not created yet", tenant.id, exc_info=True)
+            return
+        try:
             self.stripe.subscribe(tenant.id, tenant.plan)
-        except (HTTPError, StorageError):
-            # The organization exists either way; GET /billing shows the gap and a
-            # plan change (or the next onboarding step) retries the Stripe side.
-            log.warning("Stripe setup of %s failed; it will be retried", tenant.id, exc_info=True)
+        except (HTTPError, StorageError, ConfigurationError) as exc:
+            log.info("subscription of %s waits for a payment method: %s", tenant.id, exc)
 
     def add_payment_method(self, tenant: TenantConfig, payment_method_id: str) -> None:
         """Attach a card as the default and make sure the plan's subscription exists."""
-        self.stripe.set_payment_method(tenant.id, payment_method_id)
-        self.stripe.subscribe(tenant.id, tenant.plan)
+        with _configuration_as_503():
+            self.stripe.set_payment_method(tenant.id, payment_method_id)
+            self.stripe.subscribe(tenant.id, tenant.plan)
 
     def change_plan(self, tenant_id: str, plan: str) -> None:
         """Move the subscription to ``plan``; the tenant's plan follows on success."""
-        self.stripe.subscribe(tenant_id, plan)
+        with _configuration_as_503():
+            self.stripe.subscribe(tenant_id, plan)
 
     def on_usage(self, record: UsageRecord) -> None:
         """Push pending meter events now; failures stay pending for the next sync."""
@@ -86,6 +95,16 @@ class BillingService:
         current = self.tenants.get(tenant_id)
         if current.plan != plan:
             self.tenants.update(tenant_id, plan=plan)
+
+
+@contextmanager
+def _configuration_as_503() -> Iterator[None]:
+    """A Stripe set-up fault (key, price ids) is the server's problem: 503, logged."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        log.error("billing is misconfigured: %s", exc)
+        raise ServiceUnavailable("billing is unavailable; the operator has been told") from exc
 
 
 def build_webhooks(
