@@ -24,11 +24,12 @@ from hashlib import sha256
 from typing import Any, Final
 
 from cachetools import TTLCache
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ._apikey_models import APIKey, APIKeyRow, IssuedKey, api_key_to_dict
+from ._apikey_purge import delete_tenant_keys, forget_keys, register_cache
 from ._cache import MISS, Miss, VersionedCache
 from ._db import Base, utcnow
 from ._keyformat import BASE62 as BASE62
@@ -112,6 +113,7 @@ class APIKeyStore:
             maxsize=cache.maxsize,
             clock=clock,
         )
+        register_cache(self._cache)
         self._touch_lock = threading.Lock()
         self._touched: TTLCache[str, bool] | None = (
             TTLCache(cache.maxsize, touch_interval_seconds, timer=clock)
@@ -254,11 +256,8 @@ class APIKeyStore:
         return record
 
     def delete_for_tenant(self, tenant_id: str) -> int:
-        """Delete every key of a tenant (when the tenant goes); return how many."""
-        hashes = purge_tenant_keys(self.engine, validate_tenant_id(tenant_id))
-        for digest in hashes:
-            self._cache.invalidate(digest)
-        return len(hashes)
+        """Delete every key of a tenant and return how many (``TenantStore.delete`` does it too)."""
+        return len(purge_tenant_keys(self.engine, tenant_id))
 
     def clear_cache(self) -> None:
         """Drop every cached verification result."""
@@ -322,14 +321,14 @@ class APIKeyStore:
 def purge_tenant_keys(engine: Engine, tenant_id: str) -> list[str]:
     """Delete every key of ``tenant_id`` without a store (e.g. from the CLI); return their hashes.
 
-    Other processes' caches forget the keys within their TTL.
+    Every key store in this process forgets the keys at once; other
+    processes' caches forget them within their TTL.
     """
     tenant_id = validate_tenant_id(tenant_id)
     with _storage_errors(), engine.begin() as conn:
-        result = conn.execute(
-            delete(APIKeyRow).where(APIKeyRow.tenant_id == tenant_id).returning(APIKeyRow.hash)
-        )
-        return [digest for (digest,) in result]
+        digests = delete_tenant_keys(conn, tenant_id)
+    forget_keys(digests)
+    return digests
 
 
 def _optional_text(value: object, field: str, *, max_length: int) -> str | None:

@@ -1,0 +1,68 @@
+"""Delete a tenant's API keys and make this process's key stores forget them.
+
+Used by ``TenantStore.delete`` (inside its transaction), ``purge_tenant_keys``
+and ``APIKeyStore.delete_for_tenant``. Every ``APIKeyStore`` registers its
+verification cache here, so a key deleted through any store or engine stops
+working at once in this process; other processes forget it within their
+cache TTL.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import delete, inspect
+from sqlalchemy.engine import Connection
+
+from ._apikey_models import APIKeyRow
+from ._cache import VersionedCache
+
+__all__ = ["delete_tenant_keys", "forget_keys", "register_cache"]
+
+API_KEYS_TABLE = APIKeyRow.__tablename__
+
+_lock = threading.Lock()
+# Weak: a store that is garbage-collected drops out without unregistering.
+_caches: weakref.WeakSet[VersionedCache[str, Any]] = weakref.WeakSet()
+
+
+def register_cache(cache: VersionedCache[str, Any]) -> None:
+    """Have ``forget_keys`` invalidate ``cache`` (keyed by key hash) from now on."""
+    with _lock:
+        _caches.add(cache)
+
+
+def delete_tenant_keys(
+    conn: Connection, tenant_id: str, *, if_table_exists: bool = False
+) -> list[str]:
+    """Delete every key of ``tenant_id`` in ``conn``'s transaction; return their hashes.
+
+    With ``if_table_exists``, a database without the API keys table (an app
+    that never issued keys) gives ``[]`` instead of an error. Call
+    ``forget_keys`` with the result once the transaction has committed.
+    """
+    if if_table_exists and not inspect(conn).has_table(API_KEYS_TABLE):
+        return []
+    result = conn.execute(
+        delete(APIKeyRow).where(APIKeyRow.tenant_id == tenant_id).returning(APIKeyRow.hash)
+    )
+    return [digest for (digest,) in result]
+
+
+def forget_keys(digests: Iterable[str]) -> None:
+    """Drop the given key hashes from every API key cache in this process.
+
+    A hash is an HMAC of one key, so dropping it from a store that never saw
+    it costs nothing; a read of it already under way is dropped too.
+    """
+    digests = list(digests)
+    if not digests:
+        return
+    with _lock:
+        caches = list(_caches)
+    for cache in caches:
+        for digest in digests:
+            cache.invalidate(digest)
