@@ -6,6 +6,7 @@ Every store test runs on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import hmac
 import json
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from tenantkit._cli_tenants import register
 from tenantkit._db import make_engine
@@ -35,11 +37,14 @@ from tenantkit.errors import (
     ConfigurationError,
     NotFound,
     StorageError,
+    TenantNotFound,
     Unauthorized,
     ValidationError,
 )
-from tenantkit.settings import CacheSettings
-from tenantkit.tenants import TenantRow
+from tenantkit.kit import TenantKit
+from tenantkit.settings import CacheSettings, Settings
+from tenantkit.tenants import TenantRow, TenantStore
+from tenantkit.types import RequestInfo
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 KEY_SHAPE = re.compile(r"tk_(live|test)_[0-9A-Za-z]{43}[0-9A-Za-z]{6}")
@@ -695,6 +700,125 @@ def _wait_for_waiters(store: APIKeyStore, count: int) -> None:
                 return
         threading.Event().wait(0.001)
     raise AssertionError("callers never queued")
+
+
+# -- tenant deletion ----------------------------------------------------------
+
+
+@pytest.fixture
+def tenant_store(engine: Engine, clock: FakeClock) -> Iterator[TenantStore]:
+    """A tenant store on the test database; its table is dropped afterwards."""
+    store = TenantStore(engine, clock=clock)
+    store.create_all()
+    yield store
+    TenantRow.__table__.drop(engine, checkfirst=True)
+
+
+def test_tenant_delete_stops_its_keys_at_once(
+    store: APIKeyStore, tenant_store: TenantStore
+) -> None:
+    """TenantStore.delete removes the tenant's keys; a cached key fails on the next call."""
+    tenant_store.create(id="acme")
+    tenant_store.create(id="globex")
+    doomed = [store.issue("acme", name=name) for name in ("a", "b")]
+    other = store.issue("globex", name="c")
+    for issued in (*doomed, other):
+        store.verify(issued.key)
+    assert tenant_store.delete("acme") == 2
+    for issued in doomed:
+        assert store.peek(issued.key) is MISS
+        with pytest.raises(Unauthorized):
+            store.verify(issued.key)
+    assert store.list("acme").items == []
+    assert store.verify(other.key).tenant_id == "globex"
+
+
+def test_recreated_tenant_does_not_revive_old_keys(
+    store: APIKeyStore, tenant_store: TenantStore
+) -> None:
+    """A tenant re-created with a deleted tenant's id does not bring its old keys back."""
+    tenant_store.create(id="acme")
+    old = store.issue("acme", name="old")
+    store.verify(old.key)
+    tenant_store.delete("acme")
+    tenant_store.create(id="acme")
+    with pytest.raises(Unauthorized):
+        store.verify(old.key)
+    new = store.issue("acme", name="new")
+    assert store.verify(new.key).tenant_id == "acme"
+    assert [k.id for k in store.list("acme").items] == [new.record.id]
+
+
+def test_tenant_delete_reaches_every_key_store_in_the_process(
+    engine: Engine, make_store: Callable[..., APIKeyStore], tenant_store: TenantStore
+) -> None:
+    """Key stores on another engine to the same database forget the keys at once too."""
+    second_engine = make_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        here, there = make_store(), APIKeyStore(second_engine, secret=SECRET)
+        tenant_store.create(id="acme")
+        issued = here.issue("acme", name="ci")
+        assert there.verify(issued.key).id == issued.record.id
+        tenant_store.delete("acme")
+        assert there.peek(issued.key) is MISS
+        with pytest.raises(Unauthorized):
+            there.verify(issued.key)
+    finally:
+        second_engine.dispose()
+
+
+def test_tenant_and_key_deletes_share_one_transaction(
+    engine: Engine, store: APIKeyStore, tenant_store: TenantStore
+) -> None:
+    """If deleting the keys fails, the tenant is not deleted either and its key still works."""
+    tenant_store.create(id="acme")
+    issued = store.issue("acme", name="ci")
+
+    def fail_key_delete(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE") and "tenantkit_api_keys" in statement:
+            raise OperationalError(statement, None, RuntimeError("disk full"))
+
+    event.listen(engine, "before_cursor_execute", fail_key_delete)
+    try:
+        with pytest.raises(StorageError):
+            tenant_store.delete("acme")
+    finally:
+        event.remove(engine, "before_cursor_execute", fail_key_delete)
+    tenant_store.clear_cache()
+    assert tenant_store.get("acme").id == "acme"
+    store.clear_cache()
+    assert store.verify(issued.key).tenant_id == "acme"
+
+
+def test_unknown_tenant_delete_leaves_keys_alone(
+    store: APIKeyStore, tenant_store: TenantStore
+) -> None:
+    """Deleting a tenant that does not exist is TenantNotFound and deletes no key."""
+    issued = store.issue("ghost", name="ci")
+    with pytest.raises(TenantNotFound):
+        tenant_store.delete("ghost")
+    assert store.verify(issued.key).tenant_id == "ghost"
+
+
+def test_kit_rejects_a_deleted_tenants_key(engine: Engine, tenant_store: TenantStore) -> None:
+    """Through the kit, sync and async, a deleted tenant's key is 401 on the next request."""
+    kit = TenantKit(
+        Settings(api_key_secret=SECRET, resolvers=("api_key",)),
+        engine=engine,
+        tenant_store=tenant_store,
+    )
+    kit.create_all()
+    assert kit.api_keys is not None
+    tenant_store.create(id="acme")
+    key = kit.api_keys.issue("acme", name="ci").key
+    request = RequestInfo(method="GET", path="/x", headers={"x-api-key": key})
+    assert kit.admit(request).tenant.id == "acme"
+    assert asyncio.run(kit.admit_async(request)).tenant.id == "acme"
+    kit.tenants.delete("acme")
+    with pytest.raises(Unauthorized):
+        kit.admit(request)
+    with pytest.raises(Unauthorized):
+        asyncio.run(kit.admit_async(request))
 
 
 # -- CLI ----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from tenantkit._cli_tenants import register
 from tenantkit._db import make_engine
+from tenantkit.apikeys import APIKeyRow
 from tenantkit.errors import (
     Conflict,
     StorageError,
@@ -293,6 +294,15 @@ def test_delete_removes_tenant(store: TenantStore) -> None:
         store.get("acme")
     with pytest.raises(TenantNotFound):
         store.delete("acme")
+
+
+def test_delete_without_api_keys_table(engine: Engine, store: TenantStore) -> None:
+    """On a database that never had API keys, delete works and reports no keys deleted."""
+    APIKeyRow.__table__.drop(engine, checkfirst=True)
+    store.create(id="acme")
+    assert store.delete("acme") == 0
+    with pytest.raises(TenantNotFound):
+        store.get("acme")
 
 
 def test_delete_then_recreate(store: TenantStore) -> None:

@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ._db import make_engine
-from .apikeys import APIKeyRow, APIKeyStore, api_key_to_dict, purge_tenant_keys
+from .apikeys import APIKeyStore, api_key_to_dict
 from .errors import ConfigurationError, StorageError, TenantKitError, ValidationError
 from .settings import Settings
 from .tenants import TenantStore, tenant_to_dict
@@ -217,13 +216,7 @@ def tenants_activate(args: argparse.Namespace) -> int:
 def tenants_delete(args: argparse.Namespace) -> int:
     """Delete a tenant and its API keys."""
     with _user_errors(), _tenant_store(args) as store:
-        store.delete(args.tenant_id)
-        # Keys outliving their tenant would work again for a tenant re-created with the id.
-        keys = (
-            len(purge_tenant_keys(store.engine, args.tenant_id))
-            if _has_table(store.engine, APIKeyRow.__tablename__)
-            else 0
-        )
+        keys = store.delete(args.tenant_id)  # the keys go in the tenant's transaction
         return _print({"deleted": args.tenant_id, "api_keys_deleted": keys})
     return 1
 
@@ -320,13 +313,6 @@ def _engine(args: argparse.Namespace, settings: Settings) -> Engine:
         return make_engine(url)
     except (SQLAlchemyError, ImportError) as exc:
         raise ConfigurationError(f"cannot use database URL {url!r}: {exc}") from exc
-
-
-def _has_table(engine: Engine, name: str) -> bool:
-    try:
-        return inspect(engine).has_table(name)
-    except SQLAlchemyError as exc:
-        raise StorageError("could not inspect the database") from exc
 
 
 def _print(document: object) -> int:

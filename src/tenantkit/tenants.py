@@ -2,7 +2,8 @@
 
 Writes go straight to the database; reads go through a cachetools TTL + LRU
 cache. An update or delete made through a store is seen by that store's next
-``get``; other processes see it once their cached entry expires.
+``get``; other processes see it once their cached entry expires. Deleting a
+tenant deletes its API keys in the same transaction.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from ._apikey_purge import delete_tenant_keys, forget_keys
 from ._cache import MISS, Miss, VersionedCache
 from ._db import Base, UTCDateTime, utcnow
 from ._stores import MAX_PAGE_SIZE as MAX_PAGE_SIZE
@@ -228,12 +230,16 @@ class TenantStore:
             )
         return config
 
-    def delete(self, tenant_id: str) -> None:
-        """Delete a tenant; raise ``TenantNotFound`` if there is none.
+    def delete(self, tenant_id: str) -> int:
+        """Delete a tenant and its API keys; return how many keys went with it.
 
-        Its API keys are not touched: call ``APIKeyStore.delete_for_tenant``.
+        Both go in one transaction, and every API key store in this process
+        forgets the keys at once, so they fail verification from the next
+        request, also after a tenant is re-created with the same id. Raise
+        ``TenantNotFound`` (deleting nothing) if there is no such tenant.
         """
         tenant_id = validate_tenant_id(tenant_id)
+        digests: list[str] = []
         try:
             with _storage_errors(), Session(self.engine) as session, session.begin():
                 result = session.execute(
@@ -243,10 +249,18 @@ class TenantStore:
                     .execution_options(synchronize_session=False)
                 )
                 deleted = result.first() is not None
+                if deleted:
+                    digests = delete_tenant_keys(
+                        session.connection(), tenant_id, if_table_exists=True
+                    )
         finally:
             self._cache.invalidate(tenant_id)
+        # After the commit: a verification that read a key before it was
+        # deleted cannot cache it afterwards (its fill is dropped as stale).
+        forget_keys(digests)
         if not deleted:
             raise TenantNotFound(f"tenant {tenant_id!r} not found", tenant_id=tenant_id)
+        return len(digests)
 
     def invalidate(self, tenant_id: str) -> None:
         """Drop a tenant from this store's cache (after a change made elsewhere)."""
