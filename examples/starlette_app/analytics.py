@@ -19,11 +19,11 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from anyio.to_thread import run_sync
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 from starlette.datastructures import Headers
 from starlette.routing import BaseRoute, Match
@@ -43,7 +43,7 @@ from tenantkit.kit import TenantKit, default_on_reject
 from tenantkit.types import Decision, Identity, RequestInfo
 
 from .db import Database
-from .models import RequestLog, TaskMetric, rfc3339, utcnow
+from .models import RequestLog, TaskMetric, minute_of, rfc3339, utcnow
 
 log = logging.getLogger("starlette_app")
 STATE_KEY = "tenant_context"
@@ -116,7 +116,10 @@ class Analytics:
             identity, cause, tokens = rejection.identity, rejection.cause, 0
         else:
             return  # public or admin route, or no credential: not a tenant's request
+        now = utcnow()
         row = RequestLog(
+            at=now,
+            minute=minute_of(now),
             method=scope["method"],
             route=self._route(scope),
             status=status,
@@ -149,24 +152,44 @@ class Analytics:
     # -- report ---------------------------------------------------------------------
 
     def report(self, minutes: int) -> dict[str, Any]:
-        """Return the bound tenant's analytics over the last ``minutes`` minutes."""
+        """Return the bound tenant's analytics over the last ``minutes`` minutes (this one too)."""
         end = utcnow()
-        start = end - timedelta(minutes=minutes)
+        start = minute_of(end) - timedelta(minutes=minutes - 1)
+        rejected = func.sum(case((RequestLog.rejected.is_not(None), 1), else_=0))
+        used = func.coalesce(func.sum(RequestLog.tokens), 0)
+        count = func.count()
 
-        def work(session: Any) -> dict[str, Any]:
-            rows = session.execute(
+        def work(session: Session) -> dict[str, Any]:
+            recent = RequestLog.minute >= start
+            groups = session.execute(
                 select(
-                    RequestLog.at,
                     RequestLog.method,
                     RequestLog.route,
                     RequestLog.status,
                     RequestLog.rejected,
-                    RequestLog.tokens,
-                ).where(RequestLog.at >= start)
+                    count,
+                    used,
+                )
+                .where(recent)
+                .group_by(
+                    RequestLog.method, RequestLog.route, RequestLog.status, RequestLog.rejected
+                )
+            ).all()
+            series = session.execute(
+                select(RequestLog.minute, count, rejected, used)
+                .where(recent)
+                .group_by(RequestLog.minute)
+                .order_by(RequestLog.minute)
             ).all()
             metrics = dict(session.execute(select(TaskMetric.name, TaskMetric.value)).all())
             lifetime = session.scalar(select(func.count()).select_from(RequestLog))
-            return _summarise(rows, start, end, minutes) | {
+            return {
+                "window": {"start": rfc3339(start), "end": rfc3339(end), "minutes": minutes},
+                **_totals(groups),
+                "per_minute": [
+                    {"minute": rfc3339(m), "requests": n, "rejected": r, "tokens": t}
+                    for m, n, r, t in series
+                ],
                 "task_events": metrics,
                 "lifetime_requests": lifetime or 0,
             }
@@ -174,27 +197,20 @@ class Analytics:
         return self.db.transaction(work)
 
 
-def _summarise(rows: list[Any], start: datetime, end: datetime, minutes: int) -> dict[str, Any]:
+def _totals(groups: Sequence[Any]) -> dict[str, Any]:
     by_route: Counter[str] = Counter()
     by_status: Counter[str] = Counter()
     rejections: Counter[str] = Counter({"quota": 0, "policy": 0})
-    series: dict[str, Counter[str]] = {}
     tokens = 0
-    for at, method, route, status, rejected, used in rows:
-        by_route[f"{method} {route}"] += 1
-        by_status[str(status)] += 1
-        minute = rfc3339(at.replace(second=0, microsecond=0)) or ""
-        bucket = series.setdefault(minute, Counter())
-        bucket["requests"] += 1
-        bucket["tokens"] += used
+    for method, route, status, rejected, count, used in groups:
+        by_route[f"{method} {route}"] += count
+        by_status[str(status)] += count
         tokens += used
         if rejected:
-            rejections[rejected] += 1
-            bucket["rejected"] += 1
-    total = len(rows)
+            rejections[rejected] += count
+    total = sum(by_status.values())
     rejected_total = sum(rejections.values())
     return {
-        "window": {"start": rfc3339(start), "end": rfc3339(end), "minutes": minutes},
         "total_requests": total,
         "admitted": total - rejected_total,
         "rejected": rejected_total,
@@ -202,15 +218,6 @@ def _summarise(rows: list[Any], start: datetime, end: datetime, minutes: int) ->
         "by_status": dict(sorted(by_status.items())),
         "rejections": dict(rejections),
         "tokens_used": tokens,
-        "per_minute": [
-            {
-                "minute": minute,
-                "requests": c["requests"],
-                "rejected": c["rejected"],
-                "tokens": c["tokens"],
-            }
-            for minute, c in sorted(series.items())
-        ],
     }
 
 

@@ -117,6 +117,8 @@ def test_postgres_row_level_security_binds_the_app_role(
     )
     assert added.status_code == 201
     assert "row-level security is enforced" in first.output()
+    report = httpx.get(first.url + "/api/analytics/requests", headers=key, timeout=15).json()
+    assert report["by_route"] == {"POST /api/users": 1}  # written by the other process
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
