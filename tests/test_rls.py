@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tenantkit._db import NAMING_CONVENTION, make_engine
 from tenantkit.context import bound_tenant
-from tenantkit.errors import ConfigurationError
+from tenantkit.errors import ConfigurationError, CrossTenantError
 from tenantkit.rls import apply_rls, grant_ddl, rls_active, rls_ddl
 from tenantkit.scoping import (
     TenantScoped,
@@ -216,6 +216,18 @@ def test_next_tenant_on_the_same_connection(app_engine: Engine) -> None:
         with bound_tenant(tenant), maker() as s:
             seen.append(s.execute(text("SELECT id FROM rl_docs")).scalars().all())
     assert seen == [[1], [2]]
+
+
+def test_a_transaction_begun_for_a_tenant_claims_the_session(app_engine: Engine) -> None:
+    """session.connection() under A sets A and binds the session; B cannot use it after."""
+    maker = tenant_sessionmaker(app_engine)
+    with maker() as s:
+        with bound_tenant(A):
+            assert _setting(s.connection()) == A
+        with bound_tenant(B), pytest.raises(CrossTenantError):
+            s.scalars(select(Doc.id)).all()
+    with maker() as s:
+        assert _setting(s.connection()) in ("", None)  # no tenant: nothing visible
 
 
 def test_async_pool_hygiene(pg: PG) -> None:

@@ -200,12 +200,9 @@ def _scoped(obj: Any) -> bool:
 def _after_begin(session: Session, _tx: SessionTransaction, connection: Connection) -> None:
     if connection.dialect.name != "postgresql":
         return
-    if session.info.get(UNSCOPED_KEY):
-        tenant_id = ""
-    else:
-        ctx = context.get_context()
-        owner = session.info.get(OWNER_KEY)
-        tenant_id = owner or (ctx.tenant_id if ctx is not None else "")
+    tenant_id = ""  # unscoped or no tenant: RLS shows nothing and accepts no write
+    if not session.info.get(UNSCOPED_KEY) and context.get_context() is not None:
+        tenant_id = session_tenant(session) or ""  # claims the session, or refuses
     # is_local=true: the value ends with this transaction, so it never reaches the pool
     connection.execute(select(func.set_config(SETTING, tenant_id, True)))
 
