@@ -21,6 +21,8 @@
 ``OUTBOX_WORKER``              ``0``: this process only writes events (another one handles them)
 ``DATABASE_APP_ROLE``          PostgreSQL: the non-owner role that row-level security binds
 ``QUOTA_KEY_PREFIX``           prefix of the Redis keys (``tenantkit``)
+``CACHE_TTL_SECONDS``          how long a process caches tenant configs and API keys (30);
+                               other processes see a change or revocation within it
 =============================  ==========================================================
 """
 
@@ -35,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tenantkit.settings import JWTSettings, QuotaSettings, Settings
+from tenantkit.settings import CacheSettings, JWTSettings, QuotaSettings, Settings
 
 FailureMode = Literal["fail_closed", "fail_open"]
 
@@ -72,6 +74,7 @@ class AppConfig:
     outbox_worker: bool = True
     database_app_role: str | None = None
     quota_key_prefix: str = "tenantkit"
+    cache_ttl_seconds: float = 30.0
     default_requests_per_minute: int = 600
     default_tokens_per_minute: int = 100_000
     generated: tuple[str, ...] = field(default=())
@@ -116,6 +119,7 @@ class AppConfig:
             outbox_worker=_bool(env, "OUTBOX_WORKER", default=True),
             database_app_role=_role(env.get("DATABASE_APP_ROLE", "")),
             quota_key_prefix=env.get("QUOTA_KEY_PREFIX", "").strip() or "tenantkit",
+            cache_ttl_seconds=_float(env, "CACHE_TTL_SECONDS", 30.0),
             generated=tuple(generated),
         )
 
@@ -147,6 +151,7 @@ class AppConfig:
             policy_paths=POLICY_PATHS,
             max_body_bytes=self.max_body_bytes,
             jwt=JWTSettings(secret=self.jwt_secret),
+            cache=CacheSettings(ttl_seconds=self.cache_ttl_seconds),
             quota=QuotaSettings(
                 storage_uri=self.quota_storage_uri, on_failure=self.quota_on_failure
             ),
