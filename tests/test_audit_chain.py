@@ -260,3 +260,44 @@ def test_anchors_catch_a_recomputed_chain(engine: Engine) -> None:
     assert audit.verify(engine, "acme").ok  # without an anchor the rewrite is consistent
     anchored = audit.verify(engine, "acme", anchors={published.last_seq: published.last_hash})
     assert (anchored.ok, anchored.problem, anchored.seq) == (False, "edited", 5)
+
+
+@pytest.mark.postgres
+def test_concurrent_orm_changes_on_postgres_leave_one_linear_chain(pg_engine: Engine) -> None:
+    """Threads inserting and bulk-updating audited rows of one tenant never fork its chain."""
+    from test_audit_support import Project
+
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    factory = sessionmaker(pg_engine)
+    audit.install(factory, record_unscoped=False)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def work(n: int) -> None:
+        try:
+            barrier.wait()
+            with bound_tenant(tenant):
+                for i in range(10):
+                    with factory() as session:
+                        session.add(Project(tenant_id=tenant, name=f"w{n}-{i}"))
+                        session.commit()
+                with factory() as session:
+                    stmt = update(Project).where(Project.name.like(f"w{n}-%"))
+                    session.execute(stmt.values(description=f"by {n}"))
+                    session.commit()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    try:
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    finally:
+        audit.uninstall(factory)
+    assert errors == []
+    stored = rows(pg_engine, tenant)
+    assert [r["seq"] for r in stored] == list(range(1, 121))
+    assert sum(r["action"] == "project.updated" for r in stored) == 60
+    assert audit.verify(pg_engine, tenant).ok
