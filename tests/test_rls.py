@@ -16,7 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from tenantkit._db import NAMING_CONVENTION, make_engine
 from tenantkit.context import bound_tenant
 from tenantkit.errors import ConfigurationError, CrossTenantError
-from tenantkit.rls import apply_rls, grant_ddl, rls_active, rls_ddl
+from tenantkit.rls import apply_rls, grant_ddl, rls_active, rls_ddl, view_ddl
 from tenantkit.scoping import (
     TenantScoped,
     async_tenant_sessionmaker,
@@ -72,6 +72,16 @@ def test_grants_for_the_app_role() -> None:
     ]
     with pytest.raises(ConfigurationError, match="role name"):
         grant_ddl([], "app; DROP TABLE x")
+
+
+def test_view_ddl_makes_security_invoker_views() -> None:
+    """view_ddl builds views that apply the caller's row-level security."""
+    assert view_ddl("app.docs_v", "SELECT 1", replace=True) == (
+        "CREATE OR REPLACE VIEW app.docs_v WITH (security_invoker = true) AS SELECT 1"
+    )
+    ddl = view_ddl("docs_v", select(Doc.id).where(Doc.title == "x"))
+    assert ddl.startswith("CREATE VIEW docs_v WITH (security_invoker = true) AS SELECT rl_docs.id")
+    assert "'x'" in ddl
 
 
 def test_apply_rls_needs_postgresql() -> None:
@@ -256,9 +266,7 @@ def test_async_pool_hygiene(pg: PG) -> None:
 def test_security_invoker_view_is_filtered(pg: PG, app_engine: Engine) -> None:
     """A view with security_invoker applies the caller's RLS; the app role sees one tenant."""
     with pg.owner.begin() as conn:
-        conn.execute(
-            text("CREATE VIEW rl_docs_v WITH (security_invoker = true) AS SELECT * FROM rl_docs")
-        )
+        conn.execute(text(view_ddl("rl_docs_v", select(Doc.__table__))))
         conn.execute(text(f"GRANT SELECT ON rl_docs_v TO {pg.role}"))
     try:
         with app_engine.begin() as conn:

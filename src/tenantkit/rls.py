@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import MetaData, Table, text
+from sqlalchemy import MetaData, Select, Table, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
@@ -77,6 +77,22 @@ def grant_ddl(tables: Iterable[Table], app_role: str) -> list[str]:
         for s in schemas
     ]
     return ddl
+
+
+def view_ddl(name: str, query: str | Select[Any], *, replace: bool = False) -> str:
+    """Return ``CREATE VIEW name WITH (security_invoker = true) AS query``.
+
+    A view runs with its owner's rights unless it is a security invoker
+    view (PostgreSQL 15+), and then skips row-level security: build views
+    over scoped tables with this. ``name`` may be schema-qualified.
+    """
+    if isinstance(query, Select):
+        query = str(
+            query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})  # type: ignore[no-untyped-call]
+        )
+    quoted = ".".join(_preparer.quote(part) for part in name.split("."))
+    verb = "CREATE OR REPLACE VIEW" if replace else "CREATE VIEW"
+    return f"{verb} {quoted} WITH (security_invoker = true) AS {query}"
 
 
 def apply_rls(
@@ -178,6 +194,4 @@ def _quote_role(name: str) -> str:
 
 def _require_postgresql(bind: Any) -> None:
     if bind.dialect.name != "postgresql":
-        raise ConfigurationError(
-            f"row-level security needs PostgreSQL, not {bind.dialect.name}"
-        )
+        raise ConfigurationError(f"row-level security needs PostgreSQL, not {bind.dialect.name}")
