@@ -213,10 +213,8 @@ def test_update_rejects_unknown_and_missing_fields(store: TenantStore) -> None:
     assert info.value.field == "expected_version"
 
 
-def test_concurrent_compare_and_set_has_one_winner(make_store: Callable[..., TenantStore]) -> None:
-    """Ten stores updating from the same version at once: exactly one wins, nine conflict."""
-    stores = [make_store() for _ in range(10)]
-    stores[0].create(id="acme")
+def race(stores: list[TenantStore], action: Callable[[TenantStore, int], object]) -> list[str]:
+    """Run ``action(store, n)`` in one thread per store at once; return the sorted outcomes."""
     barrier = threading.Barrier(len(stores))
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -224,7 +222,7 @@ def test_concurrent_compare_and_set_has_one_winner(make_store: Callable[..., Ten
     def attempt(store: TenantStore, n: int) -> None:
         barrier.wait()
         try:
-            store.update("acme", expected_version=1, plan=f"plan-{n}")
+            action(store, n)
             outcome = "won"
         except Conflict:
             outcome = "conflict"
@@ -236,7 +234,15 @@ def test_concurrent_compare_and_set_has_one_winner(make_store: Callable[..., Ten
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert sorted(outcomes) == ["conflict"] * 9 + ["won"]
+    return sorted(outcomes)
+
+
+def test_concurrent_compare_and_set_has_one_winner(make_store: Callable[..., TenantStore]) -> None:
+    """Ten stores updating from the same version at once: exactly one wins, nine conflict."""
+    stores = [make_store() for _ in range(10)]
+    stores[0].create(id="acme")
+    outcomes = race(stores, lambda s, n: s.update("acme", expected_version=1, plan=f"plan-{n}"))
+    assert outcomes == ["conflict"] * 9 + ["won"]
     stores[0].clear_cache()
     assert stores[0].get("acme").version == 2
 
@@ -244,43 +250,15 @@ def test_concurrent_compare_and_set_has_one_winner(make_store: Callable[..., Ten
 def test_concurrent_creates_have_one_winner(make_store: Callable[..., TenantStore]) -> None:
     """Eight stores creating the same id at once: one succeeds, the others get Conflict."""
     stores = [make_store() for _ in range(8)]
-    barrier = threading.Barrier(len(stores))
-    outcomes: list[str] = []
-    lock = threading.Lock()
-
-    def attempt(store: TenantStore, n: int) -> None:
-        barrier.wait()
-        try:
-            store.create(id="acme", name=f"creator-{n}")
-            outcome = "won"
-        except Conflict:
-            outcome = "conflict"
-        with lock:
-            outcomes.append(outcome)
-
-    threads = [threading.Thread(target=attempt, args=(s, n)) for n, s in enumerate(stores)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert sorted(outcomes) == ["conflict"] * 7 + ["won"]
+    outcomes = race(stores, lambda s, n: s.create(id="acme", name=f"creator-{n}"))
+    assert outcomes == ["conflict"] * 7 + ["won"]
 
 
 def test_concurrent_blind_updates_all_count(make_store: Callable[..., TenantStore]) -> None:
-    """Updates without expected_version never lose a version bump."""
+    """Updates without expected_version never conflict and never lose a version bump."""
     stores = [make_store() for _ in range(8)]
     stores[0].create(id="acme")
-    barrier = threading.Barrier(len(stores))
-
-    def attempt(store: TenantStore) -> None:
-        barrier.wait()
-        store.update("acme", plan="pro")
-
-    threads = [threading.Thread(target=attempt, args=(s,)) for s in stores]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    assert race(stores, lambda s, n: s.update("acme", plan="pro")) == ["won"] * 8
     stores[0].clear_cache()
     assert stores[0].get("acme").version == 9
 
