@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -124,81 +125,57 @@ def test_put_never_replaces_a_newer_version() -> None:
     assert cache.peek("a") == Item("a", 5)
 
 
-def test_slow_fill_never_overwrites_a_newer_version() -> None:
-    """A reader that read version 3 does not replace version 4 cached while it was reading."""
-    cache = make_cache()
+def slow_fill(
+    cache: VersionedCache[str, Item], found: Item | None, meanwhile: Callable[[], object]
+) -> list[Item | None]:
+    """Get ``"a"`` with a loader that finds ``found`` and returns only after ``meanwhile()``.
+
+    Return what that ``get`` returned (one item, or none if it raised).
+    """
     loaded, release = threading.Event(), threading.Event()
     result: list[Item | None] = []
 
-    def slow_load(key: str) -> Item:
+    def slow_load(key: str) -> Item | None:
         loaded.set()
         assert release.wait(10)
-        return Item(key, 3)
+        return found
 
     reader = threading.Thread(target=lambda: result.append(cache.get("a", slow_load)))
     reader.start()
     assert loaded.wait(10)
-    cache.put("a", Item("a", 4))
-    release.set()
-    reader.join(10)
-    assert result == [Item("a", 3)]
+    try:
+        meanwhile()
+    finally:
+        release.set()
+        reader.join(10)
+    return result
+
+
+def test_slow_fill_never_overwrites_a_newer_version() -> None:
+    """A reader that read version 3 does not replace version 4 cached while it was reading."""
+    cache = make_cache()
+    assert slow_fill(cache, Item("a", 3), lambda: cache.put("a", Item("a", 4))) == [Item("a", 3)]
     assert cache.peek("a") == Item("a", 4)
 
 
 def test_slow_fill_of_a_newer_version_wins() -> None:
     """A fill that read a newer version than the one put meanwhile is kept."""
     cache = make_cache()
-    loaded, release = threading.Event(), threading.Event()
-
-    def slow_load(key: str) -> Item:
-        loaded.set()
-        assert release.wait(10)
-        return Item(key, 6)
-
-    reader = threading.Thread(target=cache.get, args=("a", slow_load))
-    reader.start()
-    assert loaded.wait(10)
-    cache.put("a", Item("a", 5))
-    release.set()
-    reader.join(10)
+    slow_fill(cache, Item("a", 6), lambda: cache.put("a", Item("a", 5)))
     assert cache.peek("a") == Item("a", 6)
 
 
 def test_slow_not_found_never_overwrites_a_put() -> None:
     """A reader that found nothing does not hide a value created while it was reading."""
     cache = make_cache()
-    loaded, release = threading.Event(), threading.Event()
-
-    def slow_load(key: str) -> Item | None:
-        loaded.set()
-        assert release.wait(10)
-        return None
-
-    reader = threading.Thread(target=cache.get, args=("a", slow_load))
-    reader.start()
-    assert loaded.wait(10)
-    cache.put("a", Item("a", 1))
-    release.set()
-    reader.join(10)
+    assert slow_fill(cache, None, lambda: cache.put("a", Item("a", 1))) == [None]
     assert cache.peek("a") == Item("a", 1)
 
 
 def test_fill_started_before_invalidate_is_dropped() -> None:
     """A read under way when its key is invalidated (a delete) does not refill the cache."""
     cache = make_cache()
-    loaded, release = threading.Event(), threading.Event()
-
-    def slow_load(key: str) -> Item:
-        loaded.set()
-        assert release.wait(10)
-        return Item(key, 3)
-
-    reader = threading.Thread(target=cache.get, args=("a", slow_load))
-    reader.start()
-    assert loaded.wait(10)
-    cache.invalidate("a")
-    release.set()
-    reader.join(10)
+    slow_fill(cache, Item("a", 3), lambda: cache.invalidate("a"))
     assert cache.peek("a") is MISS
 
 
@@ -233,21 +210,9 @@ def test_concurrent_misses_make_one_load() -> None:
 def test_loads_of_different_keys_do_not_wait_for_each_other() -> None:
     """A slow load of one key does not block a load of another key."""
     cache = make_cache()
-    loaded, release = threading.Event(), threading.Event()
-
-    def slow_load(key: str) -> Item:
-        loaded.set()
-        assert release.wait(10)
-        return Item(key, 1)
-
-    reader = threading.Thread(target=cache.get, args=("a", slow_load))
-    reader.start()
-    assert loaded.wait(10)
-    try:
-        assert cache.get("b", lambda key: Item(key, 1)) == Item("b", 1)
-    finally:
-        release.set()
-        reader.join(10)
+    other: list[Item | None] = []
+    slow_fill(cache, Item("a", 1), lambda: other.append(cache.get("b", lambda k: Item(k, 1))))
+    assert other == [Item("b", 1)]
 
 
 def test_loader_error_propagates_and_is_not_cached() -> None:
