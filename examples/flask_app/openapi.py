@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask
 
 from .api import ROLES_FOR, Operation, operation_of
+from .openapi_schemas import RESPONSES
 from .validation import Schema
 
 SERVICE = "tenantkit Flask example: SaaS organization platform"
@@ -43,32 +44,22 @@ SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "public": [],
 }
 _OBJECT = {"type": "object"}
-RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
-    "Problem": {
-        "type": "object",
-        "required": ["type", "title", "status", "detail"],
-        "properties": {
-            "type": {"type": "string"},
-            "title": {"type": "string"},
-            "status": {"type": "integer"},
-            "detail": {"type": "string"},
-            "instance": {"type": "string"},
-            "errors": {"type": "array", "items": _OBJECT},
-            "retry_after": {"type": "integer"},
-            "limit": {"type": ["integer", "null"]},
-            "upgrade_to": {"type": ["string", "null"]},
-        },
-    },
-    "Token": {
-        "type": "object",
-        "properties": {
-            "access_token": {"type": "string"},
-            "token_type": {"const": "bearer"},
-            "expires_in": {"type": "integer"},
-            "org_id": {"type": "string"},
-            "user_id": {"type": "string"},
-            "role": {"type": "string"},
-        },
+PROBLEM: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "field": {"type": "string"},
+        "errors": {"type": "array", "items": _OBJECT},
+        "reason": {"type": "string"},
+        "retry_after": {"type": "integer"},
+        "limit": {"type": ["integer", "null"]},
+        "upgrade_to": {"type": ["string", "null"]},
+        "current_version": {"type": "integer"},
     },
 }
 
@@ -76,7 +67,7 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
 def build_openapi(app: Flask) -> dict[str, Any]:
     """Return the OpenAPI 3.1 description of every route of ``app``."""
     paths: dict[str, dict[str, Any]] = {}
-    components: dict[str, Any] = dict(RESPONSE_SCHEMAS)
+    components: dict[str, Any] = {"Problem": PROBLEM, **RESPONSES}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if rule.endpoint == "static":
             continue
@@ -149,9 +140,9 @@ def _operation(
 def _responses(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
     success: dict[str, Any] = {"description": op.response or "No content"}
     if op.status != 204:
+        if op.response is not None and op.response not in components:
+            raise LookupError(f"no response schema named {op.response!r} in openapi_schemas")
         schema = {"$ref": f"#/components/schemas/{op.response}"} if op.response else _OBJECT
-        if op.response and op.response not in components:
-            components[op.response] = {"type": "object", "title": op.response}
         success["content"] = {"application/json": {"schema": schema}}
     codes = set(op.responses)
     if op.body is not None:
@@ -170,4 +161,6 @@ def _responses(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
 
 
 def _register(schema: Schema, components: dict[str, Any]) -> None:
-    components[schema.name] = schema.json_schema()
+    rendered = schema.json_schema()
+    if components.setdefault(schema.name, rendered) != rendered:
+        raise LookupError(f"two different schemas are named {schema.name!r}")

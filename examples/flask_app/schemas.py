@@ -109,7 +109,7 @@ TEAM_MEMBER = Schema(
     ),
 )
 PROJECT = Schema(
-    "Project",
+    "ProjectCreate",
     (
         Field("name", "string", required=True, min_length=1, max_length=200),
         Field("slug", "string", required=True, pattern=SLUG),

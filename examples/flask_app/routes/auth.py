@@ -38,8 +38,8 @@ ISSUER = "tenantkit-flask-example"
     auth="public",
     tag="auth",
     body=schemas.LOGIN,
-    responses=(401, 403, 422),
-    response="Token",
+    responses=(401, 403, 422, 429),
+    response="SignIn",
 )
 def sign_in(body: dict[str, Any]) -> ResponseReturnValue:
     p = platform()
