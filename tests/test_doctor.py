@@ -234,7 +234,9 @@ def _cli(argv: list[str]) -> int:
 
 
 @pytest.fixture
-def metadata_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], str]:
+def metadata_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str], str]]:
     def write(table: str) -> str:
         module = f"tkmeta_{uuid.uuid4().hex[:8]}"
         (tmp_path / f"{module}.py").write_text(

@@ -17,6 +17,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.sql.selectable import FromClause
 
 from .errors import ConfigurationError, CrossTenantError
 
@@ -56,10 +57,19 @@ def is_scoped_table(table: Any) -> bool:
     return col is not None and bool(col.info.get(SCOPED_INFO_KEY))
 
 
-def scoped_tables(source: MetaData | Iterable[Table]) -> list[Table]:
+TableSource = MetaData | Iterable[FromClause]
+"""A ``MetaData`` or tables (``Model.__table__`` is typed as a ``FromClause``)."""
+
+
+def tables_of(source: TableSource) -> list[Table]:
+    """Return the ``Table`` objects of a ``MetaData`` or an iterable of tables."""
+    found = source.tables.values() if isinstance(source, MetaData) else source
+    return [t for t in found if isinstance(t, Table)]
+
+
+def scoped_tables(source: TableSource) -> list[Table]:
     """Return the scoped tables of a ``MetaData`` or an iterable of tables, sorted by name."""
-    tables = source.tables.values() if isinstance(source, MetaData) else source
-    return sorted((t for t in tables if is_scoped_table(t)), key=lambda t: t.fullname)
+    return sorted((t for t in tables_of(source) if is_scoped_table(t)), key=lambda t: t.fullname)
 
 
 def mapped_scoped_tables() -> list[Table]:

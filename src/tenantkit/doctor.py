@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import MetaData, Table
+from sqlalchemy import Table
 from sqlalchemy.engine import Connection, Engine
 
 from ._scoping_catalog import (
@@ -19,7 +19,7 @@ from ._scoping_catalog import (
     policy_is_tenant_policy,
     table_security,
 )
-from ._scoping_models import TENANT_COLUMN, scoped_tables
+from ._scoping_models import TENANT_COLUMN, TableSource, scoped_tables
 from .rls import POLICY_NAME
 
 NOT_POSTGRESQL = "not-postgresql"
@@ -55,7 +55,7 @@ class Problem:
         return f"{self.code}: {self.object}: {self.message}"
 
 
-def doctor(engine: Engine | Connection, metadata: MetaData | Iterable[Table]) -> list[Problem]:
+def doctor(engine: Engine | Connection, metadata: TableSource) -> list[Problem]:
     """Return every isolation problem of ``metadata``'s scoped tables as seen by ``engine``'s role.
 
     An empty list means: PostgreSQL, a role without superuser, ``BYPASSRLS``
@@ -77,7 +77,7 @@ def doctor(engine: Engine | Connection, metadata: MetaData | Iterable[Table]) ->
         return _examine(conn, metadata)
 
 
-def _examine(conn: Connection, metadata: MetaData | Iterable[Table]) -> list[Problem]:
+def _examine(conn: Connection, metadata: TableSource) -> list[Problem]:
     problems: list[Problem] = []
     role = connecting_role(conn)
     if role.superuser:

@@ -14,15 +14,20 @@ superuser: ``create_app_role`` makes one.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import MetaData, Select, Table, text
+from sqlalchemy import Select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from ._scoping_catalog import connecting_role, policy_is_tenant_policy, table_security
-from ._scoping_models import TENANT_COLUMN, mapped_scoped_tables, scoped_tables
+from ._scoping_models import (
+    TENANT_COLUMN,
+    TableSource,
+    mapped_scoped_tables,
+    scoped_tables,
+    tables_of,
+)
 from .errors import ConfigurationError
 
 POLICY_NAME = "tenantkit_tenant_isolation"
@@ -33,19 +38,13 @@ _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 
 
-def rls_ddl(
-    metadata_or_tables: MetaData | Iterable[Table], *, app_role: str | None = None
-) -> list[str]:
+def rls_ddl(metadata_or_tables: TableSource, *, app_role: str | None = None) -> list[str]:
     """Return the statements that put every scoped table under row-level security.
 
     With ``app_role``, also grant that role DML on every table given, use of
     their schemas and of the schemas' sequences (it never owns anything).
     """
-    tables = (
-        list(metadata_or_tables.tables.values())
-        if isinstance(metadata_or_tables, MetaData)
-        else list(metadata_or_tables)
-    )
+    tables = tables_of(metadata_or_tables)
     ddl: list[str] = []
     for table in scoped_tables(tables):
         name = _preparer.format_table(table)
@@ -62,15 +61,15 @@ def rls_ddl(
     return ddl
 
 
-def grant_ddl(tables: Iterable[Table], app_role: str) -> list[str]:
+def grant_ddl(tables: TableSource, app_role: str) -> list[str]:
     """Return the GRANTs an application role needs on ``tables`` (DML, schema, sequences)."""
     role = _quote_role(app_role)
-    tables = list(tables)
-    schemas = sorted({t.schema or "public" for t in tables})
+    found = tables_of(tables)
+    schemas = sorted({t.schema or "public" for t in found})
     ddl = [f"GRANT USAGE ON SCHEMA {_preparer.quote_schema(s)} TO {role}" for s in schemas]
     ddl += [
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {_preparer.format_table(t)} TO {role}"
-        for t in sorted(tables, key=lambda t: t.fullname)
+        for t in sorted(found, key=lambda t: t.fullname)
     ]
     ddl += [
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {_preparer.quote_schema(s)} TO {role}"
@@ -97,7 +96,7 @@ def view_ddl(name: str, query: str | Select[Any], *, replace: bool = False) -> s
 
 def apply_rls(
     engine_or_connection: Engine | Connection,
-    metadata: MetaData | Iterable[Table],
+    metadata: TableSource,
     *,
     app_role: str | None = None,
 ) -> list[str]:
@@ -122,7 +121,7 @@ def create_app_role(
     name: str,
     *,
     password: str | None = None,
-    metadata: MetaData | Iterable[Table] | None = None,
+    metadata: TableSource | None = None,
 ) -> None:
     """Create a login role with no superuser, no BYPASSRLS and no ownership; grant it DML.
 
@@ -136,8 +135,7 @@ def create_app_role(
         literal = password.replace("'", "''")
         ddl[0] += f" PASSWORD '{literal}'"
     if metadata is not None:
-        tables = metadata.tables.values() if isinstance(metadata, MetaData) else metadata
-        ddl += grant_ddl(tables, name)
+        ddl += grant_ddl(metadata, name)
     if isinstance(engine_or_connection, Engine):
         with engine_or_connection.begin() as conn:
             _run(conn, ddl)
@@ -159,7 +157,7 @@ def drop_app_role(engine_or_connection: Engine | Connection, name: str) -> None:
         _run(engine_or_connection, ddl)
 
 
-def rls_active(connection: Connection, *, tables: Iterable[Table] | None = None) -> bool:
+def rls_active(connection: Connection, *, tables: TableSource | None = None) -> bool:
     """Return whether row-level security binds the connecting role on every scoped table.
 
     True only on PostgreSQL, for a role that is not superuser, has no

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import MetaData, Table, func, select, text
+from sqlalchemy import Table, func, select, text
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import context
 from ._scoping_isolation import Probe, describe, probes, tenants_query, truth_query
-from ._scoping_models import mapped_scoped_tables, scoped_tables
+from ._scoping_models import TableSource, mapped_scoped_tables, scoped_tables
 from .context import bound_tenant
 from .doctor import doctor
 from .errors import ConfigurationError
@@ -206,7 +206,7 @@ def _report(failures: list[str]) -> None:
         raise AssertionError("tenant isolation failed:\n  " + "\n  ".join(failures))
 
 
-def assert_rls_enforced(engine: Engine, metadata: MetaData | Iterable[Table] | None = None) -> None:
+def assert_rls_enforced(engine: Engine, metadata: TableSource | None = None) -> None:
     """Fail unless PostgreSQL row-level security binds ``engine``'s role on every scoped table.
 
     ``metadata`` defaults to every mapped ``TenantScoped`` table that exists and
@@ -254,7 +254,7 @@ def _reachable(engine: Engine, tables: list[Table]) -> list[Table]:
 
 
 @contextmanager
-def temporary_app_role(owner: Engine, metadata: MetaData | Iterable[Table]) -> Iterator[str]:
+def temporary_app_role(owner: Engine, metadata: TableSource) -> Iterator[str]:
     """Create a uniquely named non-owner application role for a test; drop it afterwards."""
     name = f"tk_app_{uuid.uuid4().hex[:12]}"
     create_app_role(owner, name, metadata=metadata)
