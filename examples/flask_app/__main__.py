@@ -21,6 +21,7 @@ from .config import DEFAULT_ADDR, AppConfig
 from .context import EXTENSION_KEY
 from .jobs import start_jobs
 
+GRACE_SECONDS = 5
 SECRET_VARIABLES = {
     "jwt_secret": "JWT_SECRET",
     "admin_token": "ADMIN_TOKEN",
@@ -54,10 +55,12 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     print(f"serving on http://{host}:{server.effective_port}", flush=True)
     try:
-        server.run()
+        server.run()  # returns once stop() closed the listening socket
     except (KeyboardInterrupt, OSError):
-        pass  # closing the listening socket ends the loop
+        pass
     finally:
+        # Requests already accepted finish before the process goes.
+        server.task_dispatcher.shutdown(timeout=GRACE_SECONDS)
         stop_jobs()
         app.extensions[EXTENSION_KEY].kit.quotas.close()
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.e2e._server import Server, serve_module
+from tests.e2e._server import Server, serve_module, start_module
 
 ORG = "acme-corp"
 PASSWORD = "correct horse battery"
@@ -187,3 +187,17 @@ def test_seed_session_from_organization_to_usage_report_and_audit(server: Server
     )
     assert refused.status_code == 401
     api.close()
+
+
+def test_the_server_stops_cleanly_on_a_signal(tmp_path: Path) -> None:
+    """SIGINT (like SIGTERM) closes the listener, finishes requests and exits 0."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'stop.db'}", "FAST_PASSWORD_HASHING": "1"}
+    server = start_module("examples.flask_app", env=env, cwd=tmp_path)
+    try:
+        assert httpx.get(server.url + "/health").status_code == 200
+    finally:
+        code = server.stop()
+        output = server.output()
+        server.log_path.unlink(missing_ok=True)
+    assert code == 0, output
+    assert "shutting down" in output
