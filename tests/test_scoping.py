@@ -183,6 +183,18 @@ def test_identity_map_never_serves_another_tenant(maker: sessionmaker[Session]) 
             s.get(Team, 1)
 
 
+def test_a_closed_session_may_serve_another_tenant(maker: sessionmaker[Session]) -> None:
+    """close() empties the identity map, so the session may then serve tenant B."""
+    s = maker()
+    with bound_tenant(A):
+        assert s.get(Team, 1) is not None
+    s.close()
+    with bound_tenant(B):
+        assert s.get(Team, 1) is None
+        assert s.scalars(select(Team.id)).all() == [2]
+    s.close()
+
+
 def test_no_tenant_fails_closed(maker: sessionmaker[Session]) -> None:
     """Without a tenant, queries, get() and flushes of scoped objects raise NoTenantError."""
     with maker() as s:

@@ -38,7 +38,8 @@ class TenantSession(Session):
     """A ``Session`` that belongs to one tenant and scopes every statement to it.
 
     ``get()`` checks the session's tenant before it looks in the identity
-    map, so a cached object never reaches another tenant.
+    map, so a cached object never reaches another tenant. ``close()`` (which
+    empties the identity map) releases the session for another tenant.
     """
 
     def get(self, *args: Any, **kw: Any) -> Any:
@@ -52,6 +53,20 @@ class TenantSession(Session):
     def merge(self, *args: Any, **kw: Any) -> Any:
         session_tenant(self)
         return super().merge(*args, **kw)
+
+    # close(), reset() and invalidate() empty the identity map, so the session
+    # may serve another tenant afterwards.
+    def close(self) -> None:
+        super().close()
+        self.info.pop(OWNER_KEY, None)
+
+    def reset(self) -> None:
+        super().reset()
+        self.info.pop(OWNER_KEY, None)
+
+    def invalidate(self) -> None:
+        super().invalidate()
+        self.info.pop(OWNER_KEY, None)
 
     # The legacy bulk API writes without flush events or do_orm_execute.
     def bulk_save_objects(self, *args: Any, **kw: Any) -> None:
