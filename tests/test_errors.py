@@ -69,3 +69,17 @@ def test_request_id_echo_or_generate() -> None:
     assert len(generated) == 32 and generated.isalnum()
     assert request_id_from(None) != request_id_from(None)
     assert request_id_from("x" * 200) != "x" * 200
+
+
+def test_root_exclusion_is_exact() -> None:
+    """Excluding "/" excludes the root only, never every path."""
+    assert path_matches("/", ["/"]) is True
+    assert path_matches("/api/users", ["/"]) is False
+
+
+def test_deeply_nested_json_is_400() -> None:
+    """A body nested deeper than the parser's stack is a 400, never a RecursionError."""
+    from tenantkit._request import parse_json_object
+
+    with pytest.raises(errors.BadRequest, match="nested too deeply"):
+        parse_json_object(b"[" * 100_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -148,3 +149,36 @@ def test_monthly_cap_is_enforced_and_calls_counted(make_kit: Callable[..., Any])
     capped.admit(request(**{"x-api-key": other}))
     counter.close()
     assert counter.cycle_count("globex") == 1
+
+
+def test_rejections_after_identity_carry_it(
+    make_kit: Callable[..., Any], jwt_for: Callable[..., str]
+) -> None:
+    """Policy and quota rejections carry the identity for on_reject hooks and audit."""
+    kit = make_kit(tenants={"acme": {"allowed_models": []}})
+    chat = request(
+        "/api/chat/completions", "POST", authorization=f"Bearer {jwt_for(kit, 'acme', 'u9')}"
+    )
+    with pytest.raises(errors.PolicyDenied) as exc:
+        kit.admit(chat, b'{"model": "any", "messages": []}')
+    assert exc.value.identity is not None and exc.value.identity.subject == "u9"
+    assert "identity" not in exc.value.to_problem()
+
+
+def test_denials_are_audited_once_per_interval(
+    make_kit: Callable[..., Any], jwt_for: Callable[..., str]
+) -> None:
+    """Quota and policy rejections reach the audit trail through the denial hook."""
+    from tenantkit.audit import DenialRecorder, create_tables, query
+
+    kit = make_kit(tenants={"acme": {"allowed_models": ["m"], "quota_requests_per_minute": 1}})
+    create_tables(kit.engine)
+    audited = TenantKit(kit.settings, engine=kit.engine, denials=DenialRecorder(kit.engine))
+    auth = f"Bearer {jwt_for(kit, 'acme', 'u1')}"
+    chat = request("/api/chat/completions", "POST", authorization=auth)
+    for body in (b'{"model": "x"}', b'{"model": "x"}', b'{"model": "m"}', b'{"model": "m"}'):
+        with contextlib.suppress(errors.PolicyDenied, errors.QuotaExceeded):
+            audited.admit(chat, body)
+    page = query(kit.engine, "acme")
+    assert sorted(e.action for e in page.items) == ["policy.denied", "quota.exceeded"]
+    assert {e.actor for e in page.items} == {"user:u1"}

@@ -24,13 +24,15 @@ def request_id_from(value: str | None) -> str:
 def path_matches(path: str, prefixes: Iterable[str]) -> bool:
     """Return whether ``path`` equals a prefix or lies below it by whole segments.
 
-    ``/health`` matches ``/health`` and ``/health/db``, never ``/healthz``.
+    ``/health`` matches ``/health`` and ``/health/db``, never ``/healthz``;
+    ``/`` matches the root path only (it is no wildcard).
     """
     for prefix in prefixes:
         base = prefix.rstrip("/")
         if base == "":
-            return True
-        if path == base or path.startswith(base + "/"):
+            if path == "/":
+                return True
+        elif path == base or path.startswith(base + "/"):
             return True
     return False
 
@@ -43,6 +45,8 @@ def parse_json_object(body: bytes) -> Mapping[str, Any]:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:  # a hostile body nested deeper than the parser's stack
+        raise BadRequest("malformed JSON: nested too deeply") from exc
     if not isinstance(value, dict):
         raise BadRequest("the request body must be a JSON object")
     return value

@@ -31,7 +31,10 @@ HTTP-facing errors carry ``status``, ``headers`` and extra problem fields, and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .types import Identity
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_BASE_URI = "https://tenantkit.dev/problems/"
@@ -83,6 +86,9 @@ class HTTPError(TenantKitError):
         self.detail = detail or self.title
         self.headers: dict[str, str] = dict(headers or {})
         self.extra: dict[str, Any] = extra
+        # Who was rejected, when the pipeline knew it (quota, policy): for on_reject
+        # hooks and audit, never rendered into the problem document.
+        self.identity: Identity | None = None
 
     def to_problem(self, instance: str | None = None) -> dict[str, Any]:
         """Return the problem document for this error."""

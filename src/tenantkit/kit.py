@@ -26,6 +26,8 @@ from .context import TenantContext, TokenMeter
 from .errors import (
     ConfigurationError,
     HTTPError,
+    PolicyDenied,
+    QuotaExceeded,
     ServiceUnavailable,
     StorageError,
     TenantNotFound,
@@ -56,9 +58,17 @@ class CallCounter(Protocol):
     def check(self, tenant: TenantConfig) -> None: ...
 
 
+class DenialHook(Protocol):
+    """Told of each quota or policy rejection (``tenantkit.audit.DenialRecorder`` is one)."""
+
+    def __call__(self, identity: Identity, request: RequestInfo, error: HTTPError) -> object: ...
+
+
 class _WouldBlock(Exception):
     """A cache missed on the event loop: redo the lookup in a worker thread."""
 
+
+_AUDITED_DENIALS = (PolicyDenied, QuotaExceeded)
 
 _blocking_allowed: ContextVar[bool] = ContextVar("tenantkit.blocking", default=True)
 
@@ -98,6 +108,7 @@ class TenantKit:
         identity: IdentityChain | None = None,
         on_reject: RejectHook | None = None,
         call_counter: CallCounter | None = None,
+        denials: DenialHook | None = None,
     ) -> None:
         self.settings = settings = settings or Settings()
         self.engine = engine or make_engine(settings.database_url)
@@ -120,6 +131,7 @@ class TenantKit:
         self.identity = identity or build_chain(settings, verify_api_key=verify)
         self.on_reject: RejectHook = on_reject or default_on_reject
         self.call_counter = call_counter
+        self.denials = denials
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> TenantKit:
@@ -149,11 +161,17 @@ class TenantKit:
     def admit(self, request: RequestInfo, body: bytes | None = None) -> Admission:
         """Admit a request (sync) or raise the ``HTTPError`` that rejects it."""
         identity, tenant = self._identify(request, True)
-        tokens = self._check_policy(request, tenant, body)
-        if self.call_counter is not None:
-            self.call_counter.check(tenant)
-        limits = limits_for(tenant, identity)
-        grant = self.quotas.acquire(limits, tokens=tokens) if limits else None
+        try:
+            tokens = self._check_policy(request, tenant, body)
+            if self.call_counter is not None:
+                self.call_counter.check(tenant)
+            limits = limits_for(tenant, identity)
+            grant = self.quotas.acquire(limits, tokens=tokens) if limits else None
+        except HTTPError as exc:
+            exc.identity = identity
+            if self.denials is not None and isinstance(exc, _AUDITED_DENIALS):
+                self.denials(identity, request, exc)
+            raise
         return self._admitted(request, identity, tenant, grant, tokens)
 
     async def admit_async(self, request: RequestInfo, body: bytes | None = None) -> Admission:
@@ -162,11 +180,17 @@ class TenantKit:
             identity, tenant = self._identify(request, False)
         except _WouldBlock:
             identity, tenant = await anyio.to_thread.run_sync(self._identify, request, True)
-        tokens = self._check_policy(request, tenant, body)
-        if self.call_counter is not None:
-            self.call_counter.check(tenant)
-        limits = limits_for(tenant, identity)
-        grant = await self.quotas.acquire_async(limits, tokens=tokens) if limits else None
+        try:
+            tokens = self._check_policy(request, tenant, body)
+            if self.call_counter is not None:
+                self.call_counter.check(tenant)
+            limits = limits_for(tenant, identity)
+            grant = await self.quotas.acquire_async(limits, tokens=tokens) if limits else None
+        except HTTPError as exc:
+            exc.identity = identity
+            if self.denials is not None and isinstance(exc, _AUDITED_DENIALS):
+                await anyio.to_thread.run_sync(self.denials, identity, request, exc)
+            raise
         return self._admitted(request, identity, tenant, grant, tokens)
 
     def finish(self, admission: Admission, *, failed: bool = False) -> None:

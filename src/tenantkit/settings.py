@@ -90,6 +90,7 @@ class Settings:
     policy_paths: tuple[str, ...] = ("/v1/chat/completions", "/api/chat/completions")
     max_body_bytes: int = 1_048_576
     request_id_header: str = "X-Request-ID"
+    audit_retention_days: int = 90
     jwt: JWTSettings = field(default_factory=JWTSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
