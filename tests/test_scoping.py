@@ -23,7 +23,14 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    column_property,
+    mapped_column,
+    sessionmaker,
+)
 from sqlalchemy.pool import NullPool
 
 from tenantkit._db import NAMING_CONVENTION, make_engine
@@ -65,6 +72,24 @@ class Member(TenantScoped, Base):
     team_id: Mapped[int | None] = mapped_column()
 
 
+class Summary(TenantScoped, Base):
+    """Counts teams through the raw Table: nothing can scope that subquery."""
+
+    __tablename__ = "sc_summaries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    teams = column_property(
+        select(func.count(Team.__table__.c.id)).scalar_subquery()  # type: ignore[attr-defined]
+    )
+
+
+class Tally(TenantScoped, Base):
+    """Counts teams through the model: the loader criteria scope the subquery."""
+
+    __tablename__ = "sc_tallies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    teams = column_property(select(func.count(Team.id)).scalar_subquery())
+
+
 class Region(Base):
     __tablename__ = "sc_regions"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -101,7 +126,12 @@ def test_mixin_column_is_scoped_indexed_and_not_null() -> None:
     col = Team.__table__.c.tenant_id
     assert (col.nullable, col.index, col.type.length) == (False, True, 63)
     assert is_scoped_table(Team.__table__) and not is_scoped_table(Region.__table__)
-    assert [t.name for t in scoped_tables(Base.metadata)] == ["sc_members", "sc_teams"]
+    assert [t.name for t in scoped_tables(Base.metadata)] == [
+        "sc_members",
+        "sc_summaries",
+        "sc_tallies",
+        "sc_teams",
+    ]
 
 
 def test_tenant_column_marks_a_core_table() -> None:
@@ -308,6 +338,18 @@ def test_legacy_bulk_api_is_refused(maker: sessionmaker[Session]) -> None:
         ):
             with pytest.raises(CrossTenantError, match="bypasses tenant scoping"):
                 call()
+
+
+def test_column_property_over_a_raw_table_is_refused(engine: Engine) -> None:
+    """A column_property reading a scoped Table is refused; one built from the model is scoped."""
+    with engine.begin() as conn:
+        conn.execute(insert(Summary.__table__).values(id=1, tenant_id=A))
+        conn.execute(insert(Tally.__table__).values(id=1, tenant_id=A))
+    maker = tenant_sessionmaker(engine)
+    with bound_tenant(A), maker() as s:
+        assert s.scalars(select(Tally.teams)).all() == [1]
+        with pytest.raises(CrossTenantError, match=r"Summary\.teams is a column_property"):
+            s.scalars(select(Summary)).all()
 
 
 def test_literal_columns(maker: sessionmaker[Session]) -> None:

@@ -8,6 +8,7 @@ mark, so a plain Core ``Table`` can opt in too.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -16,8 +17,10 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column
 from sqlalchemy.orm.base import NO_VALUE
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import ColumnClause
 from sqlalchemy.sql.expression import TableClause
-from sqlalchemy.sql.selectable import FromClause
+from sqlalchemy.sql.selectable import FromClause, Select
 
 from .errors import ConfigurationError, CrossTenantError
 
@@ -154,3 +157,42 @@ def _refuse_tenant_change(target: Any, value: Any, oldvalue: Any, _initiator: An
         f"{type(target).__name__}.tenant_id is immutable: the row belongs to {oldvalue!r} "
         f"and cannot move to {value!r}"
     )
+
+
+# mapper -> names of column_property attributes whose SQL reads a scoped Table
+# inside a subquery: loader criteria never reach them, so scoped sessions refuse
+# to load such mappers (see _scoping_session).
+unsafe_properties: weakref.WeakKeyDictionary[Mapper[Any], list[str]] = weakref.WeakKeyDictionary()
+
+
+@sa_event.listens_for(Mapper, "mapper_configured")
+def _find_unsafe_properties(mapper: Mapper[Any], _cls: type) -> None:
+    found = [
+        prop.key
+        for prop in mapper.column_attrs
+        if any(_reads_raw_scoped_subquery(expr) for expr in prop.columns)
+    ]
+    if found:
+        unsafe_properties[mapper] = found
+
+
+def _reads_raw_scoped_subquery(expr: Any) -> bool:
+    for elem in visitors.iterate(expr):
+        if isinstance(elem, Select) and _raw_scoped_refs(elem):
+            return True
+    return False
+
+
+def _raw_scoped_refs(select: Select[Any]) -> bool:
+    # An ORM-enabled subquery gets loader criteria for its entities; raw columns
+    # and raw FROM tables in it do not. A Core subquery gets nothing at all.
+    orm = select._propagate_attrs.get("compile_state_plugin") == "orm"
+    candidates: list[Any] = list(select._from_obj)
+    for inner in visitors.iterate(select):
+        if isinstance(inner, ColumnClause) or (not orm and isinstance(inner, TableClause)):
+            candidates.append(inner)
+    for elem in candidates:
+        table = elem if isinstance(elem, TableClause) else getattr(elem, "table", None)
+        if is_scoped_table(table) and "parententity" not in elem._annotations:
+            return True
+    return False

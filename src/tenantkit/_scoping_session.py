@@ -17,7 +17,12 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_lo
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from . import context
-from ._scoping_models import TENANT_COLUMN, TenantScoped, mapped_scoped_tables
+from ._scoping_models import (
+    TENANT_COLUMN,
+    TenantScoped,
+    mapped_scoped_tables,
+    unsafe_properties,
+)
 from ._scoping_statements import (
     check_insert,
     guard_dml,
@@ -115,6 +120,8 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
     if tenant_id is None:
         return
     stmt: Any = state.statement
+    if unsafe_properties and state.is_orm_statement:
+        _refuse_unsafe_properties(state)
     if state.is_relationship_load or state.is_column_load or is_identity_load(stmt):
         # built by the ORM from an entity already scoped; loader criteria below still apply
         state.statement = _with_criteria(stmt, tenant_id)
@@ -145,6 +152,17 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
     if state.is_orm_statement and (state.is_select or state.is_update or state.is_delete):
         stmt = _with_criteria(stmt, tenant_id)
     state.statement = stmt
+
+
+def _refuse_unsafe_properties(state: ORMExecuteState) -> None:
+    for mapper in state.all_mappers:
+        names = unsafe_properties.get(mapper)
+        if names:
+            raise CrossTenantError(
+                f"{mapper.class_.__name__}.{names[0]} is a column_property whose subquery "
+                "reads a tenant-scoped Table; no filter reaches it. Build it from model "
+                "attributes (select(func.count(Task.id))...), not Model.__table__"
+            )
 
 
 def _with_criteria(stmt: Any, tenant_id: str) -> Any:
