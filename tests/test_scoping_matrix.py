@@ -156,6 +156,14 @@ def _loaded(option: Any, join: bool = False) -> Callable[[Session], Any]:
     return run
 
 
+def _loaded_where(option: Any, where: Callable[[], Any]) -> Callable[[Session], Any]:
+    def run(s: Session) -> Any:
+        found = s.scalars(select(Project).options(option).where(where())).unique()
+        return sorted((p.id, [t.id for t in p.tasks]) for p in found)
+
+    return run
+
+
 def _children(t: str) -> list[tuple[int, list[int]]]:
     return [(p[0], [r[0] for r in tasks(t) if r[2] == p[0]]) for p in projects(t)]
 
@@ -369,6 +377,16 @@ SHAPES = [
         "orm_where_raw_column",
         rows(lambda: select(Project.id).where(tt.c.points > 7, tt.c.project_id == Project.id)),
         lambda t, b: sorted({(r[2],) for r in tasks(t) if r[5] > 7}),
+    ),
+    Shape(
+        "joinedload_with_core_subquery",
+        _loaded_where(joinedload(Project.tasks), lambda: Project.id.in_(select(tt.c.project_id))),
+        lambda t, b: [c for c in _children(t) if c[1]],
+    ),
+    Shape(
+        "orm_join_to_raw_table",
+        rows(lambda: select(Project.id, tt.c.id).join(tt, tt.c.project_id == Project.id)),
+        lambda t, b: sorted((r[2], r[0]) for r in tasks(t)),
     ),
     Shape(
         "core_union_all",

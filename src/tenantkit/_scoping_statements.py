@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,9 +157,7 @@ def _base_table(from_: Any) -> Any:
 
 
 def _names_scoped_table(table: TableClause) -> bool:
-    return any(
-        t.name == table.name and t.schema == table.schema for t in mapped_scoped_tables()
-    )
+    return any(t.name == table.name and t.schema == table.schema for t in mapped_scoped_tables())
 
 
 def scope_core(
@@ -192,12 +190,17 @@ def scope_core(
                 join.onclause = and_(join.onclause, *extra)
 
     def visit_select(select: Select[Any]) -> None:
-        froms = select.get_final_froms()
         if orm and select._propagate_attrs.get("compile_state_plugin") == "orm":
-            _refuse_outer_orm_join(froms, orm)
-        found = [crit(t) for f in froms for t in targets(f)]
-        if found:
-            select._where_criteria += tuple(found)
+            # the ORM builds this FROM list at compile time; look at what was written
+            found = list(_orm_select_targets(select, targets))
+        else:
+            found = [t for f in select.get_final_froms() for t in targets(f)]
+        unique: list[FromClause] = []
+        for from_ in found:
+            if not any(from_ is u for u in unique):
+                unique.append(from_)
+        if unique:
+            select._where_criteria += tuple(crit(t) for t in unique)
 
     def visit_dml(dml: Update | Delete) -> None:
         seen: list[FromClause] = []
@@ -225,15 +228,47 @@ def _all_targets(from_: FromClause, orm: bool) -> Iterator[FromClause]:
         yield from _all_targets(from_.right, orm)
 
 
-def _refuse_outer_orm_join(froms: Sequence[FromClause], orm: bool) -> None:
-    for from_ in froms:
-        if isinstance(from_, Join):
-            if from_.isouter and any(True for _ in _all_targets(from_.right, orm)):
+def _orm_select_targets(
+    select: Select[Any], targets: Callable[[FromClause], Iterator[FromClause]]
+) -> Iterator[FromClause]:
+    """Yield the raw scoped tables an ORM select names outside any subquery.
+
+    Entities are left to the loader criteria; a raw table reached by an outer
+    join cannot get its criterion into the ORM-built ``ON`` and is refused.
+    """
+    for from_ in select._from_obj:
+        yield from targets(from_)
+    for joined, _onclause, _left, flags in select._setup_joins:
+        target: Any = joined
+        base = _base_table(target)
+        if isinstance(base, TableClause) and _is_core_ref(base, target, True):
+            if flags.get("isouter") or flags.get("full"):
                 raise CrossTenantError(
                     "an outer join from an ORM query to a tenant-scoped Table cannot be "
                     "scoped; join the model (or aliased(Model)) instead"
                 )
-            _refuse_outer_orm_join([from_.left, from_.right], orm)
+            yield target
+    stack: list[Any] = [
+        *select._raw_columns,
+        *select._where_criteria,
+        *select._having_criteria,
+        *select._order_by_clauses,
+        *select._group_by_clauses,
+    ]
+    while stack:
+        elem = stack.pop()
+        if isinstance(elem, SelectBase):
+            continue
+        if isinstance(elem, TableClause | Alias):
+            if isinstance(_base_table(elem), TableClause) and _is_core_ref(
+                _base_table(elem), elem, True
+            ):
+                yield elem
+            continue
+        table = elem.table if isinstance(elem, ColumnClause) else None
+        if table is not None and _is_core_ref(table, elem, True):
+            yield table
+        stack.extend(elem.get_children())
 
 
 def _shallow_tables(dml: Update | Delete) -> Iterator[FromClause]:
