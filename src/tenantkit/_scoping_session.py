@@ -128,7 +128,7 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
         return
     orm = state.is_orm_statement and not state.is_insert
     found = survey_cached(stmt, orm=orm)
-    if found.raw_sql is not None and not _rls_active_for(state.session):
+    if found.raw_sql is not None and not _rls_active_for(state):
         raise CrossTenantError(
             f"{found.raw_sql} in a tenant-scoped session is refused: raw SQL cannot be "
             "filtered, and PostgreSQL row-level security is not verified active for this "
@@ -240,8 +240,8 @@ def _after_begin(session: Session, _tx: SessionTransaction, connection: Connecti
     connection.execute(select(func.set_config(SETTING, tenant_id, True)))
 
 
-def _rls_active_for(session: Session) -> bool:
-    bind = session.get_bind()
+def _rls_active_for(state: ORMExecuteState) -> bool:
+    bind = state.session.get_bind(**state.bind_arguments)
     engine = bind.engine if isinstance(bind, Connection) else bind
     if engine.dialect.name != "postgresql":
         return False
@@ -249,7 +249,8 @@ def _rls_active_for(session: Session) -> bool:
     if cached is None:
         from .rls import rls_active
 
-        cached = rls_active(session.connection(), tables=mapped_scoped_tables())
+        conn = state.session.connection(bind_arguments=dict(state.bind_arguments))
+        cached = rls_active(conn, tables=mapped_scoped_tables())
         _rls_verified[engine] = cached
     return cached
 
