@@ -352,6 +352,17 @@ def test_column_property_over_a_raw_table_is_refused(engine: Engine) -> None:
             s.scalars(select(Summary)).all()
 
 
+def test_memo_tells_orm_and_core_forms_apart(maker: sessionmaker[Session]) -> None:
+    """select(Model.id) and select(table.c.id) share a shape but not a memo entry."""
+    t = Team.__table__
+    for _ in range(2):
+        with bound_tenant(A), maker() as s:
+            assert s.scalars(select(Team.id)).all() == [1]
+            assert s.scalars(select(t.c.id)).all() == [1]
+            assert s.scalars(select(t.c.id).where(t.c.id > 0)).all() == [1]
+            assert s.scalars(select(Team.id).where(Team.id > 0)).all() == [1]
+
+
 def test_literal_columns(maker: sessionmaker[Session]) -> None:
     """literal_column('*') and names pass; an SQL fragment in literal_column is refused."""
     with bound_tenant(A), maker() as s:
