@@ -62,7 +62,7 @@ def main() -> int:
         # Requests already accepted finish before the process goes.
         server.task_dispatcher.shutdown(timeout=GRACE_SECONDS)
         stop_jobs()
-        app.extensions[EXTENSION_KEY].kit.quotas.close()
+        app.extensions[EXTENSION_KEY].close()
     return 0
 
 

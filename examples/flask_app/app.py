@@ -87,7 +87,9 @@ def build_platform(cfg: AppConfig, clock: Clock) -> Platform:
     # A session class of this app's own: audit capture listens on it and on nothing else.
     app_session: type[Session] = type("PlatformSession", (Session,), {})
     sessions = tenant_sessionmaker(engine, class_=app_session, expire_on_commit=False)
-    audit.install(sessions)
+    audit.install(sessions, record_unscoped=False)
+    # Registered by hand so close() can take it back: the hook list is process-wide.
+    forget_unscoped_hook = audit.log_unscoped(engine)
     jobs_sessions = sessionmaker(jobs_engine, expire_on_commit=False)
     billing = None
     if cfg.stripe_secret_key:
@@ -111,6 +113,7 @@ def build_platform(cfg: AppConfig, clock: Clock) -> Platform:
         usage=UsageRecorder(sessions, plans=plans, plan_of=kit.tenants.get, clock=clock.now),
         webhooks=build_webhooks(cfg.stripe_webhook_secret or "", jobs_sessions, plans, kit.tenants),
         billing=billing,
+        closers=[forget_unscoped_hook, kit.quotas.close, engine.dispose, jobs_engine.dispose],
     )
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flask import current_app, g
 from sqlalchemy.engine import Engine
@@ -54,7 +55,12 @@ class Platform:
     usage: UsageRecorder
     webhooks: StripeWebhooks
     billing: BillingService | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release what the app holds: process-wide hooks, counters, connection pools."""
+        while self.closers:
+            self.closers.pop()()
 
 
 def platform() -> Platform:

@@ -101,8 +101,7 @@ def serve(config: AppConfig, clock: FakeClock | None = None) -> Iterator[Served]
             client.close()
         stop.set()
         thread.join(20)
-        app.extensions["flask_app"].kit.quotas.close()
-        app.extensions["flask_app"].engine.dispose()
+        app.extensions["flask_app"].close()
 
 
 def unique(prefix: str) -> str:
