@@ -189,7 +189,7 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=os.environ.get("TENANTKIT_TEST_POSTGRES_URL"))
     parser.add_argument("--rows", type=int, default=200_000, help="rows in the RLS table")
     parser.add_argument("--tenants", type=int, default=100)
-    parser.add_argument("--repeat", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args()
 
     started = time.perf_counter()
