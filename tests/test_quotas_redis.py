@@ -287,3 +287,26 @@ def test_two_processes_admit_exactly_the_limit(
         assert worker.exitcode == 0
     # One more unit refills every 3 s; the hammering itself takes milliseconds.
     assert 20 <= admitted <= 20 + int(elapsed * 20 / 60)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "redis+cluster://127.0.0.1:1",
+        "redis+sentinel://127.0.0.1:1/mymaster",
+        "rediss://127.0.0.1:1/0",
+        "redis+unix:///nonexistent/redis.sock",
+    ],
+)
+def test_every_storage_scheme_fails_closed(uri: str, redis_url: str) -> None:
+    """Cluster, sentinel, TLS and socket URIs that cannot connect give a 503, sync and async."""
+    engine = QuotaEngine(QuotaSettings(storage_uri=uri))
+    with pytest.raises(ServiceUnavailable):
+        engine.acquire(ALL_FOUR, tokens=1)
+
+    async def run() -> None:
+        with pytest.raises(ServiceUnavailable):
+            await engine.acquire_async(ALL_FOUR, tokens=1)
+
+    asyncio.run(run())
+    assert not engine.health()

@@ -108,7 +108,13 @@ return 1
 def _errors() -> tuple[type[BaseException], ...]:
     import redis.exceptions
 
-    return (redis.exceptions.RedisError, OSError, TimeoutError, asyncio.TimeoutError)
+    return (
+        redis.exceptions.RedisError,
+        redis.exceptions.RedisClusterException,  # not a RedisError
+        OSError,
+        TimeoutError,
+        asyncio.TimeoutError,
+    )
 
 
 class RedisBackend:
@@ -149,7 +155,12 @@ class RedisBackend:
         }
         if uri.startswith("redis+sentinel"):
             self._options.setdefault(
-                "sentinel_kwargs", {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+                "sentinel_kwargs",
+                {
+                    "socket_timeout": timeout,
+                    "socket_connect_timeout": timeout * 4,
+                    "retry": Retry(NoBackoff(), 0),
+                },
             )
         self._errors = _errors()
         self._lock = threading.Lock()
