@@ -48,7 +48,7 @@ local wait, blocker = 0, 0
 for i = 1, #KEYS do
   local q = tonumber(ARGV[2 * i])
   local cost = tonumber(ARGV[2 * i + 1])
-  local tat = staged[KEYS[i]] or tonumber(redis.call('GET', KEYS[i]) or '0')
+  local tat = staged[KEYS[i]] or (tonumber(redis.call('GET', KEYS[i]) or '0') or 0)
   if tat < now then tat = now end
   base[i] = tat
   new[i] = tat
@@ -83,7 +83,7 @@ for i = 1, #KEYS do
   local q = tonumber(ARGV[2 * i + 1])
   local delta = tonumber(ARGV[2 * i + 2])
   if q > 0 and delta ~= 0 and (delta > 0 or fresh) then
-    local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+    local tat = (tonumber(redis.call('GET', KEYS[i]) or '0') or 0)
     local nt = nil
     if delta < 0 then
       if tat > now then nt = tat - math.floor(-delta * 60000000 / q) end
