@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -219,8 +219,6 @@ def test_scoped_bulk_update_records_only_the_tenants_rows(engine: Engine) -> Non
 
 def test_unscoped_use_is_recorded(engine: Engine) -> None:
     """Every unscoped() block leaves an 'unscoped.used' entry; uninstall stops that."""
-    if not hasattr(scoping, "on_unscoped") or not hasattr(scoping, "system_identity"):
-        pytest.skip("tenantkit.scoping has no unscoped() hook yet")
     factory = scoping.tenant_sessionmaker(engine)
     audit.install(factory)  # the sessionmaker's engine records unscoped() uses
     identity = scoping.system_identity("nightly-job")
@@ -242,8 +240,6 @@ def test_unscoped_use_is_recorded(engine: Engine) -> None:
 
 def test_unscoped_hook_is_shared_per_engine(engine: Engine) -> None:
     """Two installs on one engine record each unscoped() use once, until both are gone."""
-    if not hasattr(scoping, "on_unscoped") or not hasattr(scoping, "system_identity"):
-        pytest.skip("tenantkit.scoping has no unscoped() hook yet")
     first, second = scoping.tenant_sessionmaker(engine), scoping.tenant_sessionmaker(engine)
     audit.install(first)
     audit.install(second)
@@ -393,3 +389,26 @@ def test_context_outside_requests_is_untouched(engine: Engine, maker: Maker) -> 
         reset(token)
     assert get_context() is None
     assert rows(engine)[0]["actor"] == "system"
+
+
+def test_unscoped_on_another_database_is_not_recorded_here(engine: Engine, tmp_path: Any) -> None:
+    """An install records unscoped() on its own engine only; another database is left alone."""
+    other = create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    Model.metadata.create_all(other)
+    factory, stranger = scoping.tenant_sessionmaker(engine), scoping.tenant_sessionmaker(other)
+    audit.install(factory)
+    identity = scoping.system_identity("job")
+    try:
+        with (
+            bound_tenant(identity),
+            stranger() as session,
+            scoping.unscoped(session, reason="elsewhere"),
+        ):
+            pass
+        with bound_tenant(identity), factory() as session, scoping.unscoped(session, reason="here"):
+            pass
+    finally:
+        audit.uninstall(factory)
+        other.dispose()
+    used = [r for r in rows(engine) if r["action"] == "unscoped.used"]
+    assert [u["metadata"]["reason"] for u in used] == ["here"]

@@ -202,6 +202,9 @@ def _log_unscoped(bind: Engine) -> Callable[[], None]:
         audit_log = AuditLog(bind)
 
         def hook(unscoped_event: Any) -> None:
+            engine = getattr(unscoped_event, "engine", None)
+            if engine is not None and engine is not bind and engine.url != bind.url:
+                return  # unscoped() on another database: its own install records it
             audit_log.record(
                 "unscoped.used",
                 tenant_id=unscoped_event.tenant_id or unscoped_event.identity.tenant_id,
