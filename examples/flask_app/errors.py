@@ -14,6 +14,8 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, request
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
 from tenantkit._request import problem_decision
@@ -70,8 +72,23 @@ def register_error_handlers(app: Flask) -> None:
         extra: dict[str, Any] = {"field": exc.field} if exc.field else {}
         return problem_response(UnprocessableEntity(str(exc), **extra))
 
+    @app.errorhandler(IntegrityError)
+    def _integrity(exc: IntegrityError) -> Response:
+        # Checks run before writes; only a concurrent request can get here (a lost race).
+        log.info("write lost a race: %s", exc.orig)
+        return problem_response(
+            Conflict("a concurrent request changed the same data; retry", reason="race")
+        )
+
+    @app.errorhandler(StaleDataError)
+    def _stale(exc: StaleDataError) -> Response:
+        return problem_response(
+            Conflict("the resource changed since you read it; reload and retry")
+        )
+
+    @app.errorhandler(OperationalError)
     @app.errorhandler(StorageError)
-    def _storage(exc: StorageError) -> Response:
+    def _storage(exc: Exception) -> Response:
         log.error("a backing store failed: %s", exc, exc_info=exc)
         return problem_response(
             ServiceUnavailable("a backing service is unavailable", headers={"Retry-After": "1"})
@@ -107,8 +124,3 @@ def register_error_handlers(app: Flask) -> None:
             "instance": request.path,
         }
         return Response(json.dumps(body), status=500, content_type=PROBLEM_CONTENT_TYPE)
-
-
-def conflict_on_integrity(detail: str, **extra: Any) -> Conflict:
-    """Return the 409 for a uniqueness violation the database caught (a lost race)."""
-    return Conflict(detail, **extra)
