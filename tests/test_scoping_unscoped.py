@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from tenantkit import _scoping_unscoped
 from tenantkit._db import NAMING_CONVENTION, make_engine
 from tenantkit.context import bound_tenant
 from tenantkit.errors import CrossTenantError, Forbidden, NoTenantError, ValidationError
@@ -58,6 +59,12 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 @pytest.fixture
 def maker(engine: Engine) -> sessionmaker[Session]:
     return tenant_sessionmaker(engine)
+
+
+@pytest.fixture(autouse=True)
+def _own_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hooks other tests left registered must not fire here."""
+    monkeypatch.setattr(_scoping_unscoped, "_hooks", [])
 
 
 @pytest.fixture
@@ -112,6 +119,28 @@ def test_non_admin_and_missing_reason_are_refused(maker: sessionmaker[Session]) 
         unscoped(s, reason="  "),
     ):
         pass
+
+
+def test_bind_specific_hooks(engine: Engine, maker: sessionmaker[Session]) -> None:
+    """A hook registered with bind= hears only about sessions on that engine."""
+    here: list[str] = []
+    elsewhere: list[str] = []
+    other = make_engine("sqlite://")
+
+    def mine(event: UnscopedEvent) -> None:
+        here.append(event.reason)
+
+    def theirs(event: UnscopedEvent) -> None:
+        elsewhere.append(event.reason)
+
+    on_unscoped(mine, bind=engine)
+    on_unscoped(theirs, bind=other)
+    with bound_tenant(system_identity()), maker() as s, unscoped(s, reason="scoped to engine"):
+        pass
+    remove_unscoped_hook(mine)
+    remove_unscoped_hook(theirs)
+    other.dispose()
+    assert (here, elsewhere) == (["scoped to engine"], [])
 
 
 def test_a_failing_hook_aborts_the_block(maker: sessionmaker[Session]) -> None:

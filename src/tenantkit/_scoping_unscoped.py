@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import Session
 
 from . import context
@@ -27,13 +29,15 @@ SYSTEM_TENANT = "system"
 
 @dataclass(frozen=True, slots=True)
 class UnscopedEvent:
-    """One use of ``unscoped()``: who, why, when, and the tenant bound at the time."""
+    """One use of ``unscoped()``: who, why, when, the session's tenant and engine."""
 
     identity: Identity
     reason: str
     time: datetime
     tenant_id: str | None
     request_id: str | None = None
+    # The engine the session works on, so a hook can ignore other databases.
+    engine: Engine | None = None
 
     @property
     def actor(self) -> str:
@@ -42,24 +46,25 @@ class UnscopedEvent:
 
 
 UnscopedHook = Callable[[UnscopedEvent], None]
-_hooks: list[UnscopedHook] = []
+_hooks: list[tuple[UnscopedHook, Engine | None]] = []
 
 
-def on_unscoped(hook: UnscopedHook) -> UnscopedHook:
+def on_unscoped(hook: UnscopedHook, *, bind: Engine | None = None) -> UnscopedHook:
     """Register ``hook`` to receive every ``UnscopedEvent``; usable as a decorator.
 
-    Hooks run before the block does; a hook that raises aborts the block, so
-    an audit store that cannot write stops the unscoped work.
+    With ``bind``, the hook only hears about sessions bound to that engine
+    (an audit log per database). Hooks run before the block does; a hook
+    that raises aborts the block, so an audit store that cannot write stops
+    the unscoped work.
     """
-    if hook not in _hooks:
-        _hooks.append(hook)
+    if (hook, bind) not in _hooks:
+        _hooks.append((hook, bind))
     return hook
 
 
 def remove_unscoped_hook(hook: UnscopedHook) -> None:
     """Unregister a hook added with ``on_unscoped`` (no error if absent)."""
-    if hook in _hooks:
-        _hooks.remove(hook)
+    _hooks[:] = [(h, b) for h, b in _hooks if h != hook]
 
 
 def is_admin(identity: Identity) -> bool:
@@ -112,10 +117,12 @@ def unscoped(session: Any, *, reason: str) -> Iterator[Any]:
         time=utcnow(),
         tenant_id=sync.info.get(OWNER_KEY),
         request_id=ctx.request_id,
+        engine=_engine_of(sync),
     )
-    if not _hooks:
+    hooks = [h for h, bind in list(_hooks) if bind is None or bind is event.engine]
+    if not hooks:
         logger.warning("unscoped() without an audit hook: %s (%s)", event.reason, event.actor)
-    for hook in list(_hooks):
+    for hook in hooks:
         hook(event)
     sync.info[UNSCOPED_KEY] = sync.info.get(UNSCOPED_KEY, 0) + 1
     failed = False
@@ -133,6 +140,14 @@ def unscoped(session: Any, *, reason: str) -> Iterator[Any]:
             _evict_foreign(sync, strict=not failed)
 
 
+def _engine_of(session: Session) -> Engine | None:
+    try:
+        bind = session.get_bind()
+    except UnboundExecutionError:  # binds per mapper only: bind-specific hooks cannot apply
+        return None
+    return bind.engine if isinstance(bind, Connection) else bind
+
+
 def _evict_foreign(session: Session, *, strict: bool) -> None:
     owner = session.info.get(OWNER_KEY)
     pending = [*session.new, *session.dirty, *session.deleted]
@@ -147,3 +162,4 @@ def _evict_foreign(session: Session, *, strict: bool) -> None:
                 "commit inside the block"
             )
         session.expunge(obj)
+
