@@ -92,6 +92,7 @@ def test_rows_of_every_tenant_come_back_with_tenant_id(
             rows = s.execute(select(Note.id, Note.tenant_id).order_by(Note.id)).all()
         assert rows == [(1, A), (2, B)]
     (event,) = events
+    assert event.engine is maker.kw["bind"]
     assert (event.reason, event.actor, event.tenant_id, event.request_id) == (
         "monthly report",
         "user:nightly",
