@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -262,8 +264,6 @@ def test_require_mfa_asks_enrolled_members_for_a_totp_code(served: Served) -> No
 
 def test_totp_matches_the_rfc_6238_test_vector() -> None:
     """The SHA-1 vector of RFC 6238 appendix B (T=59 s → 94287082, last six digits)."""
-    import base64
-
     secret = base64.b32encode(b"12345678901234567890").decode()
     totp = TOTP(secret)
     assert totp.code_at(59 // 30) == "287082"
@@ -351,3 +351,25 @@ def test_sign_in_attempts_are_rate_limited_per_email(tmp_path: Path) -> None:
         assert other.status_code == 401
         app.clock.advance(60)
         assert client.post("/auth/token", json=right).status_code == 200
+
+
+def test_concurrent_updates_from_one_read_let_exactly_one_win(served: Served) -> None:
+    """Eight simultaneous PUTs carrying the same version: one 200, seven 409, no lost update."""
+    org = onboard(served)
+    owner = served.client(org.token)
+    project = owner.post(
+        f"/organizations/{org.id}/projects", json={"name": "P", "slug": "raced"}
+    ).json()
+    path = f"/organizations/{org.id}/projects/{project['id']}"
+
+    def rename(index: int) -> int:
+        client = served.client(org.token)
+        body = {"name": f"name-{index}", "version": project["version"]}
+        return client.put(path, json=body).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(rename, range(8)))
+    assert sorted(statuses) == [200] + [409] * 7
+    final = owner.get(path).json()
+    assert final["version"] == project["version"] + 1
+    assert final["name"] == f"name-{statuses.index(200)}"
