@@ -64,8 +64,7 @@ def issue_token(
         roles=[member.role],
         expires_in=lifetime,
         clock=p.clock.time,
-        amr=["pwd", "otp"] if mfa else ["pwd"],
-        email=user.email,
+        amr=["pwd", "otp"] if mfa else ["pwd"],  # RFC 8176 authentication methods
     )
     return {
         "access_token": token,
