@@ -73,6 +73,11 @@ class Field:
             out["format"] = "email"
         elif self.format == "hostname":
             out["format"] = "hostname"
+        elif self.format == "date-or-time":
+            out["format"] = "date-time"
+            out["description"] = (self.description + " " if self.description else "") + (
+                "YYYY-MM-DD or an RFC 3339 time"
+            )
         if self.items is not None:
             out["items"] = self.items.json_schema()
         if self.default is not _MISSING:
@@ -176,11 +181,19 @@ def parse_moment(value: str, *, end_of_day: bool = False) -> datetime:
     if len(text) == 10:
         day = date.fromisoformat(text)
         moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        return moment + timedelta(days=1) if end_of_day else moment
+        if not end_of_day:
+            return moment
+        try:
+            return moment + timedelta(days=1)
+        except OverflowError:
+            raise ValueError("the day after is past the calendar") from None
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         raise ValueError("a time needs a UTC offset (e.g. 'Z')")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time in UTC is outside the calendar") from None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -234,7 +247,7 @@ def _string_problem(f: Field, value: str) -> str | None:
         return "must be a domain name such as example.com"
     if f.format == "date-or-time":
         try:
-            parse_moment(value)
+            parse_moment(value, end_of_day=True)
         except ValueError:
             return "must be YYYY-MM-DD or an RFC 3339 time"
     return None

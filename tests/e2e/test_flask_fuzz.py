@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -111,6 +112,10 @@ def from_schema(schema: dict[str, Any], components: dict[str, Any]) -> st.Search
             return st.from_regex(re.compile(schema["pattern"]), fullmatch=True)
         if schema.get("format") == "email":
             return st.emails()
+        if schema.get("format") == "date-time":
+            offsets = st.integers(-23, 23).map(lambda h: timezone(timedelta(hours=h)))
+            moments = st.datetimes(timezones=offsets).map(lambda d: d.isoformat())
+            return st.dates().map(str) | moments
         if schema.get("format") == "hostname":
             return st.sampled_from(["acme.com", "example.org", "sub.acme.com"])
         return st.text(

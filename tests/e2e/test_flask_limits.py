@@ -162,6 +162,9 @@ def test_bad_input_is_a_problem_document_never_a_500(served: Served) -> None:
     assert huge.status_code == 413
     bad_cursor = owner.get(path, params={"cursor": "!!!", "limit": "0"})
     assert bad_cursor.status_code == 422
+    for edge in ("9999-12-31", "0001-01-01T00:00:00+01:00", "2024-02-30"):
+        audit = owner.get(f"/organizations/{org.id}/audit", params={"end_date": edge})
+        assert (audit.status_code, audit.json()["field"]) == (422, "end_date")
 
 
 def test_per_key_and_per_organization_rate_limits_give_429_with_retry_after(
