@@ -305,3 +305,22 @@ def test_unknown_storage_is_a_configuration_error() -> None:
     """An unknown storage scheme fails at start-up, not per request."""
     with pytest.raises(ConfigurationError):
         QuotaEngine(QuotaSettings(storage_uri="mongodb://localhost"))
+
+
+def test_settle_soon_runs_in_the_background(make_engine: EngineFactory, backend: str) -> None:
+    """settle_soon and release_soon return at once; drain waits for them to land."""
+    engine = make_engine()
+    budget = tokens_limit(50_000)
+    started = time.monotonic()
+
+    async def run() -> None:
+        settled = await engine.acquire_async([budget], tokens=10_000)
+        released = await engine.acquire_async([budget], tokens=10_000)
+        engine.settle_soon(settled, 1_000)
+        engine.release_soon(released)
+        engine.release_soon(released)  # a second release does nothing
+        await engine.drain()
+        await engine.aclose()
+
+    asyncio.run(run())
+    assert_remaining(backend, remaining_of(engine, budget), 49_000, 50_000, started)

@@ -310,3 +310,18 @@ def test_every_storage_scheme_fails_closed(uri: str, redis_url: str) -> None:
 
     asyncio.run(run())
     assert not engine.health()
+
+
+def test_settle_soon_leaves_the_request_without_a_round_trip(engine: QuotaEngine) -> None:
+    """On Redis the settle is a task of its own: the caller spends no round trip on it."""
+
+    async def run() -> tuple[int, int]:
+        grant = await engine.acquire_async([TOKENS], tokens=5_000)
+        before = engine.stats.round_trips
+        engine.settle_soon(grant, 10)
+        during = engine.stats.round_trips - before
+        await engine.aclose()  # drains first
+        return during, engine.stats.round_trips - before
+
+    during, after = asyncio.run(run())
+    assert (during, after) == (0, 1)

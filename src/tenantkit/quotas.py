@@ -10,17 +10,18 @@ settled with the real count after it. See ``docs/quotas.md``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ._quota_core import PERIOD_SECONDS, Backend, Outcome
+from ._quota_grant import Grant, QuotaStats
 from ._quota_limits import Limit, LimitName, Unit, limits_for
 from ._quota_memory import MemoryBackend
-from ._ratelimit_headers import RETRY_AFTER, UNKNOWN, HeaderRenderer
+from ._ratelimit_headers import RETRY_AFTER, HeaderRenderer
 from .errors import (
     ConfigurationError,
     QuotaExceeded,
@@ -46,73 +47,6 @@ _SCHEMES = {
     "redis+cluster": "redis",
     "redis+sentinel": "redis",
 }
-
-
-class Grant:
-    """An admission: what was charged and each limit's state, for headers and settling."""
-
-    __slots__ = ("_open", "_renderer", "costs", "degraded", "limits", "remaining", "reset", "stamp")
-
-    def __init__(
-        self,
-        limits: Sequence[Limit],
-        costs: Sequence[int],
-        outcome: Outcome | None,
-        renderer: HeaderRenderer,
-    ) -> None:
-        self.limits = limits
-        self.costs = costs
-        """Units charged per limit: 1 per request limit, the reservation per token limit."""
-        self._renderer = renderer
-        self.remaining: Sequence[int]
-        self.reset: Sequence[int]
-        if outcome is None:
-            self.remaining = self.reset = [UNKNOWN] * len(limits)
-            self.stamp = 0.0
-            self.degraded = True
-            """Admitted without the storage (``fail_open``): nothing to settle or release."""
-            self._open = False
-        else:
-            self.remaining = outcome.remaining
-            self.reset = outcome.reset
-            self.stamp = outcome.stamp
-            self.degraded = False
-            self._open = bool(limits)
-
-    @property
-    def reserved_tokens(self) -> int:
-        """The largest token reservation among the token limits (0 if none)."""
-        return max(
-            (c for limit, c in zip(self.limits, self.costs, strict=True) if limit.unit == "tokens"),
-            default=0,
-        )
-
-    @property
-    def open(self) -> bool:
-        """Whether the reservation still awaits ``settle`` or ``release``."""
-        return self._open
-
-    def headers(self) -> list[tuple[str, str]]:
-        """Return the rate-limit response headers for this admission."""
-        return self._renderer.render(self.limits, self.remaining, self.reset)
-
-    def _close(self) -> bool:
-        was_open = self._open
-        self._open = False
-        return was_open
-
-
-@dataclass
-class QuotaStats:
-    """Counters since start-up (for metrics and the benchmark)."""
-
-    denied: int = 0
-    storage_errors: int = 0
-    fail_open_admissions: int = 0
-    local_denials: int = 0
-    round_trips: int = 0
-    stored_keys: int = 0
-    evicted_keys: int = 0
 
 
 class QuotaEngine:
@@ -169,6 +103,7 @@ class QuotaEngine:
         self._fail_open = settings.on_failure == "fail_open"
         self._stats = QuotaStats()
         self._last_failure_log = -1e9
+        self._pending: set[asyncio.Task[None]] = set()
 
     # -- admission ----------------------------------------------------------------------
 
@@ -244,6 +179,40 @@ class QuotaEngine:
         await self._adjust_async(grant, deltas)
         return True
 
+    def settle_soon(self, grant: Grant, tokens_used: int) -> None:
+        """Settle in a background task of the running loop (memory: at once); never raises.
+
+        For the ASGI path: the request's task returns without waiting for Redis.
+        ``drain()`` or ``aclose()`` waits for what is still pending.
+        """
+        deltas = self._settle_deltas(grant, tokens_used)
+        if deltas is not None:
+            self._schedule(grant, deltas)
+
+    def release_soon(self, grant: Grant) -> None:
+        """Release in a background task of the running loop (memory: at once)."""
+        deltas = self._release_deltas(grant)
+        if deltas is not None:
+            self._schedule(grant, deltas)
+
+    async def drain(self) -> None:
+        """Wait for every settle or release scheduled with ``*_soon``."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    def _schedule(self, grant: Grant, deltas: list[int]) -> None:
+        if self._redis is None or not any(deltas):
+            self._adjust(grant, deltas)
+            return
+        task = asyncio.get_running_loop().create_task(self._adjust_async(grant, deltas))
+        self._pending.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("tenantkit: settling a reservation failed", exc_info=task.exception())
+
     # -- health and lifecycle -----------------------------------------------------------
 
     def health(self) -> bool:
@@ -271,7 +240,8 @@ class QuotaEngine:
         self._backend.close()
 
     async def aclose(self) -> None:
-        """Release the storage's connections, the asyncio client's included."""
+        """Finish pending settles, then release the storage's connections."""
+        await self.drain()
         await self._backend.aclose()
 
     # -- internals ----------------------------------------------------------------------
