@@ -6,6 +6,7 @@ Adapters keep their own import paths (``tenantkit.asgi``, ``tenantkit.wsgi``,
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._db import UTCDateTime, utcnow
 from .apikeys import APIKey, APIKeyStore, IssuedKey
 from .context import (
     TenantContext,
@@ -47,8 +48,14 @@ from .policy import Policy
 from .quotas import Grant, Limit, QuotaEngine
 from .scoping import (
     TenantScoped,
+    UnscopedEvent,
     async_tenant_sessionmaker,
+    install_scoping,
+    is_admin,
+    on_unscoped,
+    system_identity,
     tenant_fk,
+    tenant_key,
     tenant_sessionmaker,
     tenant_unique,
     unscoped,
@@ -103,8 +110,10 @@ __all__ = [
     "TenantScoped",
     "TenantStore",
     "TenantSuspended",
+    "UTCDateTime",
     "Unauthorized",
     "UnprocessableEntity",
+    "UnscopedEvent",
     "ValidationError",
     "__version__",
     "async_tenant_sessionmaker",
@@ -116,11 +125,17 @@ __all__ = [
     "current_tenant_id",
     "encode_token",
     "get_context",
+    "install_scoping",
+    "is_admin",
     "no_tenant",
+    "on_unscoped",
     "report_tokens",
+    "system_identity",
     "tenant_fk",
+    "tenant_key",
     "tenant_sessionmaker",
     "tenant_unique",
     "unscoped",
+    "utcnow",
     "validate_tenant_id",
 ]
