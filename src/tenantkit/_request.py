@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,7 +18,7 @@ def request_id_from(value: str | None) -> str:
     """Echo a client's request id when it is sane, else generate one."""
     if value is not None and _SANE_REQUEST_ID.fullmatch(value):
         return value
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as unique as a uuid4, a few times cheaper
 
 
 def path_matches(path: str, prefixes: Iterable[str]) -> bool:

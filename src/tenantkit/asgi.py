@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import anyio
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,14 +30,19 @@ class TenantKitMiddleware:
         self.app = app
         self.kit = kit
         self._rid_header = kit.settings.request_id_header
+        self._rid_header_key = self._rid_header.lower()
         self._token_header = kit.settings.quota.token_header.lower()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        request_id = request_id_from(headers.get(self._rid_header))
+        # First occurrence wins for a repeated header, as in Starlette's Headers.get.
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in reversed(scope["headers"])
+        }
+        request_id = request_id_from(headers.get(self._rid_header_key))
         info = _request_info(scope, headers, request_id)
         if self.kit.is_excluded(info.path):
             await self.app(scope, receive, self._stamp(send, request_id))
@@ -89,14 +93,12 @@ class TenantKitMiddleware:
             failed = state["disconnected"] and not state["complete"]
         finally:
             reset(token)
-            with anyio.CancelScope(shield=True):
-                await self._finish(admission, failed)
-
-    async def _finish(self, admission: Admission, failed: bool) -> None:
-        try:
-            await self.kit.finish_async(admission, failed=failed)
-        except Exception:  # settling must never turn a served response into an error
-            log.exception("tenantkit: settling the token reservation failed")
+            # Synchronous on purpose: it only schedules the settle, so it also runs
+            # when this task is being cancelled (no shielded await needed).
+            try:
+                self.kit.finish_soon(admission, failed=failed)
+            except Exception:  # settling must never turn a served response into an error
+                log.exception("tenantkit: settling the token reservation failed")
 
     async def _reject(
         self, info: RequestInfo, exc: HTTPError, scope: Scope, receive: Receive, send: Send
@@ -124,13 +126,13 @@ class TenantKitMiddleware:
         return stamped
 
 
-def _request_info(scope: Scope, headers: Headers, request_id: str) -> RequestInfo:
+def _request_info(scope: Scope, headers: dict[str, str], request_id: str) -> RequestInfo:
     client = scope.get("client")
     query: bytes = scope.get("query_string", b"")
     return RequestInfo(
         method=scope.get("method", "GET"),
         path=scope["path"],
-        headers={key: value for key, value in headers.items()},
+        headers=headers,
         client=client[0] if client else None,
         scheme=scope.get("scheme", "http"),
         query_string=query.decode("latin-1"),

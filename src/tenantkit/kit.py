@@ -213,6 +213,16 @@ class TenantKit:
         elif admission.context.meter.used is not None:
             await self.quotas.settle_async(grant, admission.context.meter.used)
 
+    def finish_soon(self, admission: Admission, *, failed: bool = False) -> None:
+        """``finish`` for the event loop: the Redis round trip runs in a background task."""
+        grant = admission.grant
+        if grant is None:
+            return
+        if failed:
+            self.quotas.release_soon(grant)
+        elif admission.context.meter.used is not None:
+            self.quotas.settle_soon(grant, admission.context.meter.used)
+
     def reject(self, request: RequestInfo, exc: HTTPError) -> Decision:
         """Turn a rejection into the response decision through ``on_reject``."""
         return self.on_reject(request, exc)
