@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from hashlib import sha256
 from typing import Any, Final
 
 from cachetools import TTLCache
@@ -263,7 +264,7 @@ class APIKeyStore:
         self._cache.clear()
 
     def _digest(self, key: str) -> str:
-        return hmac.digest(self._secret, key.encode(), "sha256").hex()
+        return hmac.new(self._secret, key.encode(), sha256).hexdigest()
 
     def _load(self, digest: str) -> _Entry | None:
         with _storage_errors(), Session(self.engine) as session:
