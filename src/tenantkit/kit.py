@@ -125,7 +125,12 @@ class TenantKit:
                 "the 'api_key' resolver needs api_key_secret (TENANTKIT_API_KEY_SECRET)"
             )
         self.api_keys = api_key_store
-        self.quotas = quotas or QuotaEngine(settings.quota)
+        self.quotas = quotas or QuotaEngine(
+            settings.quota,
+            key_prefix=settings.quota.key_prefix,
+            max_keys=settings.quota.max_keys,
+            storage_options={"max_connections": settings.quota.redis_max_connections},
+        )
         self.policy = policy or Policy()
         verify = self._verify_api_key if api_key_store is not None else None
         self.identity = identity or build_chain(settings, verify_api_key=verify)

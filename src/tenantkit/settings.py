@@ -63,6 +63,9 @@ class QuotaSettings:
     openai_headers: bool = False
     legacy_headers: bool = False
     reservation_ttl_seconds: int = 120
+    key_prefix: str = "tenantkit"
+    max_keys: int = 1_000_000
+    redis_max_connections: int = 16
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
