@@ -31,7 +31,7 @@ from tenantkit.types import Identity
 
 from .context import platform
 from .members import load_member
-from .validation import Schema, parse_json
+from .validation import Field, Schema, parse_json
 
 AuthKind = Literal["public", "member", "admin", "owner", "api_key", "user", "platform"]
 ROLES_FOR: dict[str, frozenset[str]] = {
@@ -57,6 +57,7 @@ class Operation:
     response: str | None = None
     description: str = ""
     body_optional: bool = False
+    headers: tuple[Field, ...] = ()
 
 
 View = Callable[..., ResponseReturnValue]
@@ -75,6 +76,7 @@ def endpoint(
     response: str | None = None,
     description: str = "",
     body_optional: bool = False,
+    headers: tuple[Field, ...] = (),
 ) -> Callable[[View], View]:
     """Guard a view and describe it; the view receives ``body=`` and ``query=`` when declared."""
     operation = Operation(
@@ -89,6 +91,7 @@ def endpoint(
         response,
         description,
         body_optional,
+        headers,
     )
 
     def decorate(view: View) -> View:

@@ -111,6 +111,10 @@ def _operation(
             {"name": f.name, "in": "query", "required": f.required, "schema": f.json_schema()}
             for f in op.query.fields
         ]
+    parameters += [
+        {"name": f.name, "in": "header", "required": f.required, "schema": f.json_schema()}
+        for f in op.headers
+    ]
     entry: dict[str, Any] = {
         "operationId": endpoint.replace(".", "_"),
         "summary": op.summary,

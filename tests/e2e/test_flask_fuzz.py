@@ -211,11 +211,17 @@ def test_no_input_gets_a_5xx(target: Target, data: st.DataObject) -> None:
     """Any operation, parameters, body and credential: a non-5xx answer, errors as problems."""
     path, method, op = data.draw(st.sampled_from(operations(target.spec)), label="operation")
     components = target.spec["components"]["schemas"]
-    url, query = path, {}
+    url, query, extra = path, {}, {}
     for param in op["parameters"]:
         if param["in"] == "path":
             value = data.draw(path_value(param["name"], target.ids), label=param["name"])
             url = url.replace("{" + param["name"] + "}", quote(value, safe=""))
+        elif param["in"] == "header":
+            if data.draw(st.booleans(), label=f"send {param['name']}"):
+                printable = st.text(
+                    st.characters(min_codepoint=32, max_codepoint=126), max_size=300
+                )
+                extra[param["name"]] = data.draw(printable, label=param["name"])
         elif data.draw(st.booleans(), label=f"send {param['name']}"):
             valid = from_schema(param["schema"], components).map(str)
             query[param["name"]] = data.draw(valid | st.text(max_size=20), label=param["name"])
@@ -229,7 +235,7 @@ def test_no_input_gets_a_5xx(target: Target, data: st.DataObject) -> None:
     elif kind == "bytes":
         content = data.draw(st.binary(max_size=64), label="bytes")
     who = data.draw(st.sampled_from(sorted(target.credentials)), label="credential")
-    headers = {"Content-Type": "application/json", **target.credentials[who]}
+    headers = {"Content-Type": "application/json", **extra, **target.credentials[who]}
     response = target.client.request(
         method.upper(), url, params=query, content=content, headers=headers
     )

@@ -19,6 +19,7 @@ from ..api import endpoint
 from ..context import db, platform
 from ..models import Project
 from ..usage_view import API_CALLS, STORAGE, TYPE_ALIASES, enforce
+from ..validation import Field
 
 bp = Blueprint("resources", __name__)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -34,6 +35,15 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
     status=201,
     responses=(401, 402, 403, 404, 409, 422, 429),
     response="UsageRecord",
+    headers=(
+        Field(
+            IDEMPOTENCY_HEADER,
+            "string",
+            min_length=1,
+            max_length=255,
+            description="Same as idempotency_key in the body (they must agree if both are sent).",
+        ),
+    ),
     description="idempotency_key (or the Idempotency-Key header) makes a retry safe: the "
     "repeat answers with the original event and is not counted twice. A key bound to a "
     "project records usage for that project only. On a plan with a hard API-call cap, "
