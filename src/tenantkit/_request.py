@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -12,6 +13,10 @@ from .errors import PROBLEM_CONTENT_TYPE, BadRequest, HTTPError
 from .types import Decision
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# ASCII only: str.isdigit() also accepts "²" and "٣", which int() refuses or reads.
+_DECIMAL = re.compile(r"[0-9]+")
+# More digits than this is past any body limit or token count (and int64).
+_MAX_DIGITS = 18
 
 
 def request_id_from(value: str | None) -> str:
@@ -45,6 +50,8 @@ def parse_json_object(body: bytes) -> Mapping[str, Any]:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from exc
+    except ValueError as exc:  # an integer past int()'s digit limit
+        raise BadRequest("malformed JSON: a number has too many digits") from exc
     except RecursionError as exc:  # a hostile body nested deeper than the parser's stack
         raise BadRequest("malformed JSON: nested too deeply") from exc
     if not isinstance(value, dict):
@@ -77,6 +84,20 @@ def parse_reported_tokens(value: str, current: int | None) -> int | None:
     if current is not None:
         return current
     value = value.strip()
-    if not value.isdigit():
+    if not _DECIMAL.fullmatch(value) or len(value) > _MAX_DIGITS:
         return None
     return int(value)
+
+
+def content_length(value: str | None) -> int | None:
+    """Return a Content-Length value, ``None`` if absent or not a plain decimal number.
+
+    A number of more digits than any sane length reads as ``sys.maxsize``.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not _DECIMAL.fullmatch(value):
+        return None
+    digits = value.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_DIGITS else sys.maxsize

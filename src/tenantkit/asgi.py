@@ -14,7 +14,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._request import parse_reported_tokens, problem_bytes, request_id_from
+from ._request import content_length, parse_reported_tokens, problem_bytes, request_id_from
 from .context import bind, reset
 from .errors import PROBLEM_CONTENT_TYPE, HTTPError, PayloadTooLarge
 from .kit import Admission, TenantKit
@@ -140,11 +140,10 @@ def _request_info(scope: Scope, headers: dict[str, str], request_id: str) -> Req
     )
 
 
-async def _buffer_body(
-    receive: Receive, limit: int, content_length: str | None
-) -> tuple[bytes, Receive]:
+async def _buffer_body(receive: Receive, limit: int, declared: str | None) -> tuple[bytes, Receive]:
     """Read the whole body (at most ``limit`` bytes) and return a receive that replays it."""
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+    length = content_length(declared)
+    if length is not None and length > limit:
         raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
     chunks: list[bytes] = []
     size = 0

@@ -15,7 +15,13 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._request import PROBLEM_HEADERS, parse_reported_tokens, problem_bytes, request_id_from
+from ._request import (
+    PROBLEM_HEADERS,
+    content_length,
+    parse_reported_tokens,
+    problem_bytes,
+    request_id_from,
+)
 from .context import bind, reset
 from .errors import HTTPError, PayloadTooLarge
 from .kit import Admission, TenantKit
@@ -179,12 +185,12 @@ def _request_info(environ: WSGIEnvironment, request_id: str) -> RequestInfo:
 
 def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
     """Read the body once (at most ``limit`` bytes) and put a replayable copy back."""
-    length = environ.get("CONTENT_LENGTH") or ""
+    length = content_length(environ.get("CONTENT_LENGTH"))
     stream = environ["wsgi.input"]
-    if length.isdigit():
-        if int(length) > limit:
+    if length is not None:
+        if length > limit:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
-        body: bytes = stream.read(int(length))
+        body: bytes = stream.read(length)
     else:
         body = stream.read(limit + 1)
         if len(body) > limit:
