@@ -3,7 +3,9 @@
 One copy of each, so both stores fail, page and validate alike: SQLAlchemy
 errors become ``StorageError``, page cursors are opaque URL-safe base64 JSON,
 page sizes run from 1 to ``MAX_PAGE_SIZE``, and a bad field is a
-``ValidationError`` naming it.
+``ValidationError`` naming it. A value no database can store (text holding
+NUL or a lone surrogate, an integer past a 32-bit column) is a bad field too,
+caught here rather than by the driver.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .errors import StorageError, ValidationError
 
 __all__ = [
+    "MAX_COLUMN_INT",
     "MAX_CURSOR_LENGTH",
     "MAX_PAGE_SIZE",
     "check_limit",
@@ -28,6 +31,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "isoformat",
+    "storable_text",
     "storage_errors",
 ]
 
@@ -35,6 +39,8 @@ T = TypeVar("T")
 
 MAX_PAGE_SIZE: Final = 200
 MAX_CURSOR_LENGTH: Final = 200
+#: The largest value an ``Integer`` column holds on every backend (PostgreSQL: 32 bits).
+MAX_COLUMN_INT: Final = 2**31 - 1
 
 
 @contextmanager
@@ -54,12 +60,29 @@ def check_limit(limit: object) -> int:
 
 
 def check_text(value: object, field: str, *, max_length: int) -> str:
-    """Return ``value`` if it is a non-blank string of at most ``max_length`` characters."""
+    """Return ``value`` if it is a non-blank, storable string of at most ``max_length`` chars."""
     if not isinstance(value, str) or not value.strip() or len(value) > max_length:
         raise ValidationError(
             f"{field} must be a non-empty string of at most {max_length} characters", field=field
         )
+    if not storable_text(value):
+        raise ValidationError(
+            f"{field} must not hold NUL characters or unpaired surrogates", field=field
+        )
     return value
+
+
+def storable_text(value: str) -> bool:
+    """Return whether every backend stores ``value`` as text: UTF-8 encodable, no NUL."""
+    # PostgreSQL text refuses NUL; no UTF-8 database takes a lone surrogate,
+    # which a JSON body can smuggle in as "\ud800".
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode_cursor(position: Any) -> str:

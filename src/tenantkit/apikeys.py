@@ -39,7 +39,14 @@ from ._keyformat import ENTROPY_BYTES as ENTROPY_BYTES
 from ._keyformat import KEY_PATTERN as KEY_PATTERN
 from ._keyformat import KEY_PREFIXES as KEY_PREFIXES
 from ._keyformat import Environment, ParsedKey, base62, generate_key, looks_like_key, parse_key
-from ._stores import check_limit, check_text, decode_cursor, encode_cursor, storage_errors
+from ._stores import (
+    MAX_COLUMN_INT,
+    check_limit,
+    check_text,
+    decode_cursor,
+    encode_cursor,
+    storage_errors,
+)
 from .errors import ConfigurationError, NotFound, StorageError, Unauthorized, ValidationError
 from .settings import CacheSettings
 from .types import Page, validate_tenant_id
@@ -350,8 +357,10 @@ def _scopes(value: object) -> list[str]:
 def _positive(value: object, field: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"{field} must be a positive integer or null", field=field)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COLUMN_INT:
+        raise ValidationError(
+            f"{field} must be an integer from 1 to {MAX_COLUMN_INT} or null", field=field
+        )
     return value
 
 

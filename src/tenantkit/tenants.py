@@ -23,9 +23,16 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from ._apikey_purge import delete_tenant_keys, forget_keys
 from ._cache import MISS, Miss, VersionedCache
 from ._db import Base, UTCDateTime, utcnow
+from ._stores import (
+    MAX_COLUMN_INT,
+    check_text,
+    decode_cursor,
+    encode_cursor,
+    isoformat,
+    storage_errors,
+)
 from ._stores import MAX_PAGE_SIZE as MAX_PAGE_SIZE
 from ._stores import check_limit as check_limit
-from ._stores import check_text, decode_cursor, encode_cursor, isoformat, storage_errors
 from .errors import Conflict, StorageError, TenantNotFound, ValidationError
 from .settings import CacheSettings
 from .types import Page, TenantConfig, TenantStatus, validate_tenant_id
@@ -197,7 +204,9 @@ class TenantStore:
         if not fields:
             raise ValidationError("no fields to update")
         if expected_version is not None and (
-            isinstance(expected_version, bool) or not isinstance(expected_version, int)
+            isinstance(expected_version, bool)
+            or not isinstance(expected_version, int)
+            or abs(expected_version) > MAX_COLUMN_INT
         ):
             raise ValidationError("expected_version must be an integer", field="expected_version")
         values = _clean_fields(fields)
@@ -306,9 +315,13 @@ def _clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = _status(value)
         elif name in ("quota_requests_per_minute", "quota_tokens_per_minute"):
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 0
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 0 <= value <= MAX_COLUMN_INT
             ):
-                raise ValidationError(f"{name} must be a non-negative integer or null", field=name)
+                raise ValidationError(
+                    f"{name} must be an integer from 0 to {MAX_COLUMN_INT} or null", field=name
+                )
             out[name] = value
         elif name in ("allowed_models", "allowed_tools"):
             out[name] = _string_list(value, name)
