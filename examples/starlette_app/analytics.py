@@ -44,6 +44,7 @@ from tenantkit.types import Decision, Identity, RequestInfo
 
 from .db import Database
 from .models import RequestLog, TaskMetric, minute_of, rfc3339, utcnow
+from .problems import complete
 
 log = logging.getLogger("starlette_app")
 STATE_KEY = "tenant_context"
@@ -90,7 +91,8 @@ class Analytics:
 
     def on_reject(self, request: RequestInfo, exc: HTTPError) -> Decision:
         """tenantkit's rejection hook: remember who was refused and why, then render it."""
-        decision = default_on_reject(request, exc)
+        rendered = default_on_reject(request, exc)
+        decision = Decision(rendered.status, complete(dict(rendered.problem)), rendered.headers)
         identity = self._identity_of(request)
         if identity is not None and request.request_id:
             if len(self._pending) >= _MAX_PENDING:  # responses never sent (client gone)

@@ -6,6 +6,7 @@ The middleware stack, outermost first::
     PublicRoot             GET / outside the pipeline
     TenantKitMiddleware    resolve → tenant → policy → quotas → (app) → settle tokens
     CaptureContext         hands the admitted context to the request log
+    CatchUnexpected        a defect's 500, rendered where it still gets X-Request-ID
     router                 the routes of routes/
 """
 
@@ -33,7 +34,7 @@ from .auth import Passwords
 from .config import AppConfig
 from .db import Database, prepare
 from .outbox import OutboxWorker
-from .problems import EXCEPTION_HANDLERS
+from .problems import EXCEPTION_HANDLERS, CatchUnexpected
 from .routes import ROUTES
 from .routes.meta import index
 from .services import Services
@@ -103,6 +104,7 @@ def create_app(config: AppConfig | None = None) -> Starlette:
             Middleware(PublicRoot, endpoint=index),
             Middleware(TenantKitMiddleware, kit=kit),
             Middleware(CaptureContext),
+            Middleware(CatchUnexpected),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

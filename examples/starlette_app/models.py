@@ -7,6 +7,7 @@ creation and cursors are simply "after this id".
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from datetime import datetime
@@ -34,6 +35,18 @@ def new_id() -> str:
     raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def is_id(value: str) -> bool:
+    """Return whether ``value`` has the shape of an id :func:`new_id` makes.
+
+    Handlers check path ids with it first: anything else cannot exist, and is
+    not worth a query (a NUL, say, which PostgreSQL refuses outright).
+    """
+    return _ID.fullmatch(value) is not None
+
+
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class Base(DeclarativeBase):

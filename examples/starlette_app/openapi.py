@@ -20,10 +20,11 @@ Security = Literal["public", "admin", "tenant", "user", "tenant_admin"]
 #: Errors every route of a security class can answer, beside its own.
 _SECURITY_ERRORS: dict[str, tuple[int, ...]] = {
     "public": (),
-    "admin": (401,),
-    "tenant": (401, 403, 429, 503),
-    "user": (401, 403, 429, 503),
-    "tenant_admin": (401, 403, 429, 503),
+    "admin": (401, 503),
+    # 400: a malformed X-Tenant-ID; 404: a tenant that does not exist (any longer).
+    "tenant": (400, 401, 403, 404, 429, 503),
+    "user": (400, 401, 403, 404, 429, 503),
+    "tenant_admin": (400, 401, 403, 404, 429, 503),
 }
 _SECURITY_SCHEMES: dict[str, list[dict[str, list[str]]]] = {
     "public": [],
@@ -33,10 +34,10 @@ _SECURITY_SCHEMES: dict[str, list[dict[str, list[str]]]] = {
     "tenant_admin": [{"apiKey": []}, {"bearer": []}],
 }
 _ERROR_TEXT = {
-    400: "Malformed JSON",
+    400: "Malformed JSON or tenant header",
     401: "Missing or invalid credentials",
     403: "Authenticated but not allowed (tenant, role, policy, suspended)",
-    404: "Unknown id, or an id of another tenant",
+    404: "Unknown id, an id of another tenant, or an unknown tenant",
     409: "Conflict (duplicate)",
     413: "Body over the limit",
     422: "Invalid fields; `errors` names each",

@@ -11,7 +11,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tenantkit.context import get_context
 from tenantkit.errors import (
     PROBLEM_CONTENT_TYPE,
     HTTPError,
@@ -36,10 +38,28 @@ class ProblemResponse(Response):
         return json.dumps(content, separators=(",", ":"), default=str).encode()
 
 
+def complete(body: dict[str, Any]) -> dict[str, Any]:
+    """Give every 403 a ``reason`` and every 422 its ``errors``, whoever raised it.
+
+    The app's own errors carry both; a few of tenantkit's name the cause only
+    in ``type`` (tenant mismatch) or the field only in ``field`` (a bad cursor).
+    """
+    status = body.get("status")
+    if status == 403 and "reason" not in body:
+        body["reason"] = str(body.get("type", "forbidden")).rsplit("/", 1)[-1].replace("-", "_")
+    if status == 422 and "errors" not in body:
+        field = str(body.get("field") or "body")
+        body["errors"] = [{"field": field, "message": str(body.get("detail", "is invalid"))}]
+        body["fields"] = [field]
+    return body
+
+
 def problem(exc: HTTPError, request: Request) -> ProblemResponse:
     """Render a tenantkit ``HTTPError`` for ``request``."""
     return ProblemResponse(
-        exc.to_problem(instance=request.url.path), status_code=exc.status, headers=exc.headers
+        complete(exc.to_problem(instance=request.url.path)),
+        status_code=exc.status,
+        headers=exc.headers,
     )
 
 
@@ -86,6 +106,41 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     error = HTTPError("an unexpected error occurred; it has been logged")
     return problem(error, request)
+
+
+class CatchUnexpected:
+    """Render an unhandled exception as the 500 problem *inside* the tenant pipeline.
+
+    Starlette answers uncaught exceptions from its outermost layer, past
+    every middleware; caught here, the 500 gets ``X-Request-ID`` and the
+    rate-limit headers like any other response. Nothing ran to completion,
+    so the request is charged no tokens beyond those it reported.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:  # too late for another answer; Starlette logs it
+                raise
+            ctx = get_context()
+            if ctx is not None and ctx.meter.used is None:
+                ctx.meter.used = 0
+            response = await on_unexpected(Request(scope, receive), exc)
+            await response(scope, receive, send)
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

@@ -22,6 +22,8 @@ Kind = Literal["string", "integer", "number", "boolean", "object", "array", "any
 EMAIL_PATTERN = (
     r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$"
 )
+_UNSTORABLE = "must not contain NUL characters or unpaired surrogates"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "integer": (int,),
@@ -234,7 +236,33 @@ async def read_json(request: Request, *, max_bytes: int) -> dict[str, Any]:
         raise BadRequest("malformed JSON: nested too deeply") from exc
     if not isinstance(value, dict):
         raise BadRequest("the request body must be a JSON object")
+    errors: list[dict[str, str]] = []
+    _check_text(value, "", errors)
+    if errors:
+        raise invalid(errors)
     return value
+
+
+def _check_text(value: Any, path: str, errors: list[dict[str, str]]) -> None:
+    """Name every string holding a NUL or an unpaired surrogate (valid JSON, not storable)."""
+    if isinstance(value, str):
+        if _unstorable(value):
+            errors.append({"field": path or "body", "message": _UNSTORABLE})
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            if _unstorable(key):
+                errors.append({"field": path or "body", "message": f"a key {_UNSTORABLE}"})
+            else:
+                _check_text(item, name, errors)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, f"{path}[{i}]", errors)
+
+
+def _unstorable(text: str) -> bool:
+    # PostgreSQL refuses NUL in text, and no UTF-8 encoder takes a lone surrogate.
+    return "\x00" in text or _SURROGATE.search(text) is not None
 
 
 def query_int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
@@ -274,6 +302,8 @@ def query_text(request: Request, name: str, *, max_length: int = 200) -> str | N
     raw = request.query_params.get(name)
     if raw is not None and (not raw or len(raw) > max_length):
         raise invalid([{"field": name, "message": f"must be 1 to {max_length} characters"}])
+    if raw is not None and _unstorable(raw):
+        raise invalid([{"field": name, "message": _UNSTORABLE}])
     return raw
 
 

@@ -97,6 +97,9 @@ COMPLETION = {
 )
 async def chat_completions(request: Request) -> Response:
     s = services(request)
+    # Nothing is generated until the request is known to be good: a refused one
+    # returns its whole token reservation.
+    report_tokens(0)
     raw = await read_json(request, max_bytes=s.config.max_body_bytes)
     data = CHAT.parse(raw)
     if data.get("stream"):

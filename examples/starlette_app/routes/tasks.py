@@ -21,7 +21,16 @@ from tenantkit.types import Identity
 
 from ..accounts import find_user
 from ..auth import ADMIN, require_user
-from ..models import TASK_STATUSES, EventDelivery, OutboxEvent, Task, User, rfc3339, utcnow
+from ..models import (
+    TASK_STATUSES,
+    EventDelivery,
+    OutboxEvent,
+    Task,
+    User,
+    is_id,
+    rfc3339,
+    utcnow,
+)
 from ..openapi import PAGE_QUERY, list_of, operation
 from ..outbox import emit
 from ..paging import page, page_params
@@ -62,10 +71,15 @@ def _respond(s: Services, body: Any, status: int = 200, location: str | None = N
 
 
 def _task(session: Session, task_id: str) -> Task:
-    task = session.get(Task, task_id)
+    task = session.get(Task, task_id) if is_id(task_id) else None
     if task is None:
         raise NotFound(f"task {task_id!r} not found")
     return task
+
+
+def _has_events(session: Session, task_id: str) -> bool:
+    first = select(OutboxEvent.id).where(OutboxEvent.task_id == task_id).limit(1)
+    return session.scalar(first) is not None
 
 
 def _check_assignee(session: Session, email: str | None) -> None:
@@ -198,40 +212,46 @@ async def delete_task(request: Request) -> Response:
 
 
 @operation(
-    "What the background handlers did for a task",
+    "What the background handlers did for a task, oldest event first",
     tag="tasks",
     security="user",
+    query=PAGE_QUERY,
     responses={200: EVENTS},
 )
 async def task_events(request: Request) -> Response:
     require_user()
     task_id = request.path_params["task_id"]
+    limit, after = page_params(request)
+    if not is_id(task_id):
+        raise NotFound(f"task {task_id!r} not found")
 
     def work(session: Session) -> dict[str, Any]:
-        events = session.scalars(
-            select(OutboxEvent).where(OutboxEvent.task_id == task_id).order_by(OutboxEvent.id)
-        ).all()
-        if not events and session.get(Task, task_id) is None:
+        query = select(OutboxEvent).where(OutboxEvent.task_id == task_id)
+        if after is not None:
+            query = query.where(OutboxEvent.id > after)
+        events = session.scalars(query.order_by(OutboxEvent.id).limit(limit + 1)).all()
+        # A deleted task keeps its events (TaskDeleted last); a task never had none.
+        if not events and session.get(Task, task_id) is None and not _has_events(session, task_id):
             raise NotFound(f"task {task_id!r} not found")
         deliveries = session.scalars(
             select(EventDelivery)
-            .where(EventDelivery.event_id.in_([e.id for e in events]))
+            .where(EventDelivery.event_id.in_([e.id for e in events[:limit]]))
             .order_by(EventDelivery.handler)
         ).all()
         by_event: dict[str, list[dict[str, Any]]] = {}
         for d in deliveries:
             by_event.setdefault(d.event_id, []).append(d.to_dict())
-        items = [
-            {
+
+        def render(e: OutboxEvent) -> dict[str, Any]:
+            return {
                 "event_id": e.id,
                 "type": e.type,
                 "actor": e.actor,
                 "created_at": rfc3339(e.created_at),
                 "deliveries": by_event.get(e.id, []),
             }
-            for e in events
-        ]
-        return {"task_id": task_id, "items": items, "next_cursor": None}
+
+        return {"task_id": task_id, **page(events, limit, render)}
 
     return JSONResponse(await services(request).db.run(work))
 

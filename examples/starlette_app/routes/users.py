@@ -20,7 +20,7 @@ from tenantkit.errors import Conflict, NotFound
 
 from ..accounts import add_user
 from ..auth import ROLES, require_tenant_admin
-from ..models import User
+from ..models import User, is_id
 from ..openapi import PAGE_QUERY, list_of, operation
 from ..paging import page, page_params
 from ..services import json, services
@@ -143,7 +143,7 @@ async def create_member(request: Request) -> Response:
 
 
 def _user(session: Session, user_id: str) -> User:
-    user = session.get(User, user_id)
+    user = session.get(User, user_id) if is_id(user_id) else None
     if user is None:
         raise NotFound(f"user {user_id!r} not found")
     return user

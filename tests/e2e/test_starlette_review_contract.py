@@ -1,0 +1,181 @@
+"""Contract review of the Starlette example: gaps found against ``API.md``, pinned over HTTP.
+
+One app process (SQLite, in-memory counters, trusted tenant header) serves
+every test here; each test makes its own tenants.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _server import Server, serve_module
+
+ADMIN_TOKEN = "e2e-admin-review"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The app trusting X-Tenant-ID, with cheap password hashing."""
+    workdir: Path = tmp_path_factory.mktemp("starlette-review")
+    env = {
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "JWT_SECRET": "e2e-jwt-secret-review-" + "r" * 32,
+        "DATABASE_URL": f"sqlite:///{workdir / 'app.db'}",
+        "TRUST_TENANT_HEADER": "1",
+        "ARGON2_MEMORY_KIB": "8192",
+        "ARGON2_TIME_COST": "1",
+        "SIGNUPS_PER_MINUTE": "1000",
+        "OUTBOX_POLL_SECONDS": "0.1",
+    }
+    with serve_module("examples.starlette_app", env=env, cwd=workdir) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    """One keep-alive client for the module."""
+    with httpx.Client(base_url=server.url, timeout=15) as c:
+        yield c
+
+
+def new_tenant(client: httpx.Client, **fields: Any) -> str:
+    """Create a tenant with a unique id; return its id."""
+    tenant_id = f"r-{uuid.uuid4().hex[:12]}"
+    response = client.post("/admin/tenants", headers=ADMIN, json={"tenant_id": tenant_id, **fields})
+    assert response.status_code == 201, response.text
+    return tenant_id
+
+
+def onboard(client: httpx.Client) -> tuple[str, dict[str, str]]:
+    """Sign up a company; return (tenant_id, its ADMIN's auth header)."""
+    response = client.post(
+        "/onboarding",
+        json={
+            "tenant_name": f"Review Co {uuid.uuid4().hex[:8]}",
+            "email": "admin@review.co",
+            "password": "review-pass",
+        },
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return body["tenant_id"], {"Authorization": f"Bearer {body['access_token']}"}
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """Assert an RFC 9457 problem document with ``status``; return it."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert {"type", "title", "status", "detail"} <= body.keys()
+    assert body["status"] == status
+    return body
+
+
+def test_strings_with_nul_or_unpaired_surrogates_are_422_naming_the_field(
+    client: httpx.Client,
+) -> None:
+    """A NUL or a lone UTF-16 surrogate in a JSON string is a 422 naming the field, not a 500."""
+    tenant = new_tenant(client)
+    headers = {"X-Tenant-ID": tenant, "Content-Type": "application/json"}
+    cases = [
+        ("/api/users", headers, b'{"email": "a@b.co", "name": "a\\u0000b"}', "name"),
+        ("/api/users", headers, b'{"email": "a@b.co", "name": "\\ud800"}', "name"),
+        ("/admin/tenants", ADMIN, b'{"tenant_id": "r-nul-x", "name": "\\udfff"}', "name"),
+        (
+            "/admin/tenants",
+            ADMIN,
+            b'{"tenant_id": "r-nul-y", "metadata": {"k": "\\u0000"}}',
+            "metadata.k",
+        ),
+        (
+            "/auth/token",
+            {},
+            b'{"tenant_id": "x-y", "email": "a\\u0000@b.co", "password": "p"}',
+            "email",
+        ),
+    ]
+    for path, extra, body, field in cases:
+        problem = assert_problem(client.post(path, headers=extra, content=body), 422)
+        assert problem["fields"] == [field], problem
+
+
+def test_query_filters_with_nul_are_422(client: httpx.Client) -> None:
+    """A NUL in a free-text query filter is a 422 naming the parameter."""
+    _, admin = onboard(client)
+    audit = assert_problem(client.get("/api/audit", headers=admin, params={"actor": "a\0b"}), 422)
+    assert audit["fields"] == ["actor"]
+    tasks = client.get("/tasks", headers=admin, params={"assigned_to": "a\0b@c.de"})
+    assert assert_problem(tasks, 422)["fields"] == ["assigned_to"]
+
+
+def test_every_422_names_its_fields_in_errors(client: httpx.Client) -> None:
+    """A bad audit cursor is a 422 whose ``errors`` name ``cursor``, like every other 422."""
+    _, admin = onboard(client)
+    problem = assert_problem(client.get("/api/audit?cursor=garbage", headers=admin), 422)
+    assert [e["field"] for e in problem["errors"]] == ["cursor"]
+    assert problem["fields"] == ["cursor"]
+
+
+def test_a_credential_naming_another_tenant_is_403_with_a_reason(client: httpx.Client) -> None:
+    """A JWT of tenant A with X-Tenant-ID: B is 403 with ``reason`` (every 403 has one)."""
+    _, admin = onboard(client)
+    other = new_tenant(client)
+    problem = assert_problem(client.get("/api/users", headers={**admin, "X-Tenant-ID": other}), 403)
+    assert problem["reason"] == "tenant_mismatch"
+
+
+def test_a_refused_chat_request_spends_no_tokens(client: httpx.Client) -> None:
+    """A 422 chat request charges nothing: its token reservation is returned."""
+    tenant = new_tenant(client, quota_tokens_per_minute=3000)
+    headers = {"X-Tenant-ID": tenant}
+    for _ in range(5):  # each would reserve 1000 tokens if it were kept
+        refused = client.post("/api/chat/completions", headers=headers, json={"model": "gpt-4"})
+        assert_problem(refused, 422)
+    ok = client.post(
+        "/api/chat/completions",
+        headers=headers,
+        json={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert ok.status_code == 200, ok.text
+
+
+def test_task_events_are_a_paginated_list(client: httpx.Client) -> None:
+    """GET /tasks/{id}/events honours ?limit= and ?cursor= like every list."""
+    _, admin = onboard(client)
+    task = client.post("/tasks", headers=admin, json={"title": "paged"}).json()["task_id"]
+    for status in ("IN_PROGRESS", "DONE", "OPEN"):
+        assert client.put(f"/tasks/{task}", headers=admin, json={"status": status}).is_success
+    first = client.get(f"/tasks/{task}/events?limit=3", headers=admin).json()
+    assert len(first["items"]) == 3 and first["next_cursor"]
+    rest = client.get(
+        f"/tasks/{task}/events", headers=admin, params={"limit": 3, "cursor": first["next_cursor"]}
+    ).json()
+    assert [e["type"] for e in first["items"] + rest["items"]] == [
+        "TaskCreated",
+        "TaskUpdated",
+        "TaskUpdated",
+        "TaskUpdated",
+    ]
+    assert rest["next_cursor"] is None
+    for bad in ("limit=0", "limit=201", "limit=abc", "cursor=garbage"):
+        assert_problem(client.get(f"/tasks/{task}/events?{bad}", headers=admin), 422)
+
+
+def test_openapi_documents_the_tenant_errors_and_event_paging(client: httpx.Client) -> None:
+    """Tenant routes list 400/404 (bad or unknown tenant); the events list takes limit/cursor."""
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"400", "404"} <= paths["/api/users"]["get"]["responses"].keys()
+    assert {"400", "404"} <= paths["/tasks"]["get"]["responses"].keys()
+    events = paths["/tasks/{task_id}/events"]["get"]
+    assert {"limit", "cursor"} <= {p["name"] for p in events["parameters"]}
+    bad_tenant = client.get("/api/users", headers={"X-Tenant-ID": "Not A Tenant"})
+    assert str(bad_tenant.status_code) in paths["/api/users"]["get"]["responses"]
+    unknown = client.get("/api/users", headers={"X-Tenant-ID": "no-such-tenant"})
+    assert str(unknown.status_code) in paths["/api/users"]["get"]["responses"]

@@ -1,0 +1,98 @@
+"""Text PostgreSQL cannot store (NUL, lone surrogates) is a 4xx there, never a 5xx.
+
+SQLite stores a NUL; PostgreSQL refuses it with an error, so these inputs
+only show a defect when the app runs on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from _server import Server, serve_module
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL
+
+ADMIN_TOKEN = "e2e-admin-review-pg"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def server(postgres_admin_url: URL, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The app on a PostgreSQL database of its own (dropped afterwards)."""
+    name = f"tk_review_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    env = {
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "JWT_SECRET": "e2e-jwt-secret-review-pg-" + "p" * 32,
+        "DATABASE_URL": postgres_admin_url.set(database=name).render_as_string(hide_password=False),
+        "TRUST_TENANT_HEADER": "1",
+        "ARGON2_MEMORY_KIB": "8192",
+        "ARGON2_TIME_COST": "1",
+    }
+    workdir: Path = tmp_path_factory.mktemp("starlette-review-pg")
+    try:
+        with serve_module("examples.starlette_app", env=env, cwd=workdir) as running:
+            yield running
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_unstorable_text_is_a_client_error_on_postgres(server: Server) -> None:
+    """NUL or a lone surrogate in a body, a path id or a query filter is 404/422, never 5xx."""
+    with httpx.Client(base_url=server.url, timeout=15) as client:
+        signup = client.post(
+            "/onboarding",
+            json={"tenant_name": "Pg Review", "email": "a@pg.review", "password": "pg-review"},
+        ).json()
+        tenant = signup["tenant_id"]
+        user = {"Authorization": f"Bearer {signup['access_token']}"}
+        header = {"X-Tenant-ID": tenant, "Content-Type": "application/json"}
+        json_ = {"Content-Type": "application/json"}
+        posts = [
+            ("/api/users", header, b'{"email": "x@y.co", "name": "a\\u0000b"}'),
+            ("/api/users", header, b'{"email": "x@y.co", "name": "\\ud800"}'),
+            (
+                "/api/members",
+                header,
+                b'{"email": "x@y.co", "name": "x\\u0000", "password": '
+                b'"longenough", "role": "MEMBER"}',
+            ),
+            ("/admin/tenants", {**ADMIN, **json_}, b'{"tenant_id": "nul-t", "name": "a\\u0000"}'),
+            (f"/admin/tenants/{tenant}/api-keys", {**ADMIN, **json_}, b'{"name": "a\\u0000"}'),
+            (
+                "/onboarding",
+                json_,
+                b'{"tenant_name": "N\\u0000", "email": "a@b.co", "password": "longenough"}',
+            ),
+            (
+                "/auth/token",
+                json_,
+                b'{"tenant_id": "' + tenant.encode() + b'", '
+                b'"email": "a\\u0000@b.co", "password": "x"}',
+            ),
+            ("/tasks", {**user, **json_}, b'{"title": "t\\u0000"}'),
+        ]
+        for path, headers, body in posts:
+            response = client.post(path, headers=headers, content=body)
+            assert response.status_code == 422, (path, response.text)
+        gets = [
+            ("/api/users/a%00b", header, 404),
+            ("/tasks/a%00b", user, 404),
+            ("/tasks/a%00b/events", user, 404),
+            ("/api/audit?actor=a%00b", user, 422),
+            ("/api/audit?action=a%00b", user, 422),
+            ("/tasks?assigned_to=a%00b", user, 422),
+        ]
+        for path, headers, status in gets:
+            response = client.get(path, headers=headers)
+            assert response.status_code == status, (path, response.text)
+        for path in ("/api/users/a%00b", "/tasks/a%00b"):
+            assert client.delete(path, headers={**header, **user}).status_code < 500
