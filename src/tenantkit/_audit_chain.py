@@ -62,7 +62,9 @@ def canonical_json(fields: Mapping[str, Any]) -> bytes:
     text = json.dumps(
         payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
-    return text.encode("utf-8")
+    # A JSON value may hold a lone surrogate (stored escaped as "\ud800");
+    # surrogatepass hashes it and leaves every other string's bytes as UTF-8.
+    return text.encode("utf-8", "surrogatepass")
 
 
 def compute_hash(fields: Mapping[str, Any]) -> str:

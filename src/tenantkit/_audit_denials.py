@@ -19,7 +19,7 @@ from cachetools import LRUCache, TTLCache
 from sqlalchemy.engine import Engine
 
 from ._audit_model import AuditEntry
-from .errors import HTTPError, PolicyDenied, QuotaExceeded, TenantKitError, TenantSuspended
+from .errors import HTTPError, PolicyDenied, QuotaExceeded, TenantSuspended
 from .types import Identity, RequestInfo
 
 log = logging.getLogger("tenantkit.audit")
@@ -88,7 +88,7 @@ class DenialRecorder:
                 client_ip=request.client,
                 user_agent=request.header("user-agent"),
             )
-        except TenantKitError:
+        except Exception:  # never raises: a failed record must not turn the 4xx into a 500
             log.exception("could not record %s for tenant %s", action, identity.tenant_id)
             with self._lock:
                 self._recent.pop(key, None)

@@ -19,12 +19,16 @@ from sqlalchemy import ColumnElement, Select, select
 from . import scoping
 from ._audit_chain import Bind, connection_for
 from ._audit_model import LOG, AuditEntry, entry_from_row
+from ._stores import storable_text
 from .context import get_context
 from .errors import NoTenantError, TenantMismatch, UnprocessableEntity
 from .types import Page, validate_tenant_id
 
 MAX_LIMIT = 200
 EXPORT_BATCH = 1000
+# A cursor holds a tenant id (at most 63 characters) and a seq, base64-encoded.
+MAX_CURSOR_LENGTH = 200
+MAX_SEQ = 2**63 - 1  # the seq column is a BIGINT
 
 
 def query(
@@ -115,6 +119,11 @@ def _filtered(
     end: datetime | None,
 ) -> Select[Any]:
     conditions: list[ColumnElement[bool]] = [LOG.c.tenant_id == tenant]
+    for name, text in (("actor", actor), ("action", action), ("resource_type", resource_type)):
+        if text is not None and (not isinstance(text, str) or not storable_text(text)):
+            raise UnprocessableEntity(f"{name} must be a string", field=name)
+    if resource_id is not None and not storable_text(str(resource_id)):
+        raise UnprocessableEntity("resource_id must be a string", field="resource_id")
     if actor is not None:
         conditions.append(LOG.c.actor == actor)
     if action is not None:
@@ -144,13 +153,15 @@ def _encode_cursor(tenant: str, seq: int) -> str:
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-def _decode_cursor(cursor: str, tenant: str) -> int:
+def _decode_cursor(cursor: object, tenant: str) -> int:
     try:
+        if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError("not a cursor")
         padded = cursor + "=" * (-len(cursor) % 4)
         owner, _, seq = base64.urlsafe_b64decode(padded.encode("ascii")).decode().rpartition(":")
         value = int(seq)
     except (ValueError, UnicodeError, binascii.Error):
         raise UnprocessableEntity("cursor is not valid", field="cursor") from None
-    if owner != tenant or value < 1:
+    if owner != tenant or not 1 <= value <= MAX_SEQ:
         raise UnprocessableEntity("cursor is not valid for this audit log", field="cursor")
     return value

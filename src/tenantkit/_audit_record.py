@@ -13,6 +13,7 @@ from . import _audit_bus, _audit_chain
 from ._audit_chain import Draft
 from ._audit_model import AuditEntry
 from ._audit_policy import jsonable
+from ._stores import UNSTORABLE, storable_text
 from .context import current_tenant_id, get_context
 from .errors import ValidationError
 from .types import validate_tenant_id
@@ -104,6 +105,8 @@ def _check_text(name: str, value: object, limit: int, *, required: bool = False)
         return
     if not isinstance(value, str) or not value or len(value) > limit:
         raise ValidationError(f"{name} must be 1 to {limit} characters", field=name)
+    if not storable_text(value):
+        raise ValidationError(f"{name} must not hold NUL or unpaired surrogates", field=name)
 
 
 @overload
@@ -111,7 +114,10 @@ def _clip(value: str, column: str) -> str: ...
 @overload
 def _clip(value: str | None, column: str) -> str | None: ...
 def _clip(value: str | None, column: str) -> str | None:
-    return value[: LIMITS[column]] if value else value
+    if not value:
+        return value
+    # What a database cannot store (NUL, a lone surrogate) becomes U+FFFD.
+    return UNSTORABLE.sub("\ufffd", value[: LIMITS[column]])
 
 
 def _as_changes(changes: Mapping[str, Any] | None) -> dict[str, Any] | None:
