@@ -103,8 +103,7 @@ def readable_tenant(tenant_id: str | None) -> str:
         return validate_tenant_id(tenant_id)
     if tenant_id is None or tenant_id == ctx.tenant_id:
         return ctx.tenant_id
-    is_admin = getattr(scoping, "is_admin", None)
-    if is_admin is not None and is_admin(ctx.identity):
+    if scoping.is_admin(ctx.identity):
         return validate_tenant_id(tenant_id)
     raise TenantMismatch("the audit log of another tenant cannot be read")
 

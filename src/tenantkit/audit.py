@@ -118,9 +118,7 @@ def install(
         _bind_audit_tables(factory)
         bind = getattr(factory, "kw", {}).get("bind")
         remover = None
-        # A scoping module without the hook has no unscoped() to record.
-        hookable = hasattr(scoping, "on_unscoped") and hasattr(scoping, "remove_unscoped_hook")
-        if record_unscoped and isinstance(bind, Engine) and hookable:
+        if record_unscoped and isinstance(bind, Engine):
             remover = _log_unscoped(bind)
         _installed[session_class] = (capture, bulk, remover)
 
@@ -193,16 +191,12 @@ def log_unscoped(bind: Engine) -> Callable[[], None]:
 
 
 def _log_unscoped(bind: Engine) -> Callable[[], None]:
-    on_unscoped = getattr(scoping, "on_unscoped", None)
-    remove = getattr(scoping, "remove_unscoped_hook", None)
-    if on_unscoped is None or remove is None:
-        raise ConfigurationError("this tenantkit.scoping has no on_unscoped() hook")
     registered = _unscoped_hooks.get(bind)
     if registered is None:
         audit_log = AuditLog(bind)
 
-        def hook(unscoped_event: Any) -> None:
-            engine = getattr(unscoped_event, "engine", None)
+        def hook(unscoped_event: scoping.UnscopedEvent) -> None:
+            engine = unscoped_event.engine
             if engine is not None and engine is not bind and engine.url != bind.url:
                 return  # unscoped() on another database: its own install records it
             audit_log.record(
@@ -213,7 +207,7 @@ def _log_unscoped(bind: Engine) -> Callable[[], None]:
                 metadata={"reason": unscoped_event.reason, "scoped": unscoped_event.tenant_id},
             )
 
-        on_unscoped(hook)
+        scoping.on_unscoped(hook)
         registered = [hook, 0]
         _unscoped_hooks[bind] = registered
     registered[1] += 1
@@ -229,7 +223,7 @@ def _log_unscoped(bind: Engine) -> Callable[[], None]:
             registered[1] -= 1
             if registered[1] == 0 and _unscoped_hooks.get(bind) is registered:
                 del _unscoped_hooks[bind]
-                remove(registered[0])
+                scoping.remove_unscoped_hook(registered[0])
 
     return remover
 
