@@ -37,7 +37,9 @@ from tenantkit.errors import (
     QuotaExceeded,
     ServiceUnavailable,
     TenantMismatch,
+    TenantNotFound,
     TenantSuspended,
+    Unauthorized,
 )
 from tenantkit.kit import TenantKit, default_on_reject
 from tenantkit.types import Decision, Identity, RequestInfo
@@ -91,9 +93,15 @@ class Analytics:
 
     def on_reject(self, request: RequestInfo, exc: HTTPError) -> Decision:
         """tenantkit's rejection hook: remember who was refused and why, then render it."""
+        identity = self._identity_of(request)
+        if isinstance(exc, TenantNotFound) and identity is not None:
+            if identity.source == "header":
+                identity = None  # a gateway naming an unknown tenant: 404, nobody to log
+            else:  # a signed token outliving its tenant is a credential that no longer works
+                exc = Unauthorized("the credential's tenant no longer exists")
+                identity = None
         rendered = default_on_reject(request, exc)
         decision = Decision(rendered.status, complete(dict(rendered.problem)), rendered.headers)
-        identity = self._identity_of(request)
         if identity is not None and request.request_id:
             if len(self._pending) >= _MAX_PENDING:  # responses never sent (client gone)
                 self._pending.clear()

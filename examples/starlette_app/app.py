@@ -3,7 +3,7 @@
 The middleware stack, outermost first::
 
     RequestLogMiddleware   per-tenant analytics (admitted and rejected requests)
-    PublicRoot             GET / outside the pipeline
+    PublicRoot             GET / outside the pipeline; 404 for paths no route serves
     TenantKitMiddleware    resolve → tenant → policy → quotas → (app) → settle tokens
     CaptureContext         hands the admitted context to the request log
     CatchUnexpected        a defect's 500, rendered where it still gets X-Request-ID
@@ -23,9 +23,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tenantkit.asgi import TenantKitMiddleware
+from tenantkit.errors import NotFound
 from tenantkit.kit import TenantKit
 from tenantkit.quotas import QuotaEngine
 
@@ -34,7 +36,7 @@ from .auth import Passwords
 from .config import AppConfig
 from .db import Database, prepare
 from .outbox import OutboxWorker
-from .problems import EXCEPTION_HANDLERS, CatchUnexpected
+from .problems import EXCEPTION_HANDLERS, CatchUnexpected, problem
 from .routes import ROUTES
 from .routes.meta import index
 from .services import Services
@@ -42,11 +44,21 @@ from .services import Services
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
+def _tag(request: Request, response: Response) -> Response:
+    """Give a response answered outside the pipeline its ``X-Request-ID``."""
+    given = request.headers.get("x-request-id", "")
+    sane = _REQUEST_ID.fullmatch(given) is not None  # echo only what is safe to log
+    response.headers["X-Request-ID"] = given if sane else uuid.uuid4().hex
+    return response
+
+
 class PublicRoot:
-    """Serve ``GET /`` outside the tenant pipeline.
+    """Serve ``GET /`` outside the tenant pipeline, and 404 paths no route serves.
 
     ``Settings.exclude_paths`` matches whole path prefixes, and ``/`` is a
-    prefix of every path, so the root cannot be excluded there.
+    prefix of every path, so the root cannot be excluded there. A path that
+    matches no route is a 404 for everyone: asking for credentials first
+    would only charge the tenant's quota for a typo.
     """
 
     def __init__(self, app: ASGIApp, *, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
@@ -54,15 +66,28 @@ class PublicRoot:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
-            request = Request(scope, receive)
-            response = await self.endpoint(request)
-            given = request.headers.get("x-request-id", "")
-            sane = _REQUEST_ID.fullmatch(given) is not None  # echo only what is safe to log
-            response.headers["X-Request-ID"] = given if sane else uuid.uuid4().hex
-            await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        request = Request(scope, receive)
+        if scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
+            response = _tag(request, await self.endpoint(request))
+        elif not self._routed(scope):
+            response = _tag(request, problem(NotFound(f"no route for {request.url.path}"), request))
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+    def _routed(self, scope: Scope) -> bool:
+        routes: list[BaseRoute] = scope["app"].routes  # the Starlette app, set before middleware
+        # A trailing slash is routed too: the router redirects it to the bare path.
+        paths = {scope["path"], scope["path"].rstrip("/") or "/"}
+        return any(
+            route.matches({**scope, "path": path})[0] != Match.NONE
+            for path in paths
+            for route in routes
+        )
 
 
 @asynccontextmanager

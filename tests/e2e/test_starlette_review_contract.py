@@ -179,3 +179,31 @@ def test_openapi_documents_the_tenant_errors_and_event_paging(client: httpx.Clie
     assert str(bad_tenant.status_code) in paths["/api/users"]["get"]["responses"]
     unknown = client.get("/api/users", headers={"X-Tenant-ID": "no-such-tenant"})
     assert str(unknown.status_code) in paths["/api/users"]["get"]["responses"]
+
+
+def test_a_path_no_route_serves_is_404_for_everyone(client: httpx.Client) -> None:
+    """An unknown path is 404 with X-Request-ID, credentials or not; a 405 has X-Request-ID too."""
+    tenant = new_tenant(client, quota_requests_per_minute=1000)
+    for headers in ({}, {"X-Tenant-ID": tenant}, {"Authorization": "Bearer nonsense"}):
+        response = client.post("/api/nope", headers={**headers, "X-Request-ID": "rid-404"})
+        problem = assert_problem(response, 404)
+        assert problem["instance"] == "/api/nope"
+        assert response.headers["X-Request-ID"] == "rid-404"
+    wrong_method = client.patch("/api/users", headers={"X-Tenant-ID": tenant, "X-Request-ID": "r5"})
+    assert_problem(wrong_method, 405)
+    assert wrong_method.headers["X-Request-ID"] == "r5"
+    slash = client.get("/api/users/", headers={"X-Tenant-ID": tenant}, follow_redirects=True)
+    assert slash.status_code == 200 and slash.json()["items"] == []
+
+
+def test_a_token_outliving_its_tenant_is_401_and_leaves_no_data(client: httpx.Client) -> None:
+    """A JWT of a deleted tenant is 401; neither it nor a header naming the id writes rows."""
+    tenant, admin = onboard(client)
+    assert client.delete(f"/admin/tenants/{tenant}", headers=ADMIN).status_code == 204
+    for path in ("/tasks", "/api/users", "/api/analytics/requests"):
+        assert_problem(client.get(path, headers=admin), 401)
+    assert_problem(client.get("/api/users", headers={"X-Tenant-ID": tenant}), 404)
+    recreated = client.post("/admin/tenants", headers=ADMIN, json={"tenant_id": tenant})
+    assert recreated.status_code == 201
+    report = client.get("/api/analytics/requests", headers={"X-Tenant-ID": tenant}).json()
+    assert report["lifetime_requests"] == 0
