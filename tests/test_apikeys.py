@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
@@ -435,14 +435,18 @@ def test_revoked_key_fails_at_once_in_this_process(store: APIKeyStore) -> None:
 
 
 def test_revocation_elsewhere_applies_within_the_ttl(
-    make_store: Callable[..., APIKeyStore], clock: FakeClock
+    make_store: Callable[..., APIKeyStore], engine: Engine, clock: FakeClock
 ) -> None:
     """Another process's revocation is seen here once the cached entry expires."""
     here = make_store(ttl_seconds=30)
-    elsewhere = make_store()
     issued = here.issue("acme", name="ci")
     here.verify(issued.key)
-    elsewhere.revoke("acme", issued.record.id)
+    with engine.begin() as conn:  # another process writes straight to the database
+        conn.execute(
+            update(APIKeyRow)
+            .where(APIKeyRow.id == issued.record.id)
+            .values(revoked_at=datetime.now(UTC))
+        )
     clock.now += 29
     here.verify(issued.key)
     clock.now += 2

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, insert, update
 from sqlalchemy.engine import Engine
 
 from tenantkit._cli_tenants import register
@@ -76,7 +76,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def make_store(engine: Engine, clock: FakeClock) -> Callable[..., TenantStore]:
-    """Build stores on the shared engine (several stores stand in for several processes)."""
+    """Build stores on the shared engine (stores of one process share cache invalidation)."""
 
     def make(**cache: Any) -> TenantStore:
         store = TenantStore(engine, cache=CacheSettings(**cache), clock=clock)
@@ -465,27 +465,43 @@ def test_get_is_cached(store: TenantStore, log: StatementLog) -> None:
     assert log.tenant_reads() == 1
 
 
+def _write_elsewhere(engine: Engine, statement: Any) -> None:
+    """Change the table as another process would: straight to the database."""
+    with engine.begin() as conn:
+        conn.execute(statement)
+
+
+def _update_elsewhere(engine: Engine, tenant_id: str, **values: Any) -> None:
+    _write_elsewhere(
+        engine,
+        update(TenantRow)
+        .where(TenantRow.id == tenant_id)
+        .values(**values, version=TenantRow.version + 1),
+    )
+
+
 def test_cache_expires_after_ttl(
-    make_store: Callable[..., TenantStore], clock: FakeClock, log: StatementLog
+    make_store: Callable[..., TenantStore], engine: Engine, clock: FakeClock, log: StatementLog
 ) -> None:
     """A change made by another process is seen once the TTL has passed, not before."""
     here = make_store(ttl_seconds=30)
-    elsewhere = make_store()
     here.create(id="acme")
     assert here.get("acme").plan == "free"
-    elsewhere.update("acme", plan="pro")
+    _update_elsewhere(engine, "acme", plan="pro")
     clock.now += 29
     assert here.get("acme").plan == "free"
     clock.now += 2
     assert here.get("acme").plan == "pro"
 
 
-def test_invalidate_makes_remote_change_visible(make_store: Callable[..., TenantStore]) -> None:
+def test_invalidate_makes_remote_change_visible(
+    make_store: Callable[..., TenantStore], engine: Engine
+) -> None:
     """``invalidate`` drops the cached entry so the next get reads the database."""
-    here, elsewhere = make_store(), make_store()
+    here = make_store()
     here.create(id="acme")
     here.get("acme")
-    elsewhere.update("acme", plan="pro")
+    _update_elsewhere(engine, "acme", plan="pro")
     assert here.get("acme").plan == "free"
     here.invalidate("acme")
     assert here.get("acme").plan == "pro"
@@ -517,14 +533,13 @@ def test_peek_never_reads(store: TenantStore, log: StatementLog) -> None:
 
 
 def test_unknown_id_is_cached_as_unknown(
-    make_store: Callable[..., TenantStore], clock: FakeClock, log: StatementLog
+    make_store: Callable[..., TenantStore], engine: Engine, clock: FakeClock, log: StatementLog
 ) -> None:
     """An unknown id is remembered as unknown for negative_ttl_seconds, then re-read."""
     here = make_store(negative_ttl_seconds=5)
-    elsewhere = make_store()
     with pytest.raises(TenantNotFound):
         here.get("acme")
-    elsewhere.create(id="acme")
+    _write_elsewhere(engine, insert(TenantRow).values(id="acme", name="acme"))
     log.statements.clear()
     with pytest.raises(TenantNotFound):
         here.get("acme")

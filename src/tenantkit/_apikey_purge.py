@@ -1,16 +1,14 @@
 """Delete a tenant's API keys and make this process's key stores forget them.
 
-Used by ``TenantStore.delete`` (inside its transaction), ``purge_tenant_keys``
-and ``APIKeyStore.delete_for_tenant``. Every ``APIKeyStore`` registers its
-verification cache here, so a key deleted through any store or engine stops
-working at once in this process; other processes forget it within their
-cache TTL.
+Used by ``TenantStore.delete`` (inside its transaction), ``purge_tenant_keys``,
+``APIKeyStore.delete_for_tenant`` and ``APIKeyStore.revoke``. Every
+``APIKeyStore`` registers its verification cache here, so a key deleted or
+revoked through any store or engine stops working at once in this process;
+other processes forget it within their cache TTL.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,21 +16,18 @@ from sqlalchemy import delete, inspect
 from sqlalchemy.engine import Connection
 
 from ._apikey_models import APIKeyRow
-from ._cache import VersionedCache
+from ._cache import CacheGroup, VersionedCache
 
 __all__ = ["delete_tenant_keys", "forget_keys", "register_cache"]
 
 API_KEYS_TABLE = APIKeyRow.__tablename__
 
-_lock = threading.Lock()
-# Weak: a store that is garbage-collected drops out without unregistering.
-_caches: weakref.WeakSet[VersionedCache[str, Any]] = weakref.WeakSet()
+_caches: CacheGroup[str] = CacheGroup()
 
 
 def register_cache(cache: VersionedCache[str, Any]) -> None:
     """Have ``forget_keys`` invalidate ``cache`` (keyed by key hash) from now on."""
-    with _lock:
-        _caches.add(cache)
+    _caches.register(cache)
 
 
 def delete_tenant_keys(
@@ -58,11 +53,4 @@ def forget_keys(digests: Iterable[str]) -> None:
     A hash is an HMAC of one key, so dropping it from a store that never saw
     it costs nothing; a read of it already under way is dropped too.
     """
-    digests = list(digests)
-    if not digests:
-        return
-    with _lock:
-        caches = list(_caches)
-    for cache in caches:
-        for digest in digests:
-            cache.invalidate(digest)
+    _caches.invalidate(digests)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Callable, Hashable
+import weakref
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Final, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
 
 from cachetools import TTLCache
 
@@ -168,3 +169,33 @@ class VersionedCache(Generic[K, V]):
             entry.users -= 1
             if entry.users == 0:
                 del self._key_locks[key]
+
+
+class CacheGroup(Generic[K]):
+    """Every live cache of one kind in this process, so a write through one store reaches all.
+
+    A store registers its cache; a write through any store then calls
+    ``invalidate`` for the keys it changed, and every other store in the
+    process reads them afresh on its next lookup.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Weak: a store that is garbage-collected drops out without unregistering.
+        self._caches: weakref.WeakSet[VersionedCache[K, Any]] = weakref.WeakSet()
+
+    def register(self, cache: VersionedCache[K, Any]) -> None:
+        """Have ``invalidate`` reach ``cache`` from now on."""
+        with self._lock:
+            self._caches.add(cache)
+
+    def invalidate(self, keys: Iterable[K]) -> None:
+        """Forget ``keys`` in every registered cache (dropping reads of them under way)."""
+        keys = list(keys)
+        if not keys:
+            return
+        with self._lock:
+            caches = list(self._caches)
+        for cache in caches:
+            for key in keys:
+                cache.invalidate(key)

@@ -259,6 +259,8 @@ class APIKeyStore:
             )
             session.refresh(row)
             record, digest = row.to_record(), row.hash
+        # Every key store in this process, not only this one, refuses it from now on.
+        forget_keys([digest])
         self._cache.put(digest, _Entry(digest, record))
         return record
 

@@ -1,9 +1,9 @@
 """Tenant configs: the SQLAlchemy table, and a store that reads through a versioned cache.
 
 Writes go straight to the database; reads go through a cachetools TTL + LRU
-cache. An update or delete made through a store is seen by that store's next
-``get``; other processes see it once their cached entry expires. Deleting a
-tenant deletes its API keys in the same transaction.
+cache. An update or delete made through any store is seen by the next ``get``
+of every store in this process; other processes see it once their cached
+entry expires. Deleting a tenant deletes its API keys in the same transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ._apikey_purge import delete_tenant_keys, forget_keys
-from ._cache import MISS, Miss, VersionedCache
+from ._cache import MISS, CacheGroup, Miss, VersionedCache
 from ._db import Base, UTCDateTime, utcnow
 from ._stores import (
     MAX_COLUMN_INT,
@@ -92,6 +92,10 @@ class TenantRow(Base):
         )
 
 
+# Every store's cache: a write through one store is seen by all in this process.
+_caches: CacheGroup[str] = CacheGroup()
+
+
 class TenantStore:
     """Create, read, list, update and delete tenant configs; reads are cached.
 
@@ -114,6 +118,7 @@ class TenantStore:
             maxsize=cache.maxsize,
             clock=clock,
         )
+        _caches.register(self._cache)
 
     def create_all(self) -> None:
         """Create the tenants table if it does not exist."""
@@ -159,6 +164,7 @@ class TenantStore:
             if isinstance(exc.__cause__, IntegrityError):
                 raise Conflict(f"tenant {tenant_id!r} already exists", tenant_id=tenant_id) from exc
             raise
+        _caches.invalidate([tenant_id])  # other stores may cache it as unknown
         self._cache.put(tenant_id, config)
         return config
 
@@ -227,8 +233,8 @@ class TenantStore:
             if row is None:
                 row = session.get(TenantRow, tenant_id)
             config = None if row is None else row.to_config()
+        _caches.invalidate([tenant_id])
         if config is None:
-            self._cache.invalidate(tenant_id)
             raise TenantNotFound(f"tenant {tenant_id!r} not found", tenant_id=tenant_id)
         self._cache.put(tenant_id, config)
         if not updated:
@@ -263,7 +269,7 @@ class TenantStore:
                         session.connection(), tenant_id, if_table_exists=True
                     )
         finally:
-            self._cache.invalidate(tenant_id)
+            _caches.invalidate([tenant_id])
         # After the commit: a verification that read a key before it was
         # deleted cannot cache it afterwards (its fill is dropped as stale).
         forget_keys(digests)
