@@ -132,7 +132,7 @@ class AppConfig:
     def port(self) -> int:
         """The port part of ``addr``."""
         port = self.addr.rpartition(":")[2]
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"APP_ADDR must be host:port, not {self.addr!r}")
         return int(port)
 
@@ -186,7 +186,7 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) <= 0:
+    if not raw.isascii() or not raw.isdigit() or int(raw) <= 0:
         raise ConfigError(f"{name} must be a positive integer, not {raw!r}")
     return int(raw)
 

@@ -24,6 +24,8 @@ EMAIL_PATTERN = (
 )
 _UNSTORABLE = "must not contain NUL characters or unpaired surrogates"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# ASCII only: str.isdigit() also takes "²" (which int() refuses) and "٣" (which it reads as 3).
+_DIGITS = re.compile("[0-9]{1,18}")
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "integer": (int,),
@@ -216,7 +218,7 @@ def invalid(errors: Sequence[Mapping[str, str]]) -> UnprocessableEntity:
 async def read_json(request: Request, *, max_bytes: int) -> dict[str, Any]:
     """Read the body as one JSON object: 413 over ``max_bytes``, 400 if malformed."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes:
+    if length is not None and _DIGITS.fullmatch(length) and int(length) > max_bytes:
         raise PayloadTooLarge(f"the body exceeds {max_bytes} bytes", limit=max_bytes)
     chunks: list[bytes] = []
     size = 0
@@ -270,7 +272,7 @@ def query_int(request: Request, name: str, default: int, *, low: int, high: int)
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
         raise invalid([{"field": name, "message": f"must be an integer from {low} to {high}"}])
     return int(raw)
 

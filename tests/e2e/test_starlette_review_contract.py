@@ -207,3 +207,17 @@ def test_a_token_outliving_its_tenant_is_401_and_leaves_no_data(client: httpx.Cl
     assert recreated.status_code == 201
     report = client.get("/api/analytics/requests", headers={"X-Tenant-ID": tenant}).json()
     assert report["lifetime_requests"] == 0
+
+
+def test_query_integers_take_ascii_digits_only(client: httpx.Client) -> None:
+    """``?limit=²`` or ``?limit=٣`` (digits to str.isdigit, not to a client) are 422, not 500."""
+    tenant = new_tenant(client)
+    headers = {"X-Tenant-ID": tenant}
+    for value in ("²", "٣", "1_0", " 5", "+5"):
+        for path, name, extra in (
+            ("/api/users", "limit", headers),
+            ("/admin/tenants", "limit", ADMIN),
+            ("/api/analytics/requests", "minutes", headers),
+        ):
+            response = client.get(path, headers=extra, params={name: value})
+            assert assert_problem(response, 422)["fields"] == [name], (path, value)
