@@ -231,8 +231,10 @@ async def read_json(request: Request, *, max_bytes: int) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("the request body is empty; send a JSON object")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_not_json)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from exc
+    except ValueError as exc:  # NaN or Infinity
         raise BadRequest(f"malformed JSON: {exc}") from exc
     except RecursionError as exc:
         raise BadRequest("malformed JSON: nested too deeply") from exc
@@ -243,6 +245,11 @@ async def read_json(request: Request, *, max_bytes: int) -> dict[str, Any]:
     if errors:
         raise invalid(errors)
     return value
+
+
+def _not_json(name: str) -> Any:
+    # Python's json reads NaN and Infinity; RFC 8259 has no such values.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _check_text(value: Any, path: str, errors: list[dict[str, str]]) -> None:

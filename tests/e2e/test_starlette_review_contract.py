@@ -221,3 +221,14 @@ def test_query_integers_take_ascii_digits_only(client: httpx.Client) -> None:
         ):
             response = client.get(path, headers=extra, params={name: value})
             assert assert_problem(response, 422)["fields"] == [name], (path, value)
+
+
+def test_nan_and_infinity_are_malformed_json(client: httpx.Client) -> None:
+    """NaN and Infinity are not JSON (RFC 8259): a body holding one is 400, never accepted."""
+    tenant = new_tenant(client)
+    headers = {"X-Tenant-ID": tenant, "Content-Type": "application/json"}
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], '
+        body += b'"temperature": ' + constant + b"}"
+        response = client.post("/api/chat/completions", headers=headers, content=body)
+        assert "JSON" in assert_problem(response, 400)["detail"]
