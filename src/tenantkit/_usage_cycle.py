@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 
 from .errors import UnprocessableEntity
 
-_CYCLE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_CYCLE = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
+# The cycle after 9999-12 would start in year 10000, past what datetime holds.
+_LAST_YEAR = 9998
 
 
 def cycle_of(moment: datetime) -> str:
@@ -25,8 +27,10 @@ def cycle_bounds(cycle: str) -> tuple[datetime, datetime]:
             f"billing_cycle must look like YYYY-MM, got {cycle!r}", field="billing_cycle"
         )
     year, month = int(match.group(1)), int(match.group(2))
-    if year < 1970:
-        raise UnprocessableEntity("billing_cycle is before 1970", field="billing_cycle")
+    if not 1970 <= year <= _LAST_YEAR:
+        raise UnprocessableEntity(
+            f"billing_cycle must lie in 1970 to {_LAST_YEAR}", field="billing_cycle"
+        )
     start = datetime(year, month, 1, tzinfo=UTC)
     return start, _next_month(start)
 

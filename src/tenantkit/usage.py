@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ._db import utcnow
+from ._stores import storable_text
 from ._usage_alerts import UsageAlert, UsageAlerts
 from ._usage_counter import ApiCallCounter
 from ._usage_models import UsageEvent, insert_or_ignore, table_of
@@ -159,6 +160,10 @@ class UsageRecorder:
     def get(self, event_id: str, *, tenant_id: str | None = None) -> UsageRecord | None:
         """Return one of the current tenant's events by id, or ``None``."""
         tenant = _tenant(tenant_id)
+        if not isinstance(event_id, str):
+            raise UnprocessableEntity("event_id must be a string", field="event_id")
+        if not storable_text(event_id):
+            return None  # no stored id holds NUL or a lone surrogate
         with self._sessionmaker() as session:
             row = session.scalars(
                 select(UsageEvent).where(UsageEvent.tenant_id == tenant, UsageEvent.id == event_id)
@@ -231,7 +236,9 @@ class UsageRecorder:
                 f"quantity must be between 1 and {MAX_QUANTITY}", field="quantity"
             )
         if project_id is not None and (
-            not isinstance(project_id, str) or not 0 < len(project_id) <= 64
+            not isinstance(project_id, str)
+            or not 0 < len(project_id) <= 64
+            or not storable_text(project_id)
         ):
             raise UnprocessableEntity("project_id must be 1-64 characters", field="project_id")
         now = self._clock()
@@ -276,7 +283,7 @@ def _tenant(explicit: str | None) -> str:
 def _key(key: str | None) -> str | None:
     if key is None:
         return None
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH or not storable_text(key):
         raise UnprocessableEntity(
             f"idempotency_key must be 1-{MAX_KEY_LENGTH} characters", field="idempotency_key"
         )

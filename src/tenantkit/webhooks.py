@@ -122,7 +122,7 @@ class StripeWebhooks:
             event_id, kind = str(event["id"]), str(event["type"])
             obj: dict[str, Any] = dict(event["data"]["object"])
             created = int(event.get("created") or 0)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise WebhookRejected(
                 "webhook body is not a Stripe event", reason="bad_payload"
             ) from exc
@@ -204,8 +204,8 @@ class StripeWebhooks:
             raise WebhookRejected("webhook is signed in the future", reason="future_timestamp")
         if stamp < now - self.tolerance:
             raise WebhookRejected(f"webhook is older than {self.tolerance} seconds", reason="stale")
-        payload = body.decode("utf-8") if isinstance(body, bytes) else body
         try:
+            payload = body.decode("utf-8") if isinstance(body, bytes) else body
             return stripe.Webhook.construct_event(
                 payload, signature, self._secret, tolerance=self.tolerance
             )
