@@ -60,7 +60,10 @@ class Field:
     def schema(self) -> dict[str, Any]:
         """Return this field's JSON Schema."""
         if self.any_of is not None:
-            out: dict[str, Any] = {"anyOf": [f.schema() for f in self.any_of]}
+            options = [f.schema() for f in self.any_of]
+            out: dict[str, Any] = {
+                "anyOf": [*options, {"type": "null"}] if self.nullable else options
+            }
         elif self.kind == "any":
             out = {}
         else:

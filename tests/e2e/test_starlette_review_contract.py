@@ -232,3 +232,25 @@ def test_nan_and_infinity_are_malformed_json(client: httpx.Client) -> None:
         body += b'"temperature": ' + constant + b"}"
         response = client.post("/api/chat/completions", headers=headers, content=body)
         assert "JSON" in assert_problem(response, 400)["detail"]
+
+
+def test_chat_takes_openai_content_parts_and_tool_call_turns(client: httpx.Client) -> None:
+    """Text content parts and an assistant tool-call turn followed by the tool's answer are 200."""
+    tenant = new_tenant(client, allowed_tools=["search"])
+    call = {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": "{}"}}
+    body = {
+        "model": "gpt-4",
+        "tools": [{"type": "function", "function": {"name": "search"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "please search the docs"}]},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "found three pages"},
+            {"role": "user", "content": "summarise them"},
+        ],
+    }
+    response = client.post("/api/chat/completions", headers={"X-Tenant-ID": tenant}, json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["prompt_tokens"] > 4 * len(body["messages"])
+    bad_part = {**body, "messages": [{"role": "user", "content": [{"type": "text"}]}]}
+    refused = client.post("/api/chat/completions", headers={"X-Tenant-ID": tenant}, json=bad_part)
+    assert assert_problem(refused, 422)["fields"] == ["messages[0].content"]

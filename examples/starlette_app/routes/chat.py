@@ -45,14 +45,50 @@ _TOOL = Field(
         ),
     ),
 )
+_TEXT_PART = Field(
+    "part",
+    "object",
+    fields=(
+        Field("type", "string", required=True, enum=("text",)),
+        Field("text", "string", required=True, max_length=200_000),
+    ),
+)
+_TOOL_CALL = Field(
+    "tool_call",
+    "object",
+    fields=(
+        Field("id", "string", required=True, min_length=1, max_length=200),
+        Field("type", "string", required=True, enum=("function",)),
+        Field(
+            "function",
+            "object",
+            required=True,
+            fields=(
+                Field("name", "string", required=True, min_length=1, max_length=200),
+                Field("arguments", "string", required=True, max_length=200_000),
+            ),
+        ),
+    ),
+)
 _MESSAGE = Field(
     "message",
     "object",
     fields=(
         Field("role", "string", required=True, enum=("system", "user", "assistant", "tool")),
-        Field("content", "string", required=True, nullable=True, max_length=200_000),
+        # OpenAI's shapes: a string, null (an assistant's tool call), or text parts.
+        Field(
+            "content",
+            "any",
+            required=True,
+            nullable=True,
+            any_of=(
+                Field("text", "string", max_length=200_000),
+                Field("parts", "array", max_items=100, items=_TEXT_PART),
+            ),
+        ),
         Field("name", "string", max_length=200),
         Field("tool_call_id", "string", max_length=200),
+        Field("tool_calls", "array", max_items=128, items=_TOOL_CALL),
     ),
 )
 CHAT = Body(
