@@ -254,3 +254,15 @@ def test_chat_takes_openai_content_parts_and_tool_call_turns(client: httpx.Clien
     bad_part = {**body, "messages": [{"role": "user", "content": [{"type": "text"}]}]}
     refused = client.post("/api/chat/completions", headers={"X-Tenant-ID": tenant}, json=bad_part)
     assert assert_problem(refused, 422)["fields"] == ["messages[0].content"]
+
+
+def test_a_tenant_created_without_quotas_gets_the_defaults(client: httpx.Client) -> None:
+    """Omitted quotas are the platform defaults, so tenant responses carry rate-limit headers."""
+    tenant = new_tenant(client)
+    config = client.get(f"/admin/tenants/{tenant}", headers=ADMIN).json()
+    assert config["quota_requests_per_minute"] == 600
+    assert config["quota_tokens_per_minute"] == 100_000
+    listed = client.get("/api/users", headers={"X-Tenant-ID": tenant})
+    assert listed.status_code == 200 and "tenant-requests" in listed.headers["RateLimit-Policy"]
+    unlimited = new_tenant(client, quota_requests_per_minute=None, quota_tokens_per_minute=None)
+    assert "RateLimit" not in client.get("/api/users", headers={"X-Tenant-ID": unlimited}).headers

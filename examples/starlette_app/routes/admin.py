@@ -30,8 +30,22 @@ from ..validation import Body, Field, invalid, query_int, read_json
 _NAMES = Field("name", "string", min_length=1, max_length=200)
 _TENANT_FIELDS = (
     _NAMES,
-    Field("quota_requests_per_minute", "integer", nullable=True, minimum=0, maximum=10**9),
-    Field("quota_tokens_per_minute", "integer", nullable=True, minimum=0, maximum=10**12),
+    Field(
+        "quota_requests_per_minute",
+        "integer",
+        nullable=True,
+        minimum=0,
+        maximum=10**9,
+        description="null: unlimited; omitted on creation: 600",
+    ),
+    Field(
+        "quota_tokens_per_minute",
+        "integer",
+        nullable=True,
+        minimum=0,
+        maximum=10**12,
+        description="null: unlimited; omitted on creation: 100000",
+    ),
     Field(
         "allowed_models",
         "array",
@@ -119,6 +133,9 @@ async def create_tenant(request: Request) -> Response:
     s = _admin(request)
     data = CREATE_TENANT.parse(await read_json(request, max_bytes=s.config.max_body_bytes))
     tenant_id = data.pop("tenant_id")
+    # Omitted quotas get the platform defaults (as signups do); an explicit null is unlimited.
+    data.setdefault("quota_requests_per_minute", s.config.default_requests_per_minute)
+    data.setdefault("quota_tokens_per_minute", s.config.default_tokens_per_minute)
     api_keys = s.kit.api_keys
     assert api_keys is not None  # the app always configures an API key secret
 
