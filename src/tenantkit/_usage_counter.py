@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ._db import utcnow
+from ._stores import storage_errors
 from ._usage_alerts import UsageAlerts
 from ._usage_cycle import cycle_bounds, cycle_of
 from .context import no_tenant
@@ -70,6 +71,8 @@ class ApiCallCounter:
         self._pending: dict[tuple[str, str], int] = {}
         self._pending_total = 0
         self._retry: dict[str, Chunk] = {}
+        # Calls a flush is writing right now: still counted while in flight.
+        self._inflight: dict[tuple[str, str], int] = {}
         self._base: dict[tuple[str, str], int] = {}
         self._last_flush = monotonic()
         self._closed = False
@@ -112,21 +115,43 @@ class ApiCallCounter:
         return sum(n for t, n in chunks if tenant_id is None or t == tenant_id)
 
     def cycle_count(self, tenant_id: str, now: datetime | None = None) -> int:
-        """Return the tenant's API calls this cycle: persisted (read once) plus buffered."""
-        cycle = cycle_of(now or self._clock())
-        key = (tenant_id, cycle)
+        """Return the tenant's API calls this cycle: persisted (read once) plus buffered.
+
+        The first call per tenant and cycle reads the store (``StorageError``
+        if it fails); later ones answer from memory, even during a flush.
+        """
+        key = (tenant_id, cycle_of(now or self._clock()))
+        count = self._cached_count(key)
+        if count is not None:
+            return count
+        # No flush runs while the store is read, so its total and our buffers agree.
         with self._flush_lock:
-            if key not in self._base:
-                start, end = cycle_bounds(cycle)
-                with no_tenant():
+            if self._cached_count(key) is None:
+                start, end = cycle_bounds(key[1])
+                with no_tenant(), storage_errors("usage store"):
                     total = self._recorder.total(self.usage_type, start, end, tenant_id=tenant_id)
-                self._base[key] = total
-            base = self._base[key]
+                with self._lock:
+                    self._base[key] = total
+        count = self._cached_count(key)
+        assert count is not None  # the base was just stored
+        return count
+
+    def check_nowait(self, tenant: TenantConfig, now: datetime | None = None) -> bool:
+        """``check`` from memory only; return ``False`` (nothing checked) if a store read is due."""
+        moment = now or self._clock()
+        count = self._cached_count((tenant.id, cycle_of(moment)))
+        if count is None:
+            return False
+        self._recorder.plans.monthly_cap_check(tenant, count + 1, moment)
+        return True
+
+    def _cached_count(self, key: tuple[str, str]) -> int | None:
         with self._lock:
-            buffered = self._pending.get(key, 0) + sum(
-                n for t, c, n in self._retry.values() if (t, c) == key
-            )
-        return base + buffered
+            base = self._base.get(key)
+            if base is None:
+                return None
+            retried = sum(n for t, c, n in self._retry.values() if (t, c) == key)
+            return base + self._inflight.get(key, 0) + self._pending.get(key, 0) + retried
 
     def check(self, tenant: TenantConfig, now: datetime | None = None) -> None:
         """Raise ``QuotaExceeded`` if one more call passes the tenant's hard monthly cap."""
@@ -141,23 +166,34 @@ class ApiCallCounter:
                 batch, self._pending, self._pending_total = self._pending, {}, 0
                 chunks, self._retry = self._retry, {}
                 self._last_flush = self._monotonic()
-            for (tenant, cycle), calls in batch.items():
-                chunks[f"{self.usage_type}:{uuid.uuid4().hex}"] = (tenant, cycle, calls)
+                for (tenant, cycle), calls in batch.items():
+                    chunks[f"{self.usage_type}:{uuid.uuid4().hex}"] = (tenant, cycle, calls)
+                for tenant, cycle, calls in chunks.values():
+                    key = (tenant, cycle)
+                    self._inflight[key] = self._inflight.get(key, 0) + calls
             written = 0
             flushed: set[tuple[str, str]] = set()
             with no_tenant():
                 for idem, (tenant, cycle, calls) in chunks.items():
+                    key = (tenant, cycle)
                     try:
                         self._write(idem, tenant, cycle, calls)
                     except Exception:
                         logger.exception("could not persist %d API calls of %s", calls, tenant)
-                        with self._lock:
+                        stored = False
+                    else:
+                        stored = True
+                    with self._lock:
+                        self._inflight[key] -= calls
+                        if not self._inflight[key]:
+                            del self._inflight[key]
+                        if not stored:
                             self._retry[idem] = (tenant, cycle, calls)
-                        continue
+                            continue
+                        if key in self._base:
+                            self._base[key] += calls
                     written += calls
-                    flushed.add((tenant, cycle))
-                    if (tenant, cycle) in self._base:
-                        self._base[(tenant, cycle)] += calls
+                    flushed.add(key)
             self._alert(flushed)
             return written
 

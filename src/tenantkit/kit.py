@@ -50,12 +50,17 @@ class CallCounter(Protocol):
     """Counts admitted API calls per tenant without a write per request (usage metering).
 
     ``check`` raises ``QuotaExceeded`` when one more call would pass the
-    tenant's hard monthly cap; ``tenantkit.usage.ApiCallCounter`` is one.
+    tenant's hard monthly cap (``StorageError`` if it cannot tell);
+    ``check_nowait`` does the same from memory only and returns ``False``,
+    having checked nothing, when that needs a store read.
+    ``tenantkit.usage.ApiCallCounter`` is one.
     """
 
     def add(self, tenant_id: str) -> None: ...
 
     def check(self, tenant: TenantConfig) -> None: ...
+
+    def check_nowait(self, tenant: TenantConfig) -> bool: ...
 
 
 class DenialHook(Protocol):
@@ -168,8 +173,7 @@ class TenantKit:
         identity, tenant = self._identify(request, True)
         try:
             tokens = self._check_policy(request, tenant, body)
-            if self.call_counter is not None:
-                self.call_counter.check(tenant)
+            self._check_calls(tenant)
             limits = limits_for(tenant, identity)
             grant = self.quotas.acquire(limits, tokens=tokens) if limits else None
         except HTTPError as exc:
@@ -187,8 +191,9 @@ class TenantKit:
             identity, tenant = await anyio.to_thread.run_sync(self._identify, request, True)
         try:
             tokens = self._check_policy(request, tenant, body)
-            if self.call_counter is not None:
-                self.call_counter.check(tenant)
+            if not self._check_calls(tenant, blocking=False):
+                # The counter's first look at this tenant this cycle reads the database.
+                await anyio.to_thread.run_sync(self._check_calls, tenant)
             limits = limits_for(tenant, identity)
             grant = await self.quotas.acquire_async(limits, tokens=tokens) if limits else None
         except HTTPError as exc:
@@ -296,6 +301,22 @@ class TenantKit:
         if cached is None:
             raise Unauthorized(apikeys.INVALID_KEY)
         return cached.to_identity()
+
+    def _check_calls(self, tenant: TenantConfig, blocking: bool = True) -> bool:
+        """Check the monthly call cap; ``False`` if that needs a store read and may not block."""
+        counter = self.call_counter
+        if counter is None:
+            return True
+        try:
+            if blocking:
+                counter.check(tenant)
+                return True
+            return counter.check_nowait(tenant)
+        except StorageError as exc:
+            log.error("tenantkit: the usage store is unavailable: %s", exc)
+            raise ServiceUnavailable(
+                "the usage store is unavailable", headers={"Retry-After": "1"}
+            ) from exc
 
     def _check_policy(self, request: RequestInfo, tenant: TenantConfig, body: bytes | None) -> int:
         if body is None or not self.reads_body(request):
