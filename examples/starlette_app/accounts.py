@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -9,6 +11,9 @@ from sqlalchemy.orm import Session
 from tenantkit.errors import Conflict
 
 from .models import User
+
+#: The audit log's limit on an actor's length.
+MAX_ACTOR = 255
 
 
 def add_user(
@@ -34,3 +39,13 @@ def add_user(
 def find_user(session: Session, email: str) -> User | None:
     """Return the tenant's user with ``email``, if any."""
     return session.scalars(select(User).where(User.email == email)).one_or_none()
+
+
+def email_actor(kind: str, email: str) -> str:
+    """Return the audit actor ``kind:email``, shortened to fit when the email is very long."""
+    actor = f"{kind}:{email}"
+    if len(actor) <= MAX_ACTOR:
+        return actor
+    # Still unique per email: a prefix and a digest of the whole address.
+    digest = hashlib.sha256(email.encode()).hexdigest()[:16]
+    return f"{actor[: MAX_ACTOR - len(digest) - 1]}~{digest}"

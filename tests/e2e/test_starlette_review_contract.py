@@ -266,3 +266,19 @@ def test_a_tenant_created_without_quotas_gets_the_defaults(client: httpx.Client)
     assert listed.status_code == 200 and "tenant-requests" in listed.headers["RateLimit-Policy"]
     unlimited = new_tenant(client, quota_requests_per_minute=None, quota_tokens_per_minute=None)
     assert "RateLimit" not in client.get("/api/users", headers={"X-Tenant-ID": unlimited}).headers
+
+
+def test_a_long_valid_email_can_sign_up_and_log_in(client: httpx.Client) -> None:
+    """A 250-character email (valid: 64 before the @) signs up and logs in; no 422 on `actor`."""
+    email = "a" * 64 + "@" + ".".join(["b" * 60] * 3) + ".co"
+    assert len(email) == 250
+    name = f"Long Mail {uuid.uuid4().hex[:8]}"
+    signup = client.post(
+        "/onboarding", json={"tenant_name": name, "email": email, "password": "long-enough"}
+    )
+    assert signup.status_code == 201, signup.text
+    login = client.post(
+        "/auth/token",
+        json={"tenant_id": signup.json()["tenant_id"], "email": email, "password": "long-enough"},
+    )
+    assert login.status_code == 200, login.text

@@ -24,7 +24,7 @@ from tenantkit.quotas import Limit
 from tenantkit.tenants import tenant_to_dict
 from tenantkit.types import TENANT_ID_PATTERN, Identity, TenantConfig
 
-from ..accounts import add_user, find_user
+from ..accounts import add_user, email_actor, find_user
 from ..auth import ADMIN, throttle_login
 from ..models import User
 from ..openapi import operation
@@ -115,7 +115,7 @@ async def onboard(request: Request) -> Response:
             metadata={"onboarded_by": data["email"]},
         )
         try:
-            with bound_tenant(tenant), audit.acting_as(f"signup:{data['email']}"):
+            with bound_tenant(tenant), audit.acting_as(email_actor("signup", data["email"])):
                 user = s.db.transaction(
                     lambda session: add_user(
                         session,
@@ -175,7 +175,7 @@ def _check_password(
         s.passwords.verify(None, password)  # same cost as a real check: no tenant oracle
         raise Unauthorized(_BAD_LOGIN) from None
     identity = Identity(tenant_id=tenant_id, source="system", subject=email)
-    with bound_tenant(tenant, identity=identity), audit.acting_as(f"login:{email}"):
+    with bound_tenant(tenant, identity=identity), audit.acting_as(email_actor("login", email)):
 
         def work(session: Session) -> User | None:
             user = find_user(session, email)
