@@ -282,3 +282,21 @@ def test_a_long_valid_email_can_sign_up_and_log_in(client: httpx.Client) -> None
         json={"tenant_id": signup.json()["tenant_id"], "email": email, "password": "long-enough"},
     )
     assert login.status_code == 200, login.text
+
+
+def test_quota_bounds_in_openapi_are_the_stored_ones(client: httpx.Client) -> None:
+    """The published maximum of a quota is what is stored (32-bit), and one past it is 422."""
+    paths = client.get("/openapi.json").json()["paths"]
+    schema = paths["/admin/tenants"]["post"]["requestBody"]["content"]["application/json"]
+    quota = schema["schema"]["properties"]["quota_tokens_per_minute"]
+    assert quota["maximum"] == 2**31 - 1
+    ok = new_tenant(client, quota_tokens_per_minute=quota["maximum"])
+    assert client.get(f"/admin/tenants/{ok}", headers=ADMIN).json()["quota_tokens_per_minute"] == (
+        2**31 - 1
+    )
+    over = client.post(
+        "/admin/tenants",
+        headers=ADMIN,
+        json={"tenant_id": f"r-{uuid.uuid4().hex[:8]}", "quota_tokens_per_minute": 2**31},
+    )
+    assert assert_problem(over, 422)["fields"] == ["quota_tokens_per_minute"]

@@ -27,6 +27,8 @@ from ..openapi import PAGE_QUERY, list_of, operation
 from ..services import Services, json, services
 from ..validation import Body, Field, invalid, query_int, read_json
 
+#: Quotas and key limits are stored as 32-bit integers.
+MAX_LIMIT = 2**31 - 1
 _NAMES = Field("name", "string", min_length=1, max_length=200)
 _TENANT_FIELDS = (
     _NAMES,
@@ -35,7 +37,7 @@ _TENANT_FIELDS = (
         "integer",
         nullable=True,
         minimum=0,
-        maximum=10**9,
+        maximum=MAX_LIMIT,
         description="null: unlimited; omitted on creation: 600",
     ),
     Field(
@@ -43,7 +45,7 @@ _TENANT_FIELDS = (
         "integer",
         nullable=True,
         minimum=0,
-        maximum=10**12,
+        maximum=MAX_LIMIT,
         description="null: unlimited; omitted on creation: 100000",
     ),
     Field(
@@ -78,8 +80,8 @@ CREATE_KEY = Body(
     (
         _NAMES,
         Field("scopes", "array", max_items=50, items=Field("scope", "string", max_length=100)),
-        Field("rate_limit", "integer", nullable=True, minimum=1, maximum=10**9),
-        Field("token_limit", "integer", nullable=True, minimum=1, maximum=10**12),
+        Field("rate_limit", "integer", nullable=True, minimum=1, maximum=MAX_LIMIT),
+        Field("token_limit", "integer", nullable=True, minimum=1, maximum=MAX_LIMIT),
     )
 )
 
