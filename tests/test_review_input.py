@@ -161,3 +161,13 @@ def test_odd_reported_tokens_are_ignored(
         assert status == 200 and b"x-tenantkit-tokens-used" not in headers
     wsgi_status, _, payload = _wsgi_request(kit, jwt_for(kit, "acme"), {}, body, reported=reported)
     assert wsgi_status.startswith("200") and payload == b"ok"
+
+
+@pytest.mark.parametrize("name", ["resolvers", "trusted_proxies", "exclude_paths", "policy_paths"])
+def test_a_bare_string_for_a_path_list_is_a_configuration_error(name: str) -> None:
+    """policy_paths="/v1/chat" would be read per character and check nothing: refused."""
+    from tenantkit.errors import ConfigurationError
+    from tenantkit.settings import Settings
+
+    with pytest.raises(ConfigurationError, match=name):
+        Settings(**{name: "/v1/chat/completions"})

@@ -99,6 +99,11 @@ class Settings:
     quota: QuotaSettings = field(default_factory=QuotaSettings)
 
     def __post_init__(self) -> None:
+        for name in ("resolvers", "trusted_proxies", "exclude_paths", "policy_paths"):
+            if isinstance(getattr(self, name), str):
+                # A bare string would be read one character at a time: policy_paths
+                # "/v1/chat" would check nothing but the root path.
+                raise ConfigurationError(f"{name} must be a tuple of strings, not one string")
         if "header" in self.resolvers and not self.trust_tenant_header:
             raise ConfigurationError(
                 "the 'header' resolver trusts X-Tenant-ID from anyone; enable it only "
