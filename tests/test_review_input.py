@@ -171,3 +171,26 @@ def test_a_bare_string_for_a_path_list_is_a_configuration_error(name: str) -> No
 
     with pytest.raises(ConfigurationError, match=name):
         Settings(**{name: "/v1/chat/completions"})
+
+
+def test_wsgi_result_that_cannot_be_iterated_unbinds_the_tenant(
+    kit: Any, jwt_for: Callable[..., str]
+) -> None:
+    """An app whose response iterable raises in iter() leaves no tenant bound in the thread."""
+
+    class Broken:
+        def __iter__(self) -> Any:
+            raise RuntimeError("lazy response failed")
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return Broken()
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/things",
+        "HTTP_AUTHORIZATION": f"Bearer {jwt_for(kit, 'acme')}",
+        "wsgi.input": io.BytesIO(b""),
+    }
+    with pytest.raises(RuntimeError, match="lazy response"):
+        TenantKitWSGIMiddleware(app, kit)(environ, lambda status, headers, exc=None: None)
+    assert context.get_context() is None

@@ -90,10 +90,11 @@ class TenantKitWSGIMiddleware:
 
         try:
             result = self.app(environ, self._stamp(start_response, request_id, admission))
+            # Inside the try: a result whose iter() raises must not leave the tenant bound.
+            return _ClosingIterator(result, finish)
         except BaseException:
             finish(True)
             raise
-        return _ClosingIterator(result, finish)
 
     def _stamp(
         self, start_response: StartResponse, request_id: str, admission: Admission | list[Any]
