@@ -194,3 +194,46 @@ def test_wsgi_result_that_cannot_be_iterated_unbinds_the_tenant(
     with pytest.raises(RuntimeError, match="lazy response"):
         TenantKitWSGIMiddleware(app, kit)(environ, lambda status, headers, exc=None: None)
     assert context.get_context() is None
+
+
+def _asgi_get(kit: Any, headers: list[tuple[bytes, bytes]]) -> tuple[int, str | None]:
+    """Run one GET through the ASGI middleware; return the status and the tenant the app saw."""
+    import anyio
+
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(context.current_tenant_id())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/things", "headers": headers}
+    anyio.run(TenantKitMiddleware(app, kit), scope, receive, send)
+    return sent[0]["status"], (seen[0] if seen else None)
+
+
+def test_repeated_tenant_header_is_refused_not_first_wins(make_kit: Callable[..., Any]) -> None:
+    """Two X-Tenant-ID lines (a client's, then a gateway's) are a 400, never the client's pick."""
+    kit = make_kit(resolvers=("header",), trust_tenant_header=True, require_credential=False)
+    assert _asgi_get(kit, [(b"x-tenant-id", b"acme")]) == (200, "acme")
+    status, tenant = _asgi_get(kit, [(b"x-tenant-id", b"globex"), (b"x-tenant-id", b"acme")])
+    assert (status, tenant) == (400, None)
+
+
+def test_repeated_credentials_are_refused(kit: Any, jwt_for: Callable[..., str]) -> None:
+    """Two Authorization or X-API-Key lines are a 401 on ASGI, as the joined WSGI value is."""
+    first = f"Bearer {jwt_for(kit, 'acme')}".encode()
+    second = f"Bearer {jwt_for(kit, 'globex')}".encode()
+    assert _asgi_get(kit, [(b"authorization", first)]) == (200, "acme")
+    assert _asgi_get(kit, [(b"authorization", first), (b"authorization", second)])[0] == 401
+    key_a = kit.api_keys.issue("acme", name="a").key.encode()
+    key_b = kit.api_keys.issue("globex", name="b").key.encode()
+    assert _asgi_get(kit, [(b"x-api-key", key_a), (b"x-api-key", key_b)])[0] == 401

@@ -37,11 +37,7 @@ class TenantKitMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        # First occurrence wins for a repeated header, as in Starlette's Headers.get.
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in reversed(scope["headers"])
-        }
+        headers = _header_map(scope["headers"])
         request_id = request_id_from(headers.get(self._rid_header_key))
         info = _request_info(scope, headers, request_id)
         if self.kit.is_excluded(info.path):
@@ -124,6 +120,21 @@ class TenantKitMiddleware:
             await send(message)
 
         return stamped
+
+
+def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Map lower-case names to values; a repeated header's lines are joined with ", ".
+
+    As a WSGI server does (RFC 9110, section 5.3): picking one line would let a
+    client's X-Tenant-ID or Authorization ahead of a gateway's win, while a
+    joined value is no valid tenant id or credential, so the request fails closed.
+    """
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        seen = headers.get(key)
+        headers[key] = text if seen is None else f"{seen}, {text}"
+    return headers
 
 
 def _request_info(scope: Scope, headers: dict[str, str], request_id: str) -> RequestInfo:
