@@ -85,3 +85,18 @@ def test_webhook_with_an_infinite_created_is_400(engine: Engine) -> None:
         _hooks(engine).handle(payload.encode(), sign(payload, SECRET, NOW))
     assert caught.value.extra["reason"] == "bad_payload"
     assert _count(engine, StripeWebhookEvent) == 0
+
+
+@pytest.mark.parametrize("plan", ["platinum", "", 5, ["pro"]])
+def test_subscribing_to_an_unknown_plan_is_422(engine: Engine, plan: Any) -> None:
+    """A plan name the caller made up is a 422 naming the field, before any Stripe call."""
+    from tenantkit.billing import StripeBilling
+
+    class NoStripe:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError("Stripe must not be called")
+
+    billing = StripeBilling(NoStripe(), sessions(engine))  # type: ignore[arg-type]
+    with pytest.raises(UnprocessableEntity) as caught:
+        billing.subscribe("acme", plan)
+    assert caught.value.extra["field"] == "plan"

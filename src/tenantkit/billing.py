@@ -20,7 +20,7 @@ from ._billing_meter import MeterSync, SyncProgress, SyncResult
 from ._billing_models import BillingAccount, BillingState, StripeWebhookEvent
 from ._stripe_errors import translate
 from ._usage_models import insert_or_ignore, table_of
-from .errors import ConfigurationError, NotFound
+from .errors import ConfigurationError, NotFound, UnprocessableEntity
 from .plans import DEFAULT_PLANS, Plan, Plans
 from .types import validate_tenant_id
 
@@ -143,6 +143,12 @@ class StripeBilling:
         Plan changes are prorated (Stripe's default ``proration_behavior``).
         """
         tenant = validate_tenant_id(tenant_id)
+        if not isinstance(plan, str) or plan not in self.plans:
+            # The caller's choice, not our wiring: a 422 naming the plans there are.
+            raise UnprocessableEntity(
+                f"unknown plan {plan!r}; choose from {sorted(p.name for p in self.plans)}",
+                field="plan",
+            )
         target = self.plans.get(plan)
         if target.stripe_price_id is None:
             if target.price is not None and target.price == 0:
