@@ -92,3 +92,17 @@ def test_denial_with_a_surrogate_model_is_recorded(engine: Engine) -> None:
     assert entry is not None and entry.metadata is not None
     assert entry.metadata["model"] == "\ud800"
     assert audit.AuditLog(engine).verify("acme").ok
+
+
+@pytest.mark.parametrize("days", [10**6, 10**10])
+def test_retention_past_the_calendar_is_a_configuration_error(engine: Engine, days: int) -> None:
+    """A retention of a million days is refused as configuration, not an OverflowError."""
+    from tenantkit.errors import ConfigurationError
+
+    log = audit.AuditLog(engine)
+    log.record("login", tenant_id="acme")
+    with pytest.raises(ConfigurationError, match="default_days"):
+        log.purge(default_days=days)
+    with pytest.raises(ConfigurationError, match="per_tenant"):
+        log.purge(per_tenant={"acme": days})
+    assert len(rows(engine, "acme")) == 1

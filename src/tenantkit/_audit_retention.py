@@ -92,9 +92,15 @@ def purge(
     return PurgeResult(deleted=done, per_tenant=deleted, checkpoints=checkpoints)
 
 
+# A retention reaching back before year 1 cannot be a cutoff date.
+MAX_RETENTION_DAYS = 365_000
+
+
 def _check_days(days: object, name: str) -> None:
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise ConfigurationError(f"{name} must be a whole number of days, at least 1")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ConfigurationError(
+            f"{name} must be a whole number of days from 1 to {MAX_RETENTION_DAYS}"
+        )
 
 
 def _plan(
