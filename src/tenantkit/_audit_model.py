@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, Table
+from sqlalchemy import JSON, BigInteger, Index, Integer, Row, String, Table
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ._db import Base, UTCDateTime, utcnow
@@ -136,9 +136,9 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def entry_from_row(row: Any) -> AuditEntry:
-    """Build an ``AuditEntry`` from a row of ``tenantkit_audit_log`` (mapping access)."""
-    values = row._mapping if hasattr(row, "_mapping") else row
+def entry_from_row(row: Row[Any]) -> AuditEntry:
+    """Build an ``AuditEntry`` from a row of ``tenantkit_audit_log``."""
+    values = row._mapping
     return AuditEntry(
         tenant_id=values["tenant_id"],
         seq=int(values["seq"]),
