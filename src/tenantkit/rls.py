@@ -16,9 +16,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import Select, text
+from sqlalchemy import Select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from ._scoping_catalog import connecting_role, policy_is_tenant_policy, table_security
 from ._scoping_models import (
@@ -28,7 +29,7 @@ from ._scoping_models import (
     scoped_tables,
     tables_of,
 )
-from .errors import ConfigurationError
+from .errors import ConfigurationError, StorageError
 
 POLICY_NAME = "tenantkit_tenant_isolation"
 SETTING = "app.tenant_id"
@@ -111,9 +112,17 @@ def apply_rls(
     return ddl
 
 
-def _run(conn: Connection, ddl: list[str]) -> None:
+def _run(conn: Connection, ddl: list[str], *, secret: str | None = None) -> None:
     for statement in ddl:
-        conn.execute(text(statement))
+        try:
+            # Sent as written: through text(), a password like ":x1" was a bind parameter.
+            conn.exec_driver_sql(statement, execution_options={"no_parameters": True})
+        except SQLAlchemyError as exc:
+            if secret is None or secret not in str(exc):
+                raise
+            # The error quotes the statement: keep the password out of logs and tracebacks.
+            shown = statement.replace(f"'{secret}'", "'[REDACTED]'")
+            raise StorageError(f"{shown} failed: {type(exc).__name__}") from None
 
 
 def create_app_role(
@@ -131,6 +140,7 @@ def create_app_role(
     _require_postgresql(engine_or_connection)
     role = _quote_role(name)
     ddl = [f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"]
+    literal = None
     if password is not None:
         literal = password.replace("'", "''")
         ddl[0] += f" PASSWORD '{literal}'"
@@ -138,9 +148,9 @@ def create_app_role(
         ddl += grant_ddl(metadata, name)
     if isinstance(engine_or_connection, Engine):
         with engine_or_connection.begin() as conn:
-            _run(conn, ddl)
+            _run(conn, ddl, secret=literal)
     else:
-        _run(engine_or_connection, ddl)
+        _run(engine_or_connection, ddl, secret=literal)
 
 
 def drop_app_role(engine_or_connection: Engine | Connection, name: str) -> None:
