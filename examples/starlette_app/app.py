@@ -35,6 +35,7 @@ from .analytics import Analytics, CaptureContext, RequestLogMiddleware
 from .auth import Passwords
 from .config import AppConfig
 from .db import Database, prepare
+from .invalidation import Invalidations
 from .outbox import OutboxWorker
 from .problems import EXCEPTION_HANDLERS, CatchUnexpected, problem
 from .routes import ROUTES
@@ -98,10 +99,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     async with anyio.create_task_group() as tasks:
         if s.config.outbox_worker:
             await tasks.start(s.outbox.run)
+        await tasks.start(s.invalidations.run)
         try:
             yield
         finally:
             tasks.cancel_scope.cancel()
+    await s.invalidations.aclose()
     await s.kit.quotas.aclose()
     s.kit.engine.dispose()
 
@@ -135,5 +138,8 @@ def create_app(config: AppConfig | None = None) -> Starlette:
         lifespan=lifespan,
     )
     passwords = Passwords(time_cost=config.argon2_time_cost, memory_kib=config.argon2_memory_kib)
-    app.state.services = Services(config, kit, db, outbox, analytics, passwords)
+    invalidations = Invalidations(
+        kit, config.quota_storage_uri, channel=f"{config.quota_key_prefix}:cache-invalidation"
+    )
+    app.state.services = Services(config, kit, db, outbox, analytics, passwords, invalidations)
     return app

@@ -5,6 +5,7 @@
 ``DATABASE_URL``               SQLAlchemy URL (``sqlite:///starlette_app.db``)
 ``QUOTA_STORAGE_URI``          ``memory://`` or ``redis://host:port/db``
 ``QUOTA_ON_FAILURE``           ``fail_closed`` (503 when Redis is down) or ``fail_open``
+``QUOTA_TIMEOUT_SECONDS``      how long a quota call waits for Redis before it counts as down (0.05)
 ``ADMIN_TOKEN``                bearer token of the ``/admin`` routes (generated if unset)
 ``JWT_SECRET``                 HS256 key of the access tokens (generated if unset)
 ``API_KEY_SECRET``             key hashing API keys (derived from ``JWT_SECRET`` if unset)
@@ -22,7 +23,8 @@
 ``DATABASE_APP_ROLE``          PostgreSQL: the non-owner role that row-level security binds
 ``QUOTA_KEY_PREFIX``           prefix of the Redis keys (``tenantkit``)
 ``CACHE_TTL_SECONDS``          how long a process caches tenant configs and API keys (30);
-                               other processes see a change or revocation within it
+                               with redis:// quotas, admin changes reach every process at
+                               once over pub/sub, and the TTL bounds a missed message
 =============================  ==========================================================
 """
 
@@ -58,6 +60,7 @@ class AppConfig:
     database_url: str = "sqlite:///starlette_app.db"
     quota_storage_uri: str = "memory://"
     quota_on_failure: FailureMode = "fail_closed"
+    quota_timeout_seconds: float = 0.05
     admin_token: str
     jwt_secret: str
     api_key_secret: str
@@ -103,6 +106,7 @@ class AppConfig:
             database_url=env.get("DATABASE_URL", "sqlite:///starlette_app.db"),
             quota_storage_uri=env.get("QUOTA_STORAGE_URI", "memory://"),
             quota_on_failure="fail_open" if on_failure == "fail_open" else "fail_closed",
+            quota_timeout_seconds=_float(env, "QUOTA_TIMEOUT_SECONDS", 0.05),
             admin_token=admin_token,
             jwt_secret=jwt_secret,
             api_key_secret=api_key_secret,
@@ -153,7 +157,9 @@ class AppConfig:
             jwt=JWTSettings(secret=self.jwt_secret),
             cache=CacheSettings(ttl_seconds=self.cache_ttl_seconds),
             quota=QuotaSettings(
-                storage_uri=self.quota_storage_uri, on_failure=self.quota_on_failure
+                storage_uri=self.quota_storage_uri,
+                on_failure=self.quota_on_failure,
+                timeout_seconds=self.quota_timeout_seconds,
             ),
         )
 

@@ -13,6 +13,7 @@ from tenantkit.kit import TenantKit
 from .auth import Passwords
 from .config import AppConfig
 from .db import Database
+from .invalidation import Invalidations
 
 if TYPE_CHECKING:
     from .analytics import Analytics
@@ -29,6 +30,7 @@ class Services:
     outbox: OutboxWorker
     analytics: Analytics
     passwords: Passwords
+    invalidations: Invalidations
 
 
 def services(request: Request) -> Services:

@@ -150,6 +150,7 @@ async def create_tenant(request: Request) -> Response:
         return config, issued
 
     config, issued = await run_sync(work)
+    await s.invalidations.tenant_changed(tenant_id)  # others may cache it as unknown
     body = {**tenant_to_dict(config), "api_key": _new_key(issued)}
     return json(body, 201, location=f"/admin/tenants/{tenant_id}")
 
@@ -209,7 +210,9 @@ async def update_tenant(request: Request) -> Response:
         )
         return config
 
-    return json(tenant_to_dict(await run_sync(work)))
+    updated = await run_sync(work)
+    await s.invalidations.tenant_changed(tenant_id)
+    return json(tenant_to_dict(updated))
 
 
 @operation(
@@ -236,6 +239,7 @@ async def delete_tenant(request: Request) -> Response:
         )
 
     await run_sync(purge)
+    await s.invalidations.tenant_changed(tenant_id)
     return Response(status_code=204)
 
 
@@ -329,6 +333,7 @@ async def revoke_key(request: Request) -> Response:
         )
 
     await run_sync(work)
+    await s.invalidations.keys_changed(tenant_id)
     return Response(status_code=204)
 
 
