@@ -59,11 +59,11 @@ class TenantKitMiddleware:
         self, admission: Admission, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
         meter = admission.context.meter
-        state = {"started": False, "complete": False, "disconnected": False}
+        state = {"complete": False, "disconnected": False}
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                state["started"] = True
+                admission.status = message["status"]
                 out = MutableHeaders(scope=message)
                 reported = out.get(self._token_header)
                 if reported is not None:

@@ -87,6 +87,20 @@ class Admission:
     context: TenantContext
     grant: Grant | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: The response status, set by the adapter when the response starts.
+    status: int | None = None
+
+    def released(self, failed: bool) -> bool:
+        """Return whether ``finish`` refunds the reservation rather than settling it.
+
+        So on a failure, and on a server error (5xx) the app reported no
+        tokens for: Flask turns a raising view into a 500 response, and that
+        request must not keep its estimate charged any more than on ASGI.
+        """
+        if failed:
+            return True
+        server_error = self.status is not None and self.status >= 500
+        return server_error and self.context.meter.used is None
 
 
 def _ok(healthy: bool) -> str:
@@ -204,11 +218,14 @@ class TenantKit:
         return self._admitted(request, identity, tenant, grant, tokens)
 
     def finish(self, admission: Admission, *, failed: bool = False) -> None:
-        """Settle the token reservation with the reported count, or release it on failure."""
+        """Settle the token reservation with the reported count, or release it on failure.
+
+        A 5xx response without a reported count counts as a failure.
+        """
         grant = admission.grant
         if grant is None:
             return
-        if failed:
+        if admission.released(failed):
             self.quotas.release(grant)
         elif admission.context.meter.used is not None:
             self.quotas.settle(grant, admission.context.meter.used)
@@ -218,7 +235,7 @@ class TenantKit:
         grant = admission.grant
         if grant is None:
             return
-        if failed:
+        if admission.released(failed):
             await self.quotas.release_async(grant)
         elif admission.context.meter.used is not None:
             await self.quotas.settle_async(grant, admission.context.meter.used)
@@ -228,7 +245,7 @@ class TenantKit:
         grant = admission.grant
         if grant is None:
             return
-        if failed:
+        if admission.released(failed):
             self.quotas.release_soon(grant)
         elif admission.context.meter.used is not None:
             self.quotas.settle_soon(grant, admission.context.meter.used)

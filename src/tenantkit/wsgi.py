@@ -104,6 +104,8 @@ class TenantKitWSGIMiddleware:
         def wrapped(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
+            if isinstance(admission, Admission):
+                admission.status = _status_code(status)
             out: list[tuple[str, str]] = []
             for name, value in headers:
                 if name.lower() == token_header and isinstance(admission, Admission):
@@ -199,6 +201,11 @@ def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     return body
+
+
+def _status_code(status: str) -> int | None:
+    code = status[:3]
+    return int(code) if len(code) == 3 and code.isascii() and code.isdigit() else None
 
 
 def _status_line(status: int) -> str:
