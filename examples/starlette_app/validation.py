@@ -26,6 +26,9 @@ _UNSTORABLE = "must not contain NUL characters or unpaired surrogates"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # ASCII only: str.isdigit() also takes "²" (which int() refuses) and "٣" (which it reads as 3).
 _DIGITS = re.compile("[0-9]{1,18}")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "integer": (int,),
@@ -300,13 +303,23 @@ def query_time(request: Request, name: str) -> datetime | None:
     raw = request.query_params.get(name)
     if raw is None:
         return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise invalid([{"field": name, "message": "must be an RFC 3339 time with a zone"}])
-    return value.astimezone(UTC)
+    value: datetime | None = None
+    if _RFC3339.fullmatch(raw):
+        # fromisoformat takes at most microseconds; a longer fraction is cut, not refused.
+        head, dot, rest = raw.upper().partition(".")
+        if dot:
+            digits = len(rest) - len(rest.lstrip("0123456789"))
+            rest = rest[: min(digits, 6)] + rest[digits:]
+        try:
+            value = datetime.fromisoformat((head + dot + rest).replace("Z", "+00:00"))
+            value = value.astimezone(UTC)
+        except (ValueError, OverflowError):  # Feb 30, or a year past 9999 once in UTC
+            value = None
+    if value is None:
+        raise invalid(
+            [{"field": name, "message": "must be an RFC 3339 time, e.g. 2024-01-15T10:00:00Z"}]
+        )
+    return value
 
 
 def query_text(request: Request, name: str, *, max_length: int = 200) -> str | None:

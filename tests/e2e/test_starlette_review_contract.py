@@ -300,3 +300,21 @@ def test_quota_bounds_in_openapi_are_the_stored_ones(client: httpx.Client) -> No
         json={"tenant_id": f"r-{uuid.uuid4().hex[:8]}", "quota_tokens_per_minute": 2**31},
     )
     assert assert_problem(over, 422)["fields"] == ["quota_tokens_per_minute"]
+
+
+def test_audit_time_filters_are_rfc_3339_and_never_overflow(client: httpx.Client) -> None:
+    """Audit start/end take RFC 3339 only; extreme offsets and calendar errors are 422, not 500."""
+    _, admin = onboard(client)
+    for query in (
+        "start=9999-12-31T23:59:59-23:59",
+        "end=0001-01-01T00:00:00%2B23:59",
+        "start=20240115T100000Z",
+        "start=2024-01-15",
+        "start=2024-02-30T00:00:00Z",
+        "start=2024-01-15T10:00:00%2B99:00",
+    ):
+        field = query.split("=")[0]
+        response = client.get(f"/api/audit?{query}", headers=admin)
+        assert assert_problem(response, 422)["fields"] == [field], query
+    for query in ("start=2024-01-15T10:00:00Z", "start=2024-01-15t10:00:00.123456789%2B05:30"):
+        assert client.get(f"/api/audit?{query}", headers=admin).status_code == 200, query
