@@ -318,3 +318,26 @@ def test_audit_time_filters_are_rfc_3339_and_never_overflow(client: httpx.Client
         assert assert_problem(response, 422)["fields"] == [field], query
     for query in ("start=2024-01-15T10:00:00Z", "start=2024-01-15t10:00:00.123456789%2B05:30"):
         assert client.get(f"/api/audit?{query}", headers=admin).status_code == 200, query
+
+
+def test_a_deleted_member_can_no_longer_change_tasks(client: httpx.Client) -> None:
+    """A removed MEMBER's still-valid token cannot update the task assigned to them (403)."""
+    tenant, admin = onboard(client)
+    email = f"m-{uuid.uuid4().hex[:6]}@review.co"
+    added = client.post(
+        "/api/members",
+        headers=admin,
+        json={"email": email, "name": "M", "password": "member-pass", "role": "MEMBER"},
+    )
+    assert added.status_code == 201, added.text
+    login = {"tenant_id": tenant, "email": email, "password": "member-pass"}
+    member = {
+        "Authorization": f"Bearer {client.post('/auth/token', json=login).json()['access_token']}"
+    }
+    task = client.post("/tasks", headers=admin, json={"title": "t", "assigned_to": email}).json()
+    assert client.put(
+        f"/tasks/{task['task_id']}", headers=member, json={"status": "DONE"}
+    ).is_success
+    assert client.delete(f"/api/users/{added.json()['id']}", headers=admin).status_code == 204
+    refused = client.put(f"/tasks/{task['task_id']}", headers=member, json={"status": "OPEN"})
+    assert assert_problem(refused, 403)["reason"] == "user_deleted"

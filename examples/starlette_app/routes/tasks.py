@@ -77,6 +77,13 @@ def _task(session: Session, task_id: str) -> Task:
     return task
 
 
+def _check_still_a_user(session: Session, identity: Identity) -> None:
+    # An access token outlives a deleted user by up to its TTL; changes need a live user.
+    subject = identity.subject or ""
+    if not is_id(subject) or session.get(User, subject) is None:
+        raise Forbidden("your user no longer exists in this tenant", reason="user_deleted")
+
+
 def _has_events(session: Session, task_id: str) -> bool:
     first = select(OutboxEvent.id).where(OutboxEvent.task_id == task_id).limit(1)
     return session.scalar(first) is not None
@@ -102,8 +109,7 @@ async def create_task(request: Request) -> Response:
     data = CREATE_TASK.parse(await read_json(request, max_bytes=s.config.max_body_bytes))
 
     def work(session: Session) -> dict[str, Any]:
-        if session.get(User, identity.subject) is None:
-            raise Forbidden("your user no longer exists in this tenant", reason="user_deleted")
+        _check_still_a_user(session, identity)
         _check_assignee(session, data.get("assigned_to"))
         task = Task(
             title=data["title"],
@@ -173,6 +179,7 @@ async def update_task(request: Request) -> Response:
     data = UPDATE_TASK.parse(await read_json(request, max_bytes=s.config.max_body_bytes))
 
     def work(session: Session) -> dict[str, Any]:
+        _check_still_a_user(session, identity)
         task = _task(session, task_id)
         if not _may_update(identity, task):
             raise Forbidden("MEMBERs may update only their own tasks", reason="not_owner")
@@ -203,6 +210,7 @@ async def delete_task(request: Request) -> Response:
     task_id = request.path_params["task_id"]
 
     def work(session: Session) -> None:
+        _check_still_a_user(session, identity)
         task = _task(session, task_id)
         emit(session, "TaskDeleted", task)
         session.delete(task)
