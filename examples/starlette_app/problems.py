@@ -50,7 +50,9 @@ def complete(body: dict[str, Any]) -> dict[str, Any]:
     if status == 422 and "errors" not in body:
         field = str(body.get("field") or "body")
         body["errors"] = [{"field": field, "message": str(body.get("detail", "is invalid"))}]
-        body["fields"] = [field]
+    if status == 422 and "fields" not in body:
+        named = (e.get("field") for e in body["errors"] if isinstance(e, dict))
+        body["fields"] = list(dict.fromkeys(str(f) for f in named if f))
     return body
 
 

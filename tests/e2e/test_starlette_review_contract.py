@@ -116,11 +116,15 @@ def test_query_filters_with_nul_are_422(client: httpx.Client) -> None:
 
 
 def test_every_422_names_its_fields_in_errors(client: httpx.Client) -> None:
-    """A bad audit cursor is a 422 whose ``errors`` name ``cursor``, like every other 422."""
+    """Every 422 has ``errors`` and ``fields``, whoever refused it (app or tenantkit)."""
     _, admin = onboard(client)
     problem = assert_problem(client.get("/api/audit?cursor=garbage", headers=admin), 422)
     assert [e["field"] for e in problem["errors"]] == ["cursor"]
     assert problem["fields"] == ["cursor"]
+    tenant = new_tenant(client, allowed_tools=["search"])
+    chat = {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}], "tools": "nope"}
+    refused = client.post("/api/chat/completions", headers={"X-Tenant-ID": tenant}, json=chat)
+    assert assert_problem(refused, 422)["fields"] == ["tools"]  # refused by tenantkit's policy
 
 
 def test_a_credential_naming_another_tenant_is_403_with_a_reason(client: httpx.Client) -> None:
