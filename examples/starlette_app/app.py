@@ -3,7 +3,7 @@
 The middleware stack, outermost first::
 
     RequestLogMiddleware   per-tenant analytics (admitted and rejected requests)
-    PublicRoot             GET / outside the pipeline; 404 for paths no route serves
+    UnknownPaths           404 for paths no route serves, before any credential is asked
     TenantKitMiddleware    resolve → tenant → policy → quotas → (app) → settle tokens
     CaptureContext         hands the admitted context to the request log
     CatchUnexpected        a defect's 500, rendered where it still gets X-Request-ID
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -22,7 +22,6 @@ from anyio.to_thread import run_sync
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -39,56 +38,42 @@ from .invalidation import Invalidations
 from .outbox import OutboxWorker
 from .problems import EXCEPTION_HANDLERS, CatchUnexpected, problem
 from .routes import ROUTES
-from .routes.meta import index
 from .services import Services
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
-def _tag(request: Request, response: Response) -> Response:
-    """Give a response answered outside the pipeline its ``X-Request-ID``."""
-    given = request.headers.get("x-request-id", "")
-    sane = _REQUEST_ID.fullmatch(given) is not None  # echo only what is safe to log
-    response.headers["X-Request-ID"] = given if sane else uuid.uuid4().hex
-    return response
+class UnknownPaths:
+    """Answer 404 for a path no route serves, before the tenant pipeline.
 
-
-class PublicRoot:
-    """Serve ``GET /`` outside the tenant pipeline, and 404 paths no route serves.
-
-    ``Settings.exclude_paths`` matches whole path prefixes, and ``/`` is a
-    prefix of every path, so the root cannot be excluded there. A path that
-    matches no route is a 404 for everyone: asking for credentials first
-    would only charge the tenant's quota for a typo.
+    Asking for credentials first would answer a typo with 401, and charge the
+    tenant's quota for it once they are given.
     """
 
-    def __init__(self, app: ASGIApp, *, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or _routed(scope):
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        if scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
-            response = _tag(request, await self.endpoint(request))
-        elif not self._routed(scope):
-            response = _tag(request, problem(NotFound(f"no route for {request.url.path}"), request))
-        else:
-            await self.app(scope, receive, send)
-            return
+        response = problem(NotFound(f"no route for {request.url.path}"), request)
+        given = request.headers.get("x-request-id", "")
+        sane = _REQUEST_ID.fullmatch(given) is not None  # echo only what is safe to log
+        response.headers["X-Request-ID"] = given if sane else uuid.uuid4().hex
         await response(scope, receive, send)
 
-    def _routed(self, scope: Scope) -> bool:
-        routes: list[BaseRoute] = scope["app"].routes  # the Starlette app, set before middleware
-        # A trailing slash is routed too: the router redirects it to the bare path.
-        paths = {scope["path"], scope["path"].rstrip("/") or "/"}
-        return any(
-            route.matches({**scope, "path": path})[0] != Match.NONE
-            for path in paths
-            for route in routes
-        )
+
+def _routed(scope: Scope) -> bool:
+    routes: list[BaseRoute] = scope["app"].routes  # the Starlette app, set before middleware
+    # A trailing slash is routed too: the router redirects it to the bare path.
+    paths = {scope["path"], scope["path"].rstrip("/") or "/"}
+    return any(
+        route.matches({**scope, "path": path})[0] != Match.NONE
+        for path in paths
+        for route in routes
+    )
 
 
 @asynccontextmanager
@@ -129,7 +114,7 @@ def create_app(config: AppConfig | None = None) -> Starlette:
         routes=ROUTES,
         middleware=[
             Middleware(RequestLogMiddleware, analytics=analytics),
-            Middleware(PublicRoot, endpoint=index),
+            Middleware(UnknownPaths),
             Middleware(TenantKitMiddleware, kit=kit),
             Middleware(CaptureContext),
             Middleware(CatchUnexpected),

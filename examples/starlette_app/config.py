@@ -44,7 +44,7 @@ from tenantkit.settings import CacheSettings, JWTSettings, QuotaSettings, Settin
 FailureMode = Literal["fail_closed", "fail_open"]
 
 #: Paths outside the tenant pipeline: public, or authenticated by the app itself.
-PUBLIC_PATHS = ("/health", "/openapi.json", "/admin", "/onboarding", "/auth")
+PUBLIC_PATHS = ("/", "/health", "/openapi.json", "/admin", "/onboarding", "/auth")
 POLICY_PATHS = ("/api/chat/completions",)
 
 
