@@ -197,13 +197,10 @@ def test_installing_on_an_async_maker_leaves_other_sessions_alone(engine: Engine
 
 def test_scoped_bulk_update_records_only_the_tenants_rows(engine: Engine) -> None:
     """Through a tenant-scoped session a bulk UPDATE changes and records only own rows."""
-    tenant_sessionmaker = getattr(scoping, "tenant_sessionmaker", None)
-    if tenant_sessionmaker is None:
-        pytest.skip("tenantkit.scoping has no tenant_sessionmaker yet")
     with Session(engine) as plain:
         plain.add_all([Project(tenant_id="acme", name="a"), Project(tenant_id="beta", name="b")])
         plain.commit()
-    factory = tenant_sessionmaker(engine)
+    factory = scoping.tenant_sessionmaker(engine)
     audit.install(factory, record_unscoped=False)
     try:
         with bound_tenant("acme"), factory() as session:
