@@ -237,3 +237,25 @@ def test_repeated_credentials_are_refused(kit: Any, jwt_for: Callable[..., str])
     key_a = kit.api_keys.issue("acme", name="a").key.encode()
     key_b = kit.api_keys.issue("globex", name="b").key.encode()
     assert _asgi_get(kit, [(b"x-api-key", key_a), (b"x-api-key", key_b)])[0] == 401
+
+
+@pytest.mark.parametrize("path", ["/\u20ac/things", "/\udcff/things"])
+def test_wsgi_path_that_is_not_latin1_is_served(
+    kit: Any, jwt_for: Callable[..., str], path: str
+) -> None:
+    """A PATH_INFO already decoded past latin-1 (a server breaking PEP 3333) is not a 500."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return [context.current_tenant_id().encode()]
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "HTTP_AUTHORIZATION": f"Bearer {jwt_for(kit, 'acme')}",
+        "wsgi.input": io.BytesIO(b""),
+    }
+    result = TenantKitWSGIMiddleware(app, kit)(environ, lambda status, headers, exc=None: None)
+    assert b"".join(result) == b"acme"
+    getattr(result, "close", lambda: None)()
+    assert context.get_context() is None

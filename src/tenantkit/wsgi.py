@@ -174,7 +174,10 @@ def _request_info(environ: WSGIEnvironment, request_id: str) -> RequestInfo:
         if environ.get(key):
             headers[key.replace("_", "-").lower()] = environ[key]
     raw_path: str = environ.get("PATH_INFO", "") or "/"
-    path = raw_path.encode("latin-1").decode("utf-8", "replace")
+    try:
+        path = raw_path.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that passed decoded text, against PEP 3333
+        path = raw_path
     return RequestInfo(
         method=environ.get("REQUEST_METHOD", "GET"),
         path=path,
