@@ -57,7 +57,8 @@ def is_scoped_table(table: Any) -> bool:
     if not isinstance(table, TableClause):
         return False
     col = table.c.get(TENANT_COLUMN)
-    return col is not None and bool(col.info.get(SCOPED_INFO_KEY))
+    # A lightweight table("t", column("tenant_id")) has columns without .info.
+    return isinstance(col, Column) and bool(col.info.get(SCOPED_INFO_KEY))
 
 
 TableSource = MetaData | Iterable[FromClause]

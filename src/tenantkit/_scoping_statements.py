@@ -26,14 +26,22 @@ from sqlalchemy.sql.elements import (
     TextClause,
 )
 from sqlalchemy.sql.expression import Alias, Join, Select, TableClause, TextualSelect
-from sqlalchemy.sql.selectable import FromClause, SelectBase
+from sqlalchemy.sql.selectable import FromClause, HasHints, HasPrefixes, HasSuffixes, SelectBase
 from sqlalchemy.util import immutabledict
 
 from ._scoping_models import TENANT_COLUMN, is_scoped_table, mapped_scoped_tables
 from .errors import CrossTenantError
 
-# literal_column("*"), literal_column("1"), literal_column("t.x"): names, not SQL
-_SAFE_LITERAL = re.compile(r'^[\w.*" ]*$')
+# literal_column("*"), ("1"), ("t.x"), ("t.*"), ('"a name"'): names, not SQL. A
+# space outside quotes is not allowed: literal_column("body FROM notes") is a query.
+_NAME = r'(?:\w+|"[^"]*")'
+_SAFE_LITERAL = re.compile(rf"\*|{_NAME}(?:\.{_NAME})*(?:\.\*)?")
+# Keyword prefixes that change how a statement runs, never what it reads:
+# SELECT DISTINCT, INSERT OR IGNORE (SQLite), INSERT IGNORE (MySQL) and the like.
+_SAFE_PREFIX_WORDS = frozenset(
+    {"ALL", "DISTINCT", "OR", "IGNORE", "REPLACE", "ABORT", "FAIL", "ROLLBACK"}
+    | {"LOW_PRIORITY", "HIGH_PRIORITY", "DELAYED", "QUICK", "STRAIGHT_JOIN"}
+)
 
 
 @dataclass(slots=True)
@@ -57,7 +65,7 @@ def survey(stmt: ClauseElement, *, orm: bool) -> Findings:
         if isinstance(elem, TextClause | TextualSelect):
             found.raw_sql = "text()"
         elif isinstance(elem, ColumnClause):
-            if elem.is_literal and not _SAFE_LITERAL.match(elem.name):
+            if elem.is_literal and not _SAFE_LITERAL.fullmatch(elem.name):
                 found.raw_sql = f"literal_column({elem.name!r})"
             elif _is_core_ref(elem.table, elem, orm):
                 found.core = True
@@ -69,6 +77,9 @@ def survey(stmt: ClauseElement, *, orm: bool) -> Findings:
                     f"table({elem.name!r}) names a tenant-scoped table without its tenant_id "
                     "column; use the model or its Table so the query can be scoped"
                 )
+        raw = _raw_decoration(elem)
+        if raw is not None:
+            found.raw_sql = raw
         if isinstance(elem, Insert):
             found.inserts.append(elem)
         elif isinstance(elem, Update) and is_scoped_table(_base_table(elem.table)):
@@ -79,6 +90,25 @@ def survey(stmt: ClauseElement, *, orm: bool) -> Findings:
 
 _SURVEYS: dict[Any, tuple[str | None, bool]] = {}
 _SURVEYS_MAX = 4096
+
+
+def _raw_decoration(elem: object) -> str | None:
+    """Name the raw SQL a statement carries outside its clauses (iterate() never visits it).
+
+    A prefix other than a few keywords, any suffix and any hint are text
+    spliced into the statement: ``suffix_with("UNION SELECT ...")`` reads
+    every tenant's rows.
+    """
+    if isinstance(elem, HasPrefixes):
+        for clause, _dialect in elem._prefixes:
+            words = str(clause).upper().split()
+            if not words or not _SAFE_PREFIX_WORDS.issuperset(words):
+                return f"prefix_with({str(clause)!r})"
+    if isinstance(elem, HasSuffixes) and elem._suffixes:
+        return f"suffix_with({str(elem._suffixes[0][0])!r})"
+    if isinstance(elem, HasHints) and (elem._hints or elem._statement_hints):
+        return "with_hint()"
+    return None
 
 
 def survey_cached(stmt: ClauseElement, *, orm: bool) -> Findings:

@@ -1,0 +1,68 @@
+"""Raw SQL hidden where the statement walk does not look is refused, not run across tenants."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Select, column, func, insert, literal_column, select, table
+from sqlalchemy.orm import Session, sessionmaker
+
+import test_scoping
+from tenantkit.context import bound_tenant
+from tenantkit.errors import CrossTenantError
+from tenantkit.scoping import is_scoped_table
+from test_scoping import A, Team
+
+# The SQLite database of test_scoping: teams "red" (tenant A) and "blue" (tenant B).
+engine = test_scoping.engine
+maker = test_scoping.maker
+
+T = Team.__table__
+
+LEAKS: list[tuple[str, Callable[[], Any]]] = [
+    # Each of these read both tenants' teams through a scoped session on SQLite.
+    ("literal_column", lambda: select(literal_column("name FROM sc_teams"))),
+    ("literal_column", lambda: select(literal_column('"name" FROM sc_teams'))),
+    ("suffix_with", lambda: select(Team.name).suffix_with("UNION SELECT name FROM sc_teams")),
+    ("with_hint", lambda: select(Team.name).with_statement_hint("UNION SELECT name FROM sc_teams")),
+    ("prefix_with", lambda: select(Team.name).prefix_with("name FROM sc_teams UNION SELECT")),
+]
+
+
+@pytest.mark.parametrize(
+    ("where", "build"), LEAKS, ids=[f"{w}-{i}" for i, (w, _) in enumerate(LEAKS)]
+)
+def test_raw_sql_outside_the_clauses_is_refused(
+    maker: sessionmaker[Session], where: str, build: Callable[[], Select[Any]]
+) -> None:
+    """SQL in a literal column name, a prefix, a suffix or a hint is refused like text()."""
+    with bound_tenant(A), maker() as s, pytest.raises(CrossTenantError, match=where):
+        s.execute(build()).all()
+
+
+@pytest.mark.parametrize("name", ["*", "1", "sc_teams.name", '"name"', "name"])
+def test_literal_column_names_still_pass(maker: sessionmaker[Session], name: str) -> None:
+    """literal_column of a name, a quoted name, a number or '*' runs, scoped to the tenant."""
+    with bound_tenant(A), maker() as s:
+        rows = s.execute(select(literal_column(name)).select_from(Team)).all()
+    assert len(rows) == 1
+
+
+def test_keyword_prefixes_still_pass(maker: sessionmaker[Session]) -> None:
+    """SELECT DISTINCT and INSERT OR IGNORE prefixes change how, not what: they run."""
+    with bound_tenant(A), maker() as s:
+        assert s.scalars(select(Team.name).prefix_with("DISTINCT")).all() == ["red"]
+        s.execute(insert(Team).prefix_with("OR IGNORE").values(id=1, name="dup"))
+        assert s.scalar(select(func.count()).select_from(Team)) == 1
+
+
+def test_lightweight_table_naming_a_scoped_table_is_refused(
+    maker: sessionmaker[Session],
+) -> None:
+    """table('sc_teams', column('tenant_id')) is a CrossTenantError, not an AttributeError."""
+    light = table(T.name, column("tenant_id"), column("name"))
+    assert is_scoped_table(light) is False
+    with bound_tenant(A), maker() as s, pytest.raises(CrossTenantError, match="tenant_id"):
+        s.execute(select(func.count()).select_from(light)).all()
