@@ -48,3 +48,16 @@ def test_a_failed_create_does_not_echo_the_password(owner: Engine, role: str) ->
         create_app_role(owner, role, password="second-Secret-2")
     assert "second-Secret-2" not in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_role_name_with_a_trailing_newline_is_refused() -> None:
+    """'app\\n' passed the role-name check ($ matches before a newline) into unquoted DDL."""
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    from tenantkit.errors import ConfigurationError
+    from tenantkit.rls import grant_ddl
+
+    table = Table("rv_things", MetaData(), Column("id", Integer, primary_key=True))
+    with pytest.raises(ConfigurationError, match="role name"):
+        grant_ddl([table], "app\n")
+    assert grant_ddl([table], "app")[0] == "GRANT USAGE ON SCHEMA public TO app"

@@ -195,7 +195,7 @@ def rls_active(connection: Connection, *, tables: TableSource | None = None) -> 
 
 
 def _quote_role(name: str) -> str:
-    if not _ROLE_NAME.match(name):
+    if not _ROLE_NAME.fullmatch(name):
         raise ConfigurationError(f"role name {name!r} must match {_ROLE_NAME.pattern}")
     return str(_preparer.quote(name))
 
