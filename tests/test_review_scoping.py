@@ -6,8 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, column, func, insert, literal_column, select, table
+from sqlalchemy import Select, column, func, insert, literal, literal_column, select, table
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import quoted_name
 
 import test_scoping
 from tenantkit.context import bound_tenant
@@ -28,6 +29,8 @@ LEAKS: list[tuple[str, Callable[[], Any]]] = [
     ("suffix_with", lambda: select(Team.name).suffix_with("UNION SELECT name FROM sc_teams")),
     ("with_hint", lambda: select(Team.name).with_statement_hint("UNION SELECT name FROM sc_teams")),
     ("prefix_with", lambda: select(Team.name).prefix_with("name FROM sc_teams UNION SELECT")),
+    ("op", lambda: select(Team.name.op("FROM sc_teams UNION SELECT name ||")(literal("")))),
+    ("quoted_name", lambda: select(column(quoted_name("name FROM sc_teams", quote=False)))),
 ]
 
 
@@ -66,3 +69,12 @@ def test_lightweight_table_naming_a_scoped_table_is_refused(
     assert is_scoped_table(light) is False
     with bound_tenant(A), maker() as s, pytest.raises(CrossTenantError, match="tenant_id"):
         s.execute(select(func.count()).select_from(light)).all()
+
+
+def test_operators_and_plain_unquoted_names_still_pass(maker: sessionmaker[Session]) -> None:
+    """Symbol and word operators (||, LIKE) and an unquoted plain name run, scoped."""
+    with bound_tenant(A), maker() as s:
+        assert s.scalars(select(Team.name.op("||")(literal("!")))).all() == ["red!"]
+        assert s.scalars(select(Team.name).where(Team.name.op("LIKE")("r%"))).all() == ["red"]
+        plain = column(quoted_name("name", quote=False))
+        assert s.scalars(select(plain).select_from(Team)).all() == ["red"]

@@ -19,13 +19,17 @@ from sqlalchemy import and_
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.elements import (
+    BinaryExpression,
     BindParameter,
     ClauseElement,
     ColumnClause,
     ColumnElement,
     TextClause,
+    UnaryExpression,
+    quoted_name,
 )
 from sqlalchemy.sql.expression import Alias, Join, Select, TableClause, TextualSelect
+from sqlalchemy.sql.operators import custom_op
 from sqlalchemy.sql.selectable import FromClause, HasHints, HasPrefixes, HasSuffixes, SelectBase
 from sqlalchemy.util import immutabledict
 
@@ -36,6 +40,14 @@ from .errors import CrossTenantError
 # space outside quotes is not allowed: literal_column("body FROM notes") is a query.
 _NAME = r'(?:\w+|"[^"]*")'
 _SAFE_LITERAL = re.compile(rf"\*|{_NAME}(?:\.{_NAME})*(?:\.\*)?")
+# Custom operators (column.op(...)) render as written: symbols such as @> or ->>, or
+# the few word operators SQL has; "FROM t UNION SELECT x ||" is a query, not an operator.
+_SAFE_OPERATOR = re.compile(
+    r"[-!#%&*+/<=>@^|~?:]{1,4}|(?:NOT +)?(?:I?LIKE|SIMILAR +TO|REGEXP|GLOB|MATCH)"
+    r"|IS(?: +NOT)?(?: +DISTINCT +FROM)?",
+    re.IGNORECASE,
+)
+_IDENTIFIER = re.compile(r"\w+")
 # Keyword prefixes that change how a statement runs, never what it reads:
 # SELECT DISTINCT, INSERT OR IGNORE (SQLite), INSERT IGNORE (MySQL) and the like.
 _SAFE_PREFIX_WORDS = frozenset(
@@ -93,12 +105,31 @@ _SURVEYS_MAX = 4096
 
 
 def _raw_decoration(elem: object) -> str | None:
-    """Name the raw SQL a statement carries outside its clauses (iterate() never visits it).
+    """Name the raw SQL ``elem`` splices into its statement, or return ``None``.
 
-    A prefix other than a few keywords, any suffix and any hint are text
-    spliced into the statement: ``suffix_with("UNION SELECT ...")`` reads
-    every tenant's rows.
+    A prefix other than a few keywords, any suffix or hint (which the walk
+    never visits), a custom operator that is not an operator and an unquoted
+    ``quoted_name`` are text spliced in as written: ``suffix_with("UNION
+    SELECT ...")`` or ``col.op("FROM t UNION SELECT x ||")`` read every
+    tenant's rows.
     """
+    operators: tuple[object, ...] = ()
+    if isinstance(elem, BinaryExpression):
+        operators = (elem.operator,)
+    elif isinstance(elem, UnaryExpression):
+        operators = (elem.operator, elem.modifier)
+    for op in operators:
+        if isinstance(op, custom_op) and not _SAFE_OPERATOR.fullmatch(op.opstring.strip()):
+            return f"op({op.opstring!r})"
+    if isinstance(elem, ColumnClause | TableClause):
+        name = elem.name
+        # quoted_name(..., quote=False) renders as written, like a literal column.
+        if (
+            isinstance(name, quoted_name)
+            and name.quote is False
+            and not _IDENTIFIER.fullmatch(name)
+        ):
+            return f"quoted_name({str(name)!r}, quote=False)"
     if isinstance(elem, HasPrefixes):
         for clause, _dialect in elem._prefixes:
             words = str(clause).upper().split()
