@@ -31,6 +31,12 @@ LEAKS: list[tuple[str, Callable[[], Any]]] = [
     ("prefix_with", lambda: select(Team.name).prefix_with("name FROM sc_teams UNION SELECT")),
     ("op", lambda: select(Team.name.op("FROM sc_teams UNION SELECT name ||")(literal("")))),
     ("quoted_name", lambda: select(column(quoted_name("name FROM sc_teams", quote=False)))),
+    (
+        "quoted_name",
+        lambda: select(
+            Team.name.label(quoted_name("x UNION SELECT name FROM sc_teams", quote=False))
+        ),
+    ),
 ]
 
 

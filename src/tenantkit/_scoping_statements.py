@@ -121,15 +121,11 @@ def _raw_decoration(elem: object) -> str | None:
     for op in operators:
         if isinstance(op, custom_op) and not _SAFE_OPERATOR.fullmatch(op.opstring.strip()):
             return f"op({op.opstring!r})"
-    if isinstance(elem, ColumnClause | TableClause):
-        name = elem.name
-        # quoted_name(..., quote=False) renders as written, like a literal column.
-        if (
-            isinstance(name, quoted_name)
-            and name.quote is False
-            and not _IDENTIFIER.fullmatch(name)
-        ):
-            return f"quoted_name({str(name)!r}, quote=False)"
+    # A column, table, label, alias or CTE named by quoted_name(..., quote=False)
+    # renders that name as written, like a literal column.
+    name = getattr(elem, "name", None)
+    if isinstance(name, quoted_name) and name.quote is False and not _IDENTIFIER.fullmatch(name):
+        return f"quoted_name({str(name)!r}, quote=False)"
     if isinstance(elem, HasPrefixes):
         for clause, _dialect in elem._prefixes:
             words = str(clause).upper().split()
