@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
-from .errors import NoTenantError
+from .errors import CrossTenantError, NoTenantError
 from .types import Identity, TenantConfig, validate_tenant_id
 
 
@@ -104,23 +104,36 @@ def bound_tenant(
 ) -> Iterator[TenantContext]:
     """Bind a tenant for the duration of a ``with`` block (jobs, scripts, tests).
 
-    ``tenant`` may be an id, a ``TenantConfig`` or an ``Identity``.
+    ``tenant`` may be an id, a ``TenantConfig`` or an ``Identity``; an
+    ``identity`` given beside an id or config must be of that tenant
+    (``CrossTenantError`` otherwise).
     """
     config: TenantConfig | None = None
     if isinstance(tenant, Identity):
         identity = tenant
     elif isinstance(tenant, TenantConfig):
         config = tenant
-        identity = identity or Identity(tenant_id=tenant.id, source="system")
+        identity = _identity_for(tenant.id, identity)
     else:
-        tenant_id = validate_tenant_id(tenant)
-        identity = identity or Identity(tenant_id=tenant_id, source="system")
+        identity = _identity_for(validate_tenant_id(tenant), identity)
     ctx = TenantContext(identity=identity, tenant=config, request_id=request_id)
     token = _current.set(ctx)
     try:
         yield ctx
     finally:
         _current.reset(token)
+
+
+def _identity_for(tenant_id: str, identity: Identity | None) -> Identity:
+    if identity is None:
+        return Identity(tenant_id=tenant_id, source="system")
+    if identity.tenant_id != tenant_id:
+        # Bound as is, the identity's tenant would win: rows written for the
+        # wrong tenant (system_identity() is tenant "system").
+        raise CrossTenantError(
+            f"bound_tenant({tenant_id!r}) got an identity of tenant {identity.tenant_id!r}"
+        )
+    return identity
 
 
 @contextmanager
