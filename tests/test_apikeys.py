@@ -45,17 +45,10 @@ from tenantkit.kit import TenantKit
 from tenantkit.settings import CacheSettings, Settings
 from tenantkit.tenants import TenantRow, TenantStore
 from tenantkit.types import RequestInfo
+from test_review_support import BACKENDS, FakeClock, backend_engine
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 KEY_SHAPE = re.compile(r"tk_(live|test)_[0-9A-Za-z]{43}[0-9A-Za-z]{6}")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeNow:
@@ -84,18 +77,10 @@ class StatementLog:
         )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
     """An engine on a fresh SQLite file or on the session's PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'keys.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url").render_as_string(hide_password=False)
-    eng = make_engine(url)
-    APIKeyRow.__table__.drop(eng, checkfirst=True)
-    yield eng
-    APIKeyRow.__table__.drop(eng, checkfirst=True)
-    eng.dispose()
+    yield from backend_engine(request, tmp_path, [APIKeyRow.__table__])
 
 
 @pytest.fixture

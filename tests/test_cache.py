@@ -9,20 +9,13 @@ from dataclasses import dataclass
 import pytest
 
 from tenantkit._cache import MISS, VersionedCache
+from test_review_support import FakeClock
 
 
 @dataclass(frozen=True)
 class Item:
     key: str
     version: int
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_cache(

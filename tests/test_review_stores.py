@@ -3,39 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import Engine
 
 from tenantkit.apikeys import APIKeyRow, APIKeyStore
 from tenantkit.errors import ValidationError
 from tenantkit.tenants import TenantRow, TenantStore
+from test_review_support import BACKENDS, backend_engine
 
 SECRET = "review-secret-for-the-api-key-store-0123456789"
 TOO_BIG = [2**31, 10**20]
 UNSTORABLE_TEXT = ["a\x00b", "lone \ud800 surrogate", "\udc80"]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url: str | URL = f"sqlite:///{tmp_path / 'stores.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = create_engine(url)
-    tables = [APIKeyRow.__table__, TenantRow.__table__]
-    for table in tables:
-        table.drop(engine, checkfirst=True)  # type: ignore[attr-defined]
-    TenantStore(engine).create_all()
-    APIKeyStore(engine, secret=SECRET).create_all()
-    try:
+@pytest.fixture(params=BACKENDS)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    for engine in backend_engine(request, tmp_path, [APIKeyRow.__table__, TenantRow.__table__]):
+        TenantStore(engine).create_all()
+        APIKeyStore(engine, secret=SECRET).create_all()
         yield engine
-    finally:
-        for table in tables:
-            table.drop(engine, checkfirst=True)  # type: ignore[attr-defined]
-        engine.dispose()
 
 
 @pytest.fixture

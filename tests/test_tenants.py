@@ -27,14 +27,7 @@ from tenantkit.errors import (
 from tenantkit.settings import CacheSettings
 from tenantkit.tenants import MISS, TenantRow, TenantStore, tenant_to_dict
 from tenantkit.types import TenantConfig
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from test_review_support import BACKENDS, FakeClock, backend_engine
 
 
 class StatementLog:
@@ -55,18 +48,10 @@ class StatementLog:
         )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
     """An engine on a fresh SQLite file or on the session's PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'tenants.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url").render_as_string(hide_password=False)
-    eng = make_engine(url)
-    TenantRow.__table__.drop(eng, checkfirst=True)
-    yield eng
-    TenantRow.__table__.drop(eng, checkfirst=True)
-    eng.dispose()
+    yield from backend_engine(request, tmp_path, [TenantRow.__table__])
 
 
 @pytest.fixture
