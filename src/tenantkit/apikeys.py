@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from hashlib import sha256
 from typing import Any, Final
@@ -38,7 +38,15 @@ from ._keyformat import CHECKSUM_LENGTH as CHECKSUM_LENGTH
 from ._keyformat import ENTROPY_BYTES as ENTROPY_BYTES
 from ._keyformat import KEY_PATTERN as KEY_PATTERN
 from ._keyformat import KEY_PREFIXES as KEY_PREFIXES
-from ._keyformat import Environment, ParsedKey, base62, generate_key, looks_like_key, parse_key
+from ._keyformat import (
+    Environment,
+    ParsedKey,
+    base62,
+    check_key,
+    generate_key,
+    looks_like_key,
+    parse_key,
+)
 from ._stores import (
     MAX_COLUMN_INT,
     check_limit,
@@ -49,7 +57,7 @@ from ._stores import (
 )
 from .errors import ConfigurationError, NotFound, StorageError, Unauthorized, ValidationError
 from .settings import CacheSettings
-from .types import Page, validate_tenant_id
+from .types import Identity, Page, validate_tenant_id
 
 __all__ = [
     "MISS",
@@ -75,10 +83,18 @@ INVALID_KEY: Final = "invalid API key"
 
 @dataclass(frozen=True)
 class _Entry:
-    """What the cache holds per key hash."""
+    """What the cache holds per key hash, with the identity its record grants.
+
+    Records are immutable, so the identity is built once per cached entry
+    instead of once per request.
+    """
 
     hash: str
     record: APIKey
+    identity: Identity = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identity", self.record.to_identity())
 
 
 class APIKeyStore:
@@ -180,8 +196,15 @@ class APIKeyStore:
         cache hit does no I/O; ``last_used_at`` is written when a verification
         reads the store, at most once per ``touch_interval_seconds`` per key.
         """
+        return self._verified(key).record
+
+    def verify_identity(self, key: str) -> Identity:
+        """``verify``, returning the identity the key grants (built once per cached entry)."""
+        return self._verified(key).identity
+
+    def _verified(self, key: str) -> _Entry:
         try:
-            parse_key(key)
+            check_key(key)
         except ValidationError:
             raise Unauthorized(INVALID_KEY) from None
         digest = self._digest(key)
@@ -189,13 +212,13 @@ class APIKeyStore:
         from_store = entry is MISS
         if entry is MISS:
             entry = self._cache.get(digest, self._load)
-        record = self._usable(entry, digest)
-        if record is None:
+        usable = self._usable(entry, digest)
+        if usable is None:
             raise Unauthorized(INVALID_KEY)
         if from_store:
             # Only on the path that already did I/O: a cache hit stays non-blocking.
-            self._touch(record)
-        return record
+            self._touch(usable.record)
+        return usable
 
     def peek(self, key: str) -> APIKey | Miss | None:
         """Answer from the cache only: the record if usable, ``None`` if not, or ``MISS``.
@@ -203,8 +226,17 @@ class APIKeyStore:
         ``None`` covers malformed, unknown, revoked and expired keys; on
         ``MISS`` call ``verify`` (in a thread when on an event loop).
         """
+        entry = self._peeked(key)
+        return entry if entry is MISS or entry is None else entry.record
+
+    def peek_identity(self, key: str) -> Identity | Miss | None:
+        """``peek``, answering with the identity the key grants instead of its record."""
+        entry = self._peeked(key)
+        return entry if entry is MISS or entry is None else entry.identity
+
+    def _peeked(self, key: str) -> _Entry | Miss | None:
         try:
-            parse_key(key)
+            check_key(key)
         except ValidationError:
             return None
         digest = self._digest(key)
@@ -273,20 +305,22 @@ class APIKeyStore:
         self._cache.clear()
 
     def _digest(self, key: str) -> str:
-        return hmac.new(self._secret, key.encode(), sha256).hexdigest()
+        # hmac.digest is the one-shot C path: the same HMAC without a Python HMAC object.
+        return hmac.digest(self._secret, key.encode(), sha256).hex()
 
     def _load(self, digest: str) -> _Entry | None:
         with _storage_errors(), Session(self.engine) as session:
             row = session.scalars(select(APIKeyRow).where(APIKeyRow.hash == digest)).first()
             return None if row is None else _Entry(row.hash, row.to_record())
 
-    def _usable(self, entry: _Entry | None, digest: str) -> APIKey | None:
+    def _usable(self, entry: _Entry | None, digest: str) -> _Entry | None:
         if entry is None or not hmac.compare_digest(entry.hash, digest):
             return None
         record = entry.record
-        if record.revoked or record.expired(self._now()):
+        # The clock is read only for a key that can expire (most never do).
+        if record.revoked or (record.expires_at is not None and record.expired(self._now())):
             return None
-        return record
+        return entry
 
     def _owned(self, session: Session, tenant_id: str, key_id: str) -> APIKeyRow:
         # Another tenant's key and a missing one answer alike: existence is not revealed.

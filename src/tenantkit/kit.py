@@ -310,14 +310,14 @@ class TenantKit:
         if store is None:  # pragma: no cover - the chain is built without the resolver
             raise Unauthorized("API keys are not enabled")
         if _blocking_allowed.get():
-            return store.verify(key).to_identity()
+            return store.verify_identity(key)
         # On the event loop: answer from the cache or redo the lookup in a thread.
-        cached = store.peek(key)
+        cached = store.peek_identity(key)
         if cached is apikeys.MISS:
             raise _WouldBlock
         if cached is None:
             raise Unauthorized(apikeys.INVALID_KEY)
-        return cached.to_identity()
+        return cached
 
     def _check_calls(self, tenant: TenantConfig, blocking: bool = True) -> bool:
         """Check the monthly call cap; ``False`` if that needs a store read and may not block."""

@@ -1,0 +1,88 @@
+"""The request pipeline's shortcuts answer exactly as the long way round.
+
+Cached API-key identities, the table-driven key checksum, memoized path
+decisions and precomputed rate-limit header parts must never change an answer.
+"""
+
+from __future__ import annotations
+
+import zlib
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tenantkit._db import make_engine
+from tenantkit._keyformat import _PAIRS, _base62_int, _checksum, generate_key
+from tenantkit.apikeys import MISS, APIKeyStore
+from tenantkit.errors import Unauthorized
+from tenantkit.settings import CacheSettings
+from test_apikeys import SECRET, FakeNow
+from test_review_support import FakeClock
+
+# The base62 CRC of these strings covers 0, the pair boundaries and the largest CRC32.
+CHECKSUM_SAMPLES = ["", "a", "tk_live_", "tk_test_" + "z" * 43, "0" * 1000]
+
+
+@pytest.fixture
+def store(tmp_path: Any) -> APIKeyStore:
+    clock, now = FakeClock(), FakeNow()
+    cache = CacheSettings(ttl_seconds=30.0, negative_ttl_seconds=5.0)
+    engine = make_engine(f"sqlite:///{tmp_path}/keys.db")
+    made = APIKeyStore(engine, secret=SECRET, cache=cache, clock=clock, now=now)
+    made.create_all()
+    made.fake_now = now  # type: ignore[attr-defined]
+    return made
+
+
+@pytest.mark.parametrize("number", [0, 1, 61, 62, 3843, 3844, 3844**2 - 1, 3844**2, 2**32 - 1])
+def test_checksum_table_matches_base62(number: int) -> None:
+    """The three-pair checksum encoding equals the digit-by-digit base62 encoding."""
+    high, low = divmod(number, 3844)
+    high, middle = divmod(high, 3844)
+    assert _PAIRS[high] + _PAIRS[middle] + _PAIRS[low] == _base62_int(number, 6)
+
+
+@pytest.mark.parametrize("body", CHECKSUM_SAMPLES + [generate_key()[:-6] for _ in range(20)])
+def test_checksum_is_base62_crc32(body: str) -> None:
+    """``_checksum`` is the 6-digit base62 CRC32 of the key body."""
+    assert _checksum(body) == _base62_int(zlib.crc32(body.encode()), 6)
+
+
+def test_verify_identity_equals_the_records_identity(store: APIKeyStore) -> None:
+    """``verify_identity`` gives the identity ``verify(...).to_identity()`` gives, cached or not."""
+    issued = store.issue("acme", name="ci", scopes=["read"], rate_limit=7, project_id="p1")
+    store.clear_cache()
+    first = store.verify_identity(issued.key)
+    assert first == store.verify(issued.key).to_identity()
+    assert store.verify_identity(issued.key) is first
+    assert first.claims == {"project_id": "p1"}
+
+
+def test_peek_identity_follows_peek(store: APIKeyStore) -> None:
+    """``peek_identity`` is MISS, None or the identity when ``peek`` is MISS, None or a record."""
+    key = store.issue("acme", name="ci").key
+    store.clear_cache()
+    assert store.peek_identity(key) is MISS
+    assert store.peek_identity("garbage") is None
+    store.verify(key)
+    record = store.peek(key)
+    assert record is not None and record is not MISS
+    assert store.peek_identity(key) == record.to_identity()
+
+
+def test_cached_identity_is_refused_once_revoked_or_expired(store: APIKeyStore) -> None:
+    """A cached identity stops being handed out when its key is revoked or expires."""
+    now: FakeNow = store.fake_now  # type: ignore[attr-defined]
+    revoked = store.issue("acme", name="a")
+    store.verify_identity(revoked.key)
+    store.revoke("acme", revoked.record.id)
+    with pytest.raises(Unauthorized):
+        store.verify_identity(revoked.key)
+    assert store.peek_identity(revoked.key) is None
+    expiring = store.issue("acme", name="b", expires_at=now.now + timedelta(minutes=5))
+    store.verify_identity(expiring.key)
+    now.now += timedelta(minutes=5)
+    with pytest.raises(Unauthorized):
+        store.verify_identity(expiring.key)
+    assert store.peek_identity(expiring.key) is None
