@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
+from tenantkit._cache import _TTLMap
 from tenantkit._db import make_engine
 from tenantkit._keyformat import _PAIRS, _base62_int, _checksum, generate_key
 from tenantkit.apikeys import MISS, APIKeyStore
-from tenantkit.errors import Unauthorized
+from tenantkit.errors import Unauthorized, ValidationError
 from tenantkit.settings import CacheSettings
+from tenantkit.tenants import TenantStore
 from test_apikeys import SECRET, FakeNow
 from test_review_support import FakeClock
 
@@ -86,3 +88,60 @@ def test_cached_identity_is_refused_once_revoked_or_expired(store: APIKeyStore) 
     with pytest.raises(Unauthorized):
         store.verify_identity(expiring.key)
     assert store.peek_identity(expiring.key) is None
+
+
+def ttl_map(maxsize: int = 3, ttl: float = 10.0) -> tuple[_TTLMap[str, int], FakeClock]:
+    clock = FakeClock()
+    return _TTLMap(maxsize, ttl, clock), clock
+
+
+def test_ttl_map_entry_lives_until_its_ttl_from_the_last_set() -> None:
+    """An entry is alive strictly before ``set time + ttl``; a new set restarts it."""
+    cache, clock = ttl_map()
+    cache.set("a", 1)
+    clock.now += 9.5
+    assert cache.get("a") == 1 and "a" in cache
+    cache.set("a", 2)
+    clock.now += 9.5
+    assert cache.get("a") == 2
+    clock.now += 0.5
+    assert cache.get("a") is None and "a" not in cache
+
+
+def test_ttl_map_set_drops_expired_entries_before_evicting_live_ones() -> None:
+    """When full, expired entries go first; only then the least recently used live one."""
+    cache, clock = ttl_map(maxsize=2)
+    cache.set("old", 1)
+    clock.now += 6
+    cache.set("b", 2)
+    assert cache.get("old") == 1  # now the most recently used: "b" is the LRU entry
+    clock.now += 5  # "old" has expired, "b" is alive
+    cache.set("c", 3)
+    assert cache.get("b") == 2 and cache.get("c") == 3
+    assert len(cache) == 2
+
+
+def test_ttl_map_get_refreshes_lru_but_contains_does_not() -> None:
+    """A ``get`` hit makes an entry most recently used; ``in`` leaves the order alone."""
+    cache, _ = ttl_map(maxsize=2)
+    cache.set("a", 1)
+    cache.set("b", 2)
+    assert "a" in cache
+    cache.set("c", 3)
+    assert cache.get("a") is None
+    cache.get("b")
+    cache.set("d", 4)
+    assert cache.get("b") == 2 and cache.get("c") is None
+
+
+def test_tenant_store_refuses_malformed_ids_even_with_a_warm_cache(tmp_path: Any) -> None:
+    """The lock-free hit path never answers for an id that fails validation."""
+    store = TenantStore(make_engine(f"sqlite:///{tmp_path}/t.db"))
+    store.create_all()
+    store.create(id="acme")
+    assert store.get("acme").id == "acme"
+    for bad in ("ACME", " acme", "acme\n", 42):
+        with pytest.raises(ValidationError):
+            store.get(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            store.peek(bad)  # type: ignore[arg-type]

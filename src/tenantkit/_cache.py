@@ -17,11 +17,10 @@ import enum
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
-
-from cachetools import TTLCache
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -53,6 +52,81 @@ class _KeyLock:
     users: int = 0
 
 
+class _TTLMap(Generic[K, V]):
+    """A TTL + LRU map with ``cachetools.TTLCache``'s rules and a hit path of C dict calls.
+
+    An entry lives for ``ttl`` seconds from its last ``set`` (alive while
+    ``clock() < expires``); a ``get`` hit makes it the most recently used; a
+    ``set`` first drops every expired entry, then the least recently used ones
+    while full. ``get`` is safe without the owner's lock (each step is one
+    atomic dict operation); every other method runs under it.
+    """
+
+    __slots__ = ("_clock", "_expiry", "_items", "_maxsize", "_ttl")
+
+    def __init__(self, maxsize: int, ttl: float, clock: Callable[[], float]) -> None:
+        self._maxsize = maxsize
+        self._ttl = ttl
+        self._clock = clock
+        # Least recently used first: a value and the time it expires.
+        self._items: OrderedDict[K, tuple[V, float]] = OrderedDict()
+        # Earliest expiry first (the order of the last set, as the TTL is fixed).
+        self._expiry: OrderedDict[K, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K) -> V | None:
+        """Return the live value of ``key`` (making it the most recently used) or ``None``."""
+        entry = self._items.get(key)
+        if entry is None or not self._clock() < entry[1]:
+            return None
+        try:  # noqa: SIM105 - contextlib.suppress costs more than this whole lookup
+            self._items.move_to_end(key)
+        except KeyError:  # dropped meanwhile by a writer: the read still came first
+            pass
+        return entry[0]
+
+    def __contains__(self, key: object) -> bool:
+        """Return whether ``key`` has a live value, without touching the LRU order."""
+        entry = self._items.get(key)  # type: ignore[arg-type]
+        return entry is not None and self._clock() < entry[1]
+
+    def set(self, key: K, value: V) -> None:
+        """Store ``value`` for ``ttl`` seconds from now, evicting as ``TTLCache`` does."""
+        now = self._clock()
+        self._expire(now)
+        items = self._items
+        if key not in items:
+            while len(items) >= self._maxsize:
+                old, _ = items.popitem(last=False)
+                self._expiry.pop(old, None)
+        expires = now + self._ttl
+        items[key] = (value, expires)
+        items.move_to_end(key)
+        self._expiry[key] = expires
+        self._expiry.move_to_end(key)
+
+    def pop(self, key: K) -> None:
+        """Forget ``key``."""
+        self._items.pop(key, None)
+        self._expiry.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._items.clear()
+        self._expiry.clear()
+
+    def _expire(self, now: float) -> None:
+        expiry = self._expiry
+        while expiry:
+            key, expires = next(iter(expiry.items()))
+            if now < expires:
+                return
+            del expiry[key]
+            self._items.pop(key, None)
+
+
 class VersionedCache(Generic[K, V]):
     """Cache values by key, each carrying a version read by ``version_of``.
 
@@ -71,20 +145,31 @@ class VersionedCache(Generic[K, V]):
     ) -> None:
         self._version_of = version_of
         self._lock = threading.Lock()
-        self._values: TTLCache[K, V] = TTLCache(maxsize, ttl_seconds, timer=clock)
-        self._unknown: TTLCache[K, bool] = TTLCache(maxsize, negative_ttl_seconds, timer=clock)
+        self._values: _TTLMap[K, V] = _TTLMap(maxsize, ttl_seconds, clock)
+        self._unknown: _TTLMap[K, bool] = _TTLMap(maxsize, negative_ttl_seconds, clock)
         self._flights: dict[K, _Flight] = {}
         self._key_locks: dict[K, _KeyLock] = {}
         self._enabled = ttl_seconds > 0 and maxsize > 0
         self._negative = negative_ttl_seconds > 0 and maxsize > 0
 
+    def hit(self, key: K) -> V | None:
+        """Return the cached value of ``key`` or ``None``; lock-free, for the request path."""
+        return self._values.get(key)
+
     def peek(self, key: K) -> V | Miss | None:
         """Return the cached value, ``None`` for a cached unknown, or ``MISS``; never block."""
+        # A hit needs no lock: it is one atomic read (see _TTLMap.get).
+        value = self._values.get(key)
+        if value is not None:
+            return value
         with self._lock:
             return self._lookup(key)
 
     def get(self, key: K, load: Callable[[K], V | None]) -> V | None:
         """Return the value for ``key``, calling ``load`` on a miss (one caller per key)."""
+        value = self._values.get(key)
+        if value is not None:
+            return value
         with self._lock:
             hit = self._lookup(key)
         if hit is not MISS:
@@ -119,8 +204,8 @@ class VersionedCache(Generic[K, V]):
     def invalidate(self, key: K) -> None:
         """Forget ``key`` and drop the result of any read of it already under way."""
         with self._lock:
-            self._values.pop(key, None)
-            self._unknown.pop(key, None)
+            self._values.pop(key)
+            self._unknown.pop(key)
             flight = self._flights.get(key)
             if flight is not None:
                 flight.stale = True
@@ -147,13 +232,13 @@ class VersionedCache(Generic[K, V]):
             # A cached value got there during our read (a put or a newer fill):
             # it is newer information than our "not found".
             if current is None and self._negative:
-                self._unknown[key] = True
+                self._unknown.set(key, True)
             return
         if current is not None and self._version_of(current) > self._version_of(value):
             return
-        self._unknown.pop(key, None)
+        self._unknown.pop(key)
         if self._enabled:
-            self._values[key] = value
+            self._values.set(key, value)
 
     def _acquire_key_lock(self, key: K) -> _KeyLock:
         with self._lock:

@@ -1,6 +1,6 @@
 """Tenant configs: the SQLAlchemy table, and a store that reads through a versioned cache.
 
-Writes go straight to the database; reads go through a cachetools TTL + LRU
+Writes go straight to the database; reads go through a TTL + LRU
 cache. An update or delete made through any store is seen by the next ``get``
 of every store in this process; other processes see it once their cached
 entry expires. Deleting a tenant deletes its API keys in the same transaction.
@@ -170,6 +170,9 @@ class TenantStore:
 
     def get(self, tenant_id: str) -> TenantConfig:
         """Return a tenant's config (cached); raise ``TenantNotFound`` for an unknown id."""
+        # Only well-formed ids are ever cached, so a hit needs no validation.
+        if type(tenant_id) is str and (hit := self._cache.hit(tenant_id)) is not None:
+            return hit
         tenant_id = validate_tenant_id(tenant_id)
         config = self._cache.get(tenant_id, self._load)
         if config is None:
@@ -178,6 +181,8 @@ class TenantStore:
 
     def peek(self, tenant_id: str) -> TenantConfig | Miss | None:
         """Return the cached config, ``None`` if cached as unknown, or ``MISS``; never blocks."""
+        if type(tenant_id) is str and (hit := self._cache.hit(tenant_id)) is not None:
+            return hit
         return self._cache.peek(validate_tenant_id(tenant_id))
 
     def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[TenantConfig]:
