@@ -7,18 +7,23 @@ decisions and precomputed rate-limit header parts must never change an answer.
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from starlette.datastructures import MutableHeaders
 
 from tenantkit._cache import _TTLMap
 from tenantkit._db import make_engine
 from tenantkit._keyformat import _PAIRS, _base62_int, _checksum, generate_key
 from tenantkit.apikeys import MISS, APIKeyStore
+from tenantkit.asgi import _edit_headers
 from tenantkit.errors import Unauthorized, ValidationError
-from tenantkit.settings import CacheSettings
+from tenantkit.kit import TenantKit
+from tenantkit.settings import CacheSettings, Settings
 from tenantkit.tenants import TenantStore
+from tenantkit.types import RequestInfo
 from test_apikeys import SECRET, FakeNow
 from test_review_support import FakeClock
 
@@ -145,3 +150,60 @@ def test_tenant_store_refuses_malformed_ids_even_with_a_warm_cache(tmp_path: Any
             store.get(bad)  # type: ignore[arg-type]
         with pytest.raises(ValidationError):
             store.peek(bad)  # type: ignore[arg-type]
+
+
+def mutable_headers_edit(
+    headers: list[tuple[bytes, bytes]], extra: list[tuple[str, str]]
+) -> tuple[list[tuple[bytes, bytes]], str | None]:
+    """The header edit the ASGI middleware used to make with ``MutableHeaders``."""
+    message: dict[str, Any] = {"type": "http.response.start", "headers": list(headers)}
+    out = MutableHeaders(scope=message)
+    reported = out.get("x-tokens-used")
+    if reported is not None:
+        del out["x-tokens-used"]
+    for name, value in extra:
+        out.append(name, value)
+    out["X-Request-ID"] = "rid"
+    return message["headers"], reported
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        [(b"content-type", b"application/json")],
+        [(b"x-tokens-used", b"12"), (b"content-length", b"2"), (b"x-tokens-used", b"13")],
+        [(b"x-request-id", b"app"), (b"a", b"1"), (b"x-request-id", b"again"), (b"b", b"2")],
+        [(b"a", b"1"), (b"x-tokens-used", b" 7 "), (b"x-request-id", b"app")],
+    ],
+)
+@pytest.mark.parametrize("extra", [[], [("RateLimit", "r=1"), ("X-Request-ID", "limit")]])
+def test_edit_headers_matches_mutable_headers(
+    headers: list[tuple[bytes, bytes]], extra: list[tuple[str, str]]
+) -> None:
+    """The one-pass header edit gives the headers and token value ``MutableHeaders`` gave."""
+    message: dict[str, Any] = {"type": "http.response.start", "headers": list(headers)}
+    encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra]
+    reported = _edit_headers(message, b"x-tokens-used", encoded, (b"x-request-id", b"rid"))
+    assert (message["headers"], reported) == mutable_headers_edit(headers, extra)
+
+
+def test_path_rules_follow_replaced_settings(tmp_path: Any) -> None:
+    """Memoized path answers are recomputed when the kit's settings are replaced."""
+    kit = TenantKit(
+        Settings(
+            database_url=f"sqlite:///{tmp_path}/k.db",
+            resolvers=("header",),
+            trust_tenant_header=True,
+            require_credential=False,
+            exclude_paths=("/health",),
+            policy_paths=("/v1",),
+        )
+    )
+    post = RequestInfo(method="POST", path="/v1/chat", headers={})
+    assert kit.is_excluded("/health/db") and not kit.is_excluded("/healthz")
+    assert kit.reads_body(post)
+    assert not kit.reads_body(RequestInfo(method="GET", path="/v1/chat", headers={}))
+    kit.settings = replace(kit.settings, exclude_paths=("/docs",), policy_paths=("/v2",))
+    assert not kit.is_excluded("/health/db") and kit.is_excluded("/docs")
+    assert not kit.reads_body(post)

@@ -32,6 +32,8 @@ class TenantKitMiddleware:
         self._rid_header = kit.settings.request_id_header
         self._rid_header_key = self._rid_header.lower()
         self._token_header = kit.settings.quota.token_header.lower()
+        self._rid_key = self._rid_header.lower().encode("latin-1")
+        self._token_key = self._token_header.encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -59,34 +61,36 @@ class TenantKitMiddleware:
         self, admission: Admission, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
         meter = admission.context.meter
-        state = {"complete": False, "disconnected": False}
+        complete = disconnected = False
 
         async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            nonlocal complete
+            kind = message["type"]
+            if kind == "http.response.start":
                 admission.status = message["status"]
-                out = MutableHeaders(scope=message)
-                reported = out.get(self._token_header)
+                extra = [
+                    (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in admission.headers
+                ]
+                stamp = (self._rid_key, request_id.encode("latin-1"))
+                reported = _edit_headers(message, self._token_key, extra, stamp)
                 if reported is not None:
-                    del out[self._token_header]
                     meter.used = parse_reported_tokens(reported, meter.used)
-                for name, value in admission.headers:
-                    out.append(name, value)
-                out[self._rid_header] = request_id
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                state["complete"] = True
+            elif kind == "http.response.body" and not message.get("more_body"):
+                complete = True
             await send(message)
 
         async def receive_wrapper() -> Message:
+            nonlocal disconnected
             message = await receive()
-            if message["type"] == "http.disconnect" and not state["complete"]:
-                state["disconnected"] = True
+            if message["type"] == "http.disconnect" and not complete:
+                disconnected = True
             return message
 
         token = bind(admission.context)
         failed = True
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
-            failed = state["disconnected"] and not state["complete"]
+            failed = disconnected and not complete
         finally:
             reset(token)
             # Synchronous on purpose: it only schedules the settle, so it also runs
@@ -120,6 +124,47 @@ class TenantKitMiddleware:
             await send(message)
 
         return stamped
+
+
+def _edit_headers(
+    message: Message,
+    drop: bytes,
+    extra: list[tuple[bytes, bytes]],
+    stamp: tuple[bytes, bytes],
+) -> str | None:
+    """Edit a response start's headers in one pass; return the first dropped value.
+
+    The same as ``MutableHeaders``: read and delete every ``drop`` header,
+    append ``extra``, then set ``stamp`` (replacing its first occurrence,
+    deleting the others, else appending). Names are lower-case bytes.
+    """
+    reported: str | None = None
+    out: list[tuple[bytes, bytes]] = []
+    for pair in message.get("headers", ()):
+        if pair[0] == drop:
+            if reported is None:
+                reported = pair[1].decode("latin-1")
+        else:
+            out.append(pair)
+    out += extra
+    name = stamp[0]
+    at = -1
+    kept: list[tuple[bytes, bytes]] | None = None
+    for i, pair in enumerate(out):
+        if pair[0] == name:
+            if at < 0:
+                at = i
+                kept = out[:i]
+            continue
+        if kept is not None:
+            kept.append(pair)
+    if kept is None:
+        out.append(stamp)
+    else:
+        kept.insert(at, stamp)
+        out = kept
+    message["headers"] = out
+    return reported
 
 
 def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:

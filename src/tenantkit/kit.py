@@ -77,6 +77,9 @@ _AUDITED_DENIALS = (PolicyDenied, QuotaExceeded)
 
 _blocking_allowed: ContextVar[bool] = ContextVar("tenantkit.blocking", default=True)
 
+# Paths whose routing answers are remembered; past this many, new paths are computed each time.
+_PATH_MEMO_SIZE = 4096
+
 
 @dataclass(slots=True)
 class Admission:
@@ -156,6 +159,9 @@ class TenantKit:
         self.on_reject: RejectHook = on_reject or default_on_reject
         self.call_counter = call_counter
         self.denials = denials
+        # path -> (excluded, policy route), for the settings' prefixes it was computed with.
+        self._path_memo: dict[str, tuple[bool, bool]] = {}
+        self._memo_prefixes = (settings.exclude_paths, settings.policy_paths)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> TenantKit:
@@ -172,13 +178,31 @@ class TenantKit:
 
     def is_excluded(self, path: str) -> bool:
         """Return whether ``path`` skips the pipeline (health, docs, admin...)."""
-        return path_matches(path, self.settings.exclude_paths)
+        return self._path_rules(path)[0]
 
     def reads_body(self, request: RequestInfo) -> bool:
         """Return whether the pipeline needs the body (policy and token routes)."""
-        return request.method not in ("GET", "HEAD", "OPTIONS") and path_matches(
-            request.path, self.settings.policy_paths
+        return (
+            request.method not in ("GET", "HEAD", "OPTIONS") and self._path_rules(request.path)[1]
         )
+
+    def _path_rules(self, path: str) -> tuple[bool, bool]:
+        """Return ``(excluded, policy route)`` for ``path``, memoized: asked often per request."""
+        settings = self.settings
+        memo = self._path_memo
+        excluded, policy = self._memo_prefixes
+        if excluded is not settings.exclude_paths or policy is not settings.policy_paths:
+            memo.clear()  # the settings were replaced: forget answers for the old prefixes
+            self._memo_prefixes = (settings.exclude_paths, settings.policy_paths)
+        rules = memo.get(path)
+        if rules is None:
+            rules = (
+                path_matches(path, settings.exclude_paths),
+                path_matches(path, settings.policy_paths),
+            )
+            if len(memo) < _PATH_MEMO_SIZE:
+                memo[path] = rules
+        return rules
 
     # -- admission ---------------------------------------------------------------
 
