@@ -6,9 +6,11 @@ decisions and precomputed rate-limit header parts must never change an answer.
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import replace
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -17,10 +19,12 @@ from starlette.datastructures import MutableHeaders
 from tenantkit._cache import _TTLMap
 from tenantkit._db import make_engine
 from tenantkit._keyformat import _PAIRS, _base62_int, _checksum, generate_key
+from tenantkit._request import parse_json_object
 from tenantkit.apikeys import MISS, APIKeyStore
 from tenantkit.asgi import _edit_headers
-from tenantkit.errors import Unauthorized, ValidationError
+from tenantkit.errors import BadRequest, Unauthorized, ValidationError
 from tenantkit.kit import TenantKit
+from tenantkit.policy import _COMPACT_JSON, _compact_json
 from tenantkit.settings import CacheSettings, Settings
 from tenantkit.tenants import TenantStore
 from tenantkit.types import RequestInfo
@@ -207,3 +211,68 @@ def test_path_rules_follow_replaced_settings(tmp_path: Any) -> None:
     kit.settings = replace(kit.settings, exclude_paths=("/docs",), policy_paths=("/v2",))
     assert not kit.is_excluded("/health/db") and kit.is_excluded("/docs")
     assert not kit.reads_body(post)
+
+
+def reference_parse(body: bytes) -> object:
+    """What parse_json_object answered when it always called json.loads(bytes)."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "gpt-4o", "n": 1.5e3}',
+        b"{}",
+        b"{",
+        b'{"a": "\\ud800"}',
+        b'{"a": "\xed\xa0\x80"}',
+        b'{"a": "\xff"}',
+        b'{"caf\xc3\xa9": "\xe2\x82\xac"}',
+        b"{\x00\x00\x00",
+        '{"a": 1}'.encode("utf-16-le"),
+        '{"a": 1}'.encode("utf-16"),
+        b'\xef\xbb\xbf{"a": 1}',
+        b' {"a": 1}',
+        b'{"a": ' + b"9" * 5000 + b"}",
+    ],
+)
+def test_json_fast_path_matches_json_loads(body: bytes) -> None:
+    """A body starting with ``{`` parses to what json.loads gives, or fails where it fails."""
+    expected = reference_parse(body)
+    try:
+        got: object = parse_json_object(body)
+    except BadRequest:
+        assert isinstance(expected, type) or not isinstance(expected, dict)
+        return
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [{"type": "function", "function": {"name": "search", "parameters": {}}}],
+        ["caf\u00e9", "\u20ac", "\ud800", 1.5, float("nan"), float("inf"), None, True, 10**30],
+        [{"b": 1, "a": [1, 2, {"c": object.__name__}]}, ("tuple", 1)],
+        [{1: "int key", 2.5: "float key", None: "null key"}],
+    ],
+)
+def test_compact_json_matches_the_encoder(value: Any) -> None:
+    """The shared C encoder writes exactly what ``_COMPACT_JSON.encode`` writes."""
+    assert _compact_json(value) == _COMPACT_JSON.encode(value)
+
+
+def test_compact_json_of_an_unknown_type_uses_str() -> None:
+    """A value JSON cannot encode is written as its ``str``, as the encoder's default does."""
+    value = [{"when": Decimal("1.50")}]
+    assert _compact_json(value) == _COMPACT_JSON.encode(value) == '[{"when":"1.50"}]'
+
+
+def test_compact_json_of_a_circular_value_raises_the_encoders_error() -> None:
+    """A circular value raises the checking encoder's ValueError, not a RecursionError."""
+    value: list[Any] = []
+    value.append(value)
+    with pytest.raises(ValueError, match="Circular reference"):
+        _compact_json(value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from .errors import PolicyDenied, UnprocessableEntity
@@ -128,12 +129,30 @@ def estimate_tokens(body: Mapping[str, Any], default: int) -> int:
             chars += _text_length(value, 0)
     tools = body.get("tools") or body.get("functions")
     if type(tools) is list and tools:
-        chars += len(_COMPACT_JSON.encode(tools))
+        chars += len(_compact_json(tools))
     prompt = -(-chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * count
     return prompt + _completion_budget(body, default)
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
+# The C encoder _COMPACT_JSON.encode builds on every call, built once. Without
+# circular-reference markers it is stateless, so threads may share it.
+_C_COMPACT = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(None, str, encode_basestring_ascii, None, ":", ",", False, False, True)
+)
+
+
+def _compact_json(value: object) -> str:
+    """``_COMPACT_JSON.encode(value)``: the same text, or the same error."""
+    if _C_COMPACT is None:
+        return _COMPACT_JSON.encode(value)
+    try:
+        return "".join(_C_COMPACT(value, 0))
+    except RecursionError:
+        # A circular (or absurdly deep) value: let the checking encoder raise its error.
+        return _COMPACT_JSON.encode(value)
 
 
 def _completion_budget(body: Mapping[str, Any], default: int) -> int:
