@@ -23,11 +23,12 @@ from tenantkit._request import parse_json_object
 from tenantkit.apikeys import MISS, APIKeyStore
 from tenantkit.asgi import _edit_headers
 from tenantkit.errors import BadRequest, Unauthorized, ValidationError
+from tenantkit.identity import HeaderResolver, PathResolver
 from tenantkit.kit import TenantKit
 from tenantkit.policy import _COMPACT_JSON, _compact_json
 from tenantkit.settings import CacheSettings, Settings
 from tenantkit.tenants import TenantStore
-from tenantkit.types import RequestInfo
+from tenantkit.types import Identity, RequestInfo
 from test_apikeys import SECRET, FakeNow
 from test_review_support import FakeClock
 
@@ -276,3 +277,19 @@ def test_compact_json_of_a_circular_value_raises_the_encoders_error() -> None:
     value.append(value)
     with pytest.raises(ValueError, match="Circular reference"):
         _compact_json(value)
+
+
+def test_hint_identities_are_reused_and_malformed_hints_still_fail() -> None:
+    """A header hint gives an equal, reused identity; a malformed one is still a 400."""
+    resolver = HeaderResolver()
+    request = RequestInfo(method="GET", path="/", headers={"x-tenant-id": "acme"})
+    first = resolver.resolve(request)
+    assert first == Identity(tenant_id="acme", source="header")
+    assert resolver.resolve(request) is first
+    path_hint = PathResolver("/t").resolve(RequestInfo(method="GET", path="/t/acme/x", headers={}))
+    assert path_hint == Identity(tenant_id="acme", source="path")
+    for bad in ("ACME", "a b", "-acme"):
+        bad_request = RequestInfo(method="GET", path="/", headers={"x-tenant-id": bad})
+        for _ in range(2):
+            with pytest.raises(BadRequest):
+                resolver.resolve(bad_request)

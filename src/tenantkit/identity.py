@@ -68,12 +68,24 @@ def bearer_token(request: RequestInfo) -> str | None:
     return parts[1].strip() if len(parts) > 1 else ""
 
 
+# Hint identities by (tenant id, source): immutable, so built once instead of per request.
+_HINTS: dict[tuple[str, str], Identity] = {}
+_HINTS_MAX = 4096
+
+
 def _hint(value: str, source: IdentitySource, where: str) -> Identity:
+    key = (value, source)
+    cached = _HINTS.get(key)
+    if cached is not None:  # only well-formed ids are remembered
+        return cached
     try:
         tenant_id = validate_tenant_id(value)
     except ValidationError as exc:
         raise BadRequest(f"the {where} does not name a valid tenant id", field=where) from exc
-    return Identity(tenant_id=tenant_id, source=source)
+    identity = Identity(tenant_id=tenant_id, source=source)
+    if len(_HINTS) < _HINTS_MAX:
+        _HINTS[key] = identity
+    return identity
 
 
 class HeaderResolver:
