@@ -100,3 +100,12 @@ def test_tasks_and_copied_contexts_see_the_tenant() -> None:
     with context.bound_tenant("acme"):
         copied = contextvars.copy_context()
     assert copied.run(context.current_tenant_id) == "acme"
+
+
+def test_identity_claims_are_read_only() -> None:
+    """Identities are cached and shared, so their claims cannot be changed by a handler."""
+    identity = Identity(tenant_id="acme", source="jwt", claims={"sub": "u1"})
+    with pytest.raises(TypeError):
+        identity.claims["sub"] = "u2"  # type: ignore[index]
+    assert dict(identity.claims) == {"sub": "u1"}
+    assert dict(Identity(tenant_id="acme", source="header").claims) == {}

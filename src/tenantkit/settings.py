@@ -43,7 +43,7 @@ class JWTSettings:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CacheSettings:
-    """The tenant-config and API-key read cache (cachetools TTL + LRU)."""
+    """The tenant-config and API-key read cache (TTL + LRU, versioned, single-flight)."""
 
     ttl_seconds: float = 30.0
     maxsize: int = 10_000

@@ -6,11 +6,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
 
 from .errors import ValidationError
 
 T = TypeVar("T")
+
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 TENANT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
@@ -47,7 +50,12 @@ class Identity:
     api_key_id: str | None = None
     api_key_rate_limit: int | None = None
     api_key_token_limit: int | None = None
-    claims: Mapping[str, Any] = field(default_factory=dict)
+    # Read-only: identities are cached and shared between requests.
+    claims: Mapping[str, Any] = field(default_factory=lambda: _NO_CLAIMS)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.claims, MappingProxyType):
+            object.__setattr__(self, "claims", MappingProxyType(dict(self.claims)))
 
     def has_role(self, role: str) -> bool:
         """Return whether the caller holds ``role``."""
