@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import JSON, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -15,6 +17,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ._db import Base, UTCDateTime, utcnow
 from ._keyformat import Environment
 from ._stores import isoformat
+from .errors import ValidationError
 from .types import Identity
 
 __all__ = ["APIKey", "APIKeyRow", "IssuedKey", "api_key_to_dict"]
@@ -131,3 +134,19 @@ def api_key_to_dict(record: APIKey) -> dict[str, Any]:
         "revoked_at": isoformat(record.revoked_at),
         "last_used_at": isoformat(record.last_used_at),
     }
+
+
+SCOPE_PATTERN: Final = re.compile(r"[A-Za-z0-9:._*/-]{1,100}")
+
+
+def check_scopes(value: object) -> list[str]:
+    """Return the scopes as a sorted list without repeats, or raise ``ValidationError``."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):
+        raise ValidationError("scopes must be a list of strings", field="scopes")
+    items = list(value)
+    if not all(isinstance(s, str) and SCOPE_PATTERN.fullmatch(s) for s in items):
+        raise ValidationError(
+            f"each scope must match {SCOPE_PATTERN.pattern}, e.g. 'write:resources'",
+            field="scopes",
+        )
+    return sorted(set(items))

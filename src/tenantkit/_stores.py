@@ -77,6 +77,26 @@ def check_text(value: object, field: str, *, max_length: int) -> str:
     return value
 
 
+def check_optional_text(value: object, field: str, *, max_length: int) -> str | None:
+    """``check_text`` for a field that may be ``None``."""
+    return None if value is None else check_text(value, field, max_length=max_length)
+
+
+def check_optional_int(value: object, field: str, *, minimum: int) -> int | None:
+    """Return ``None`` or an int in ``minimum..MAX_COLUMN_INT`` (what the columns hold)."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not minimum <= value <= MAX_COLUMN_INT
+    ):
+        raise ValidationError(
+            f"{field} must be an integer from {minimum} to {MAX_COLUMN_INT} or null", field=field
+        )
+    return value
+
+
 def storable_text(value: str) -> bool:
     """Return whether every backend stores ``value`` as text: UTF-8 encodable, no NUL."""
     return UNSTORABLE.search(value) is None

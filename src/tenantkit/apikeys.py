@@ -28,7 +28,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ._apikey_models import APIKey, APIKeyRow, IssuedKey, api_key_to_dict
+from ._apikey_models import SCOPE_PATTERN as SCOPE_PATTERN
+from ._apikey_models import APIKey, APIKeyRow, IssuedKey, api_key_to_dict, check_scopes
 from ._apikey_purge import delete_tenant_keys, forget_keys, register_cache
 from ._cache import MISS, Miss, VersionedCache
 from ._db import Base, utcnow
@@ -48,8 +49,9 @@ from ._keyformat import (
     parse_key,
 )
 from ._stores import (
-    MAX_COLUMN_INT,
     check_limit,
+    check_optional_int,
+    check_optional_text,
     check_text,
     decode_cursor,
     encode_cursor,
@@ -76,7 +78,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KEY_ID_PATTERN: Final = re.compile(r"key_[0-9A-Za-z]{22}")
-SCOPE_PATTERN: Final = re.compile(r"[A-Za-z0-9:._*/-]{1,100}")
 MIN_SECRET_BYTES: Final = 32
 INVALID_KEY: Final = "invalid API key"
 
@@ -170,11 +171,11 @@ class APIKeyStore:
             id="key_" + base62(secrets.token_bytes(16), 22),
             tenant_id=tenant_id,
             name=check_text(name, "name", max_length=200),
-            scopes=_scopes(scopes),
+            scopes=check_scopes(scopes),
             expires_at=self._expiry(expires_at),
-            rate_limit=_positive(rate_limit, "rate_limit"),
-            token_limit=_positive(token_limit, "token_limit"),
-            project_id=_optional_text(project_id, "project_id", max_length=100),
+            rate_limit=check_optional_int(rate_limit, "rate_limit", minimum=1),
+            token_limit=check_optional_int(token_limit, "token_limit", minimum=1),
+            project_id=check_optional_text(project_id, "project_id", max_length=100),
             created_at=self._now(),
         )
         key = generate_key(env)
@@ -372,32 +373,6 @@ def purge_tenant_keys(engine: Engine, tenant_id: str) -> list[str]:
         digests = delete_tenant_keys(conn, tenant_id)
     forget_keys(digests)
     return digests
-
-
-def _optional_text(value: object, field: str, *, max_length: int) -> str | None:
-    return None if value is None else check_text(value, field, max_length=max_length)
-
-
-def _scopes(value: object) -> list[str]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):
-        raise ValidationError("scopes must be a list of strings", field="scopes")
-    items = list(value)
-    if not all(isinstance(s, str) and SCOPE_PATTERN.fullmatch(s) for s in items):
-        raise ValidationError(
-            f"each scope must match {SCOPE_PATTERN.pattern}, e.g. 'write:resources'",
-            field="scopes",
-        )
-    return sorted(set(items))
-
-
-def _positive(value: object, field: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COLUMN_INT:
-        raise ValidationError(
-            f"{field} must be an integer from 1 to {MAX_COLUMN_INT} or null", field=field
-        )
-    return value
 
 
 def _encode_cursor(last: APIKey) -> str:

@@ -25,6 +25,7 @@ from ._cache import MISS, CacheGroup, Miss, VersionedCache
 from ._db import Base, UTCDateTime, utcnow
 from ._stores import (
     MAX_COLUMN_INT,
+    check_optional_int,
     check_text,
     decode_cursor,
     encode_cursor,
@@ -325,15 +326,7 @@ def _clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         elif name == "status":
             out[name] = _status(value)
         elif name in ("quota_requests_per_minute", "quota_tokens_per_minute"):
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or not 0 <= value <= MAX_COLUMN_INT
-            ):
-                raise ValidationError(
-                    f"{name} must be an integer from 0 to {MAX_COLUMN_INT} or null", field=name
-                )
-            out[name] = value
+            out[name] = check_optional_int(value, name, minimum=0)
         elif name in ("allowed_models", "allowed_tools"):
             out[name] = _string_list(value, name)
         elif name == "metadata":
