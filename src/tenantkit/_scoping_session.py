@@ -17,6 +17,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_lo
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from . import context
+from ._scoping_insert import check_insert
 from ._scoping_models import (
     TENANT_COLUMN,
     TenantScoped,
@@ -24,7 +25,6 @@ from ._scoping_models import (
     unsafe_properties,
 )
 from ._scoping_statements import (
-    check_insert,
     guard_dml,
     is_identity_load,
     scope_core,

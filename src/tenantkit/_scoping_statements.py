@@ -3,13 +3,12 @@
 ORM entities get their criteria from ``with_loader_criteria``; this module
 handles what that option never sees: scoped ``Table`` objects used directly
 (Core ``select``/``update``/``delete`` of ``Model.__table__``, table aliases,
-joins), ``INSERT`` values and ``INSERT ... FROM SELECT``, and raw SQL.
+joins) and raw SQL. ``INSERT`` checks live in ``_scoping_insert``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.elements import (
     BinaryExpression,
-    BindParameter,
     ClauseElement,
     ColumnClause,
     ColumnElement,
@@ -31,7 +29,6 @@ from sqlalchemy.sql.elements import (
 from sqlalchemy.sql.expression import Alias, Join, Select, TableClause, TextualSelect
 from sqlalchemy.sql.operators import custom_op
 from sqlalchemy.sql.selectable import FromClause, HasHints, HasPrefixes, HasSuffixes, SelectBase
-from sqlalchemy.util import immutabledict
 
 from ._scoping_models import TENANT_COLUMN, is_scoped_table, mapped_scoped_tables
 from .errors import CrossTenantError
@@ -94,7 +91,7 @@ def survey(stmt: ClauseElement, *, orm: bool) -> Findings:
             found.raw_sql = raw
         if isinstance(elem, Insert):
             found.inserts.append(elem)
-        elif isinstance(elem, Update) and is_scoped_table(_base_table(elem.table)):
+        elif isinstance(elem, Update) and is_scoped_table(base_table(elem.table)):
             _refuse_tenant_change(_set_keys(elem))
         found.options.update(getattr(elem, "_with_options", ()))
     return found
@@ -192,7 +189,7 @@ def guard_dml(stmt: Update | Delete, tenant_id: str, params: Any) -> Update | De
     parameter dicts), so the target's criterion is added to WHERE explicitly.
     """
     table = stmt.table
-    if not is_scoped_table(_base_table(table)):
+    if not is_scoped_table(base_table(table)):
         return stmt
     if isinstance(stmt, Update):
         for row in [params] if isinstance(params, Mapping) else params or []:
@@ -202,12 +199,13 @@ def guard_dml(stmt: Update | Delete, tenant_id: str, params: Any) -> Update | De
 
 
 def _is_core_ref(table: Any, holder: ClauseElement, orm: bool) -> bool:
-    if table is None or not is_scoped_table(_base_table(table)):
+    if table is None or not is_scoped_table(base_table(table)):
         return False
     return not orm or "parententity" not in holder._annotations
 
 
-def _base_table(from_: Any) -> Any:
+def base_table(from_: Any) -> Any:
+    """Return the table beneath any aliases of ``from_``."""
     while isinstance(from_, Alias):
         from_ = from_.element
     return from_
@@ -226,8 +224,8 @@ def scope_core(
     """
 
     def targets(from_: FromClause) -> Iterator[FromClause]:
-        if _is_core_ref(_base_table(from_), from_, orm) and isinstance(
-            _base_table(from_), TableClause
+        if _is_core_ref(base_table(from_), from_, orm) and isinstance(
+            base_table(from_), TableClause
         ):
             yield from_
         elif isinstance(from_, Join):
@@ -277,7 +275,7 @@ def scope_core(
 
 
 def _all_targets(from_: FromClause, orm: bool) -> Iterator[FromClause]:
-    base = _base_table(from_)
+    base = base_table(from_)
     if isinstance(base, TableClause) and _is_core_ref(base, from_, orm):
         yield from_
     elif isinstance(from_, Join):
@@ -297,7 +295,7 @@ def _orm_select_targets(
         yield from targets(from_)
     for joined, _onclause, _left, flags in select._setup_joins:
         target: Any = joined
-        base = _base_table(target)
+        base = base_table(target)
         if isinstance(base, TableClause) and _is_core_ref(base, target, True):
             if flags.get("isouter") or flags.get("full"):
                 raise CrossTenantError(
@@ -317,8 +315,8 @@ def _orm_select_targets(
         if isinstance(elem, SelectBase):
             continue
         if isinstance(elem, TableClause | Alias):
-            if isinstance(_base_table(elem), TableClause) and _is_core_ref(
-                _base_table(elem), elem, True
+            if isinstance(base_table(elem), TableClause) and _is_core_ref(
+                base_table(elem), elem, True
             ):
                 yield elem
             continue
@@ -341,116 +339,3 @@ def _shallow_tables(dml: Update | Delete) -> Iterator[FromClause]:
         if isinstance(elem, ColumnClause) and isinstance(elem.table, FromClause):
             yield elem.table
         stack.extend(elem.get_children())
-
-
-def check_insert(insert: Insert, tenant_id: str, params: Any) -> tuple[Insert, Any]:
-    """Return ``(insert, params)`` stamped with ``tenant_id``; refuse rows naming another."""
-    table = insert.table
-    if not is_scoped_table(_base_table(table)):
-        return insert, params
-    insert = _guard_upsert(insert, tenant_id)
-    if insert._select_names is not None:
-        _check_from_select(insert, tenant_id)
-        return insert, params
-    if insert._multi_values:
-        for rows in insert._multi_values:
-            for row in rows:
-                if not isinstance(row, Mapping):
-                    raise CrossTenantError(
-                        "multi-row VALUES on a tenant-scoped table must name columns "
-                        "(pass dicts with tenant_id)"
-                    )
-                _check_value(_lookup(row), tenant_id, required=True)
-        return insert, params
-    in_statement = _lookup(insert._values or {})
-    if in_statement is not _MISSING:
-        _check_value(in_statement, tenant_id, required=True)
-        return insert, params
-    batch: list[Any] = [params] if isinstance(params, Mapping) else list(params or [])
-    if batch:
-        stamped = [_stamp(row, tenant_id) for row in batch]
-        return insert, stamped[0] if isinstance(params, Mapping) else stamped
-    if isinstance(insert._values, dict):  # a cloned statement holds a plain dict
-        insert._values = immutabledict(insert._values)
-    return insert.values({TENANT_COLUMN: tenant_id}), params
-
-
-_MISSING = object()
-
-
-def _guard_upsert(insert: Insert, tenant_id: str) -> Insert:
-    """Limit ``ON CONFLICT DO UPDATE`` to this tenant's existing row (PostgreSQL, SQLite)."""
-    post = insert._post_values_clause
-    if post is None or not hasattr(post, "update_whereclause"):
-        return insert
-    changes = getattr(post, "update_values_to_set", None) or {}
-    if any(getattr(k, "key", k) == TENANT_COLUMN for k in changes):
-        raise CrossTenantError("ON CONFLICT DO UPDATE cannot change tenant_id")
-    guard = insert.table.c[TENANT_COLUMN] == tenant_id
-    guarded = copy.copy(post)
-    where = post.update_whereclause
-    guarded.update_whereclause = guard if where is None else and_(where, guard)
-    new = insert._generate()
-    new._post_values_clause = guarded
-    return new
-
-
-def _lookup(row: Mapping[Any, Any]) -> Any:
-    for key, value in row.items():
-        name = key if isinstance(key, str) else getattr(key, "key", None)
-        if name == TENANT_COLUMN:
-            return value
-    return _MISSING
-
-
-def _check_value(value: Any, tenant_id: str, *, required: bool) -> None:
-    if value is _MISSING:
-        if required:
-            raise CrossTenantError("each row inserted into a tenant-scoped table needs tenant_id")
-        return
-    if isinstance(value, BindParameter):
-        value = value.effective_value
-    if isinstance(value, ClauseElement):
-        raise CrossTenantError("tenant_id must be a plain value, not an SQL expression")
-    if value != tenant_id:
-        raise CrossTenantError(
-            f"insert names tenant {value!r} while the session belongs to {tenant_id!r}"
-        )
-
-
-def _stamp(row: Any, tenant_id: str) -> dict[str, Any]:
-    if not isinstance(row, Mapping):
-        raise CrossTenantError("insert parameters for a tenant-scoped table must be mappings")
-    value = _lookup(row)
-    if value is _MISSING:
-        return {**row, TENANT_COLUMN: tenant_id}
-    _check_value(value, tenant_id, required=True)
-    return dict(row)
-
-
-def _check_from_select(insert: Insert, tenant_id: str) -> None:
-    names = insert._select_names or []
-    if TENANT_COLUMN not in names:
-        raise CrossTenantError(
-            "INSERT ... FROM SELECT into a tenant-scoped table must select tenant_id"
-        )
-    source = insert.select
-    if not isinstance(source, Select):
-        raise CrossTenantError("INSERT ... FROM SELECT needs a plain SELECT to be checked")
-    column = list(source.selected_columns)[names.index(TENANT_COLUMN)]
-    column = getattr(column, "element", column)  # a label
-    if isinstance(column, BindParameter):
-        _check_value(column, tenant_id, required=True)
-        return
-    table = getattr(column, "table", None)
-    if (
-        isinstance(column, ColumnClause)
-        and column.name == TENANT_COLUMN
-        and table is not None
-        and is_scoped_table(_base_table(table))
-    ):
-        return  # the scoped SELECT only yields this tenant's tenant_id
-    raise CrossTenantError(
-        "INSERT ... FROM SELECT must take tenant_id from a scoped table's tenant_id "
-        "or from the current tenant id"
-    )
