@@ -35,6 +35,7 @@ ENTROPY_BYTES: Final = 32
 BODY_LENGTH: Final = 43  # 62**43 > 2**256: room for 32 bytes at a fixed width
 CHECKSUM_LENGTH: Final = 6  # 62**6 > 2**32: room for a CRC32
 KEY_PREFIXES: Final = ("tk_live_", "tk_test_")
+KEY_LENGTH: Final = len("tk_live_") + BODY_LENGTH + CHECKSUM_LENGTH
 KEY_PATTERN: Final = re.compile(
     rf"tk_(live|test)_([0-9A-Za-z]{{{BODY_LENGTH}}})([0-9A-Za-z]{{{CHECKSUM_LENGTH}}})"
 )

@@ -37,7 +37,29 @@ class Limit:
         return policy_item(self.name, self.per_minute, self.unit)
 
 
-_LIMITS_CACHE: dict[tuple[object, ...], tuple[Limit, ...]] = {}
+class LimitSet(tuple[Limit, ...]):
+    """The limits of one (tenant, key) signature, built once and shared by its requests.
+
+    A tuple, so every backend takes it as the ``Sequence[Limit]`` it is; it
+    also carries what the hot path would otherwise recompute per request.
+    """
+
+    def __new__(cls, limits: tuple[Limit, ...]) -> LimitSet:
+        made = super().__new__(cls, limits)
+        made.policy_header = ", ".join([limit.policy_item for limit in limits])
+        made.item_prefixes = tuple(f'"{limit.name}";r=' for limit in limits)
+        made.token_limits = tuple(limit.unit == "tokens" for limit in limits)
+        return made
+
+    policy_header: str
+    """The ``RateLimit-Policy`` value of these limits."""
+    item_prefixes: tuple[str, ...]
+    """Each limit's ``RateLimit`` list member up to its remaining count."""
+    token_limits: tuple[bool, ...]
+    """Whether each limit counts tokens (else requests)."""
+
+
+_LIMITS_CACHE: dict[tuple[object, ...], LimitSet] = {}
 _LIMITS_CACHE_MAX = 65_536
 
 
@@ -47,31 +69,43 @@ def limits_for(tenant: TenantConfig, identity: Identity) -> list[Limit]:
     Tenant request and token quotas, then the API key's own; ``None`` means no limit.
     Keys carry the tenant as a Redis hash tag so one tenant's buckets share a slot.
     """
+    return list(limit_set_for(tenant, identity))
+
+
+def limit_set_for(tenant: TenantConfig, identity: Identity) -> LimitSet:
+    """``limits_for`` as the shared, immutable ``LimitSet`` (the pipeline's hot path)."""
     key_id = identity.api_key_id
-    signature = (
-        tenant.id,
-        tenant.quota_requests_per_minute,
-        tenant.quota_tokens_per_minute,
-        key_id,
-        identity.api_key_rate_limit if key_id is not None else None,
-        identity.api_key_token_limit if key_id is not None else None,
-    )
+    if key_id is None:
+        signature: tuple[object, ...] = (
+            tenant.id,
+            tenant.quota_requests_per_minute,
+            tenant.quota_tokens_per_minute,
+        )
+    else:
+        signature = (
+            tenant.id,
+            tenant.quota_requests_per_minute,
+            tenant.quota_tokens_per_minute,
+            key_id,
+            identity.api_key_rate_limit,
+            identity.api_key_token_limit,
+        )
     cached = _LIMITS_CACHE.get(signature)
     if cached is None:
-        cached = _build_limits(*signature)
+        cached = LimitSet(_build_limits(*signature))  # type: ignore[arg-type]
         if len(_LIMITS_CACHE) >= _LIMITS_CACHE_MAX:
             _LIMITS_CACHE.clear()
         _LIMITS_CACHE[signature] = cached
-    return list(cached)
+    return cached
 
 
 def _build_limits(
     tenant_id: str,
     requests: int | None,
     tokens: int | None,
-    key_id: str | None,
-    key_requests: int | None,
-    key_tokens: int | None,
+    key_id: str | None = None,
+    key_requests: int | None = None,
+    key_tokens: int | None = None,
 ) -> tuple[Limit, ...]:
     tag = f"{{{tenant_id}}}"
     found: list[Limit] = []

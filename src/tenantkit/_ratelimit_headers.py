@@ -61,11 +61,18 @@ class HeaderRenderer:
         """Return the headers for ``limits`` with their remaining units and reset seconds."""
         if not limits:
             return []
-        headers = [(RATELIMIT_POLICY, ", ".join([limit.policy_item for limit in limits]))]
+        # A LimitSet carries its policy header and item prefixes, built once.
+        policy: str | None = getattr(limits, "policy_header", None)
+        if policy is None:
+            policy = ", ".join([limit.policy_item for limit in limits])
+            prefixes = [f'"{limit.name}";r=' for limit in limits]
+        else:
+            prefixes = limits.item_prefixes  # type: ignore[attr-defined]
+        headers = [(RATELIMIT_POLICY, policy)]
         items = [
-            f'"{limit.name}";r={remaining[i]};t={reset[i]}'
-            for i, limit in enumerate(limits)
-            if remaining[i] != UNKNOWN
+            f"{prefixes[i]}{left};t={reset[i]}"
+            for i, left in enumerate(remaining)
+            if left != UNKNOWN
         ]
         if items:
             headers.append((RATELIMIT, ", ".join(items)))

@@ -42,35 +42,45 @@ class TenantKitMiddleware:
         headers = _header_map(scope["headers"])
         request_id = request_id_from(headers.get(self._rid_header_key))
         info = _request_info(scope, headers, request_id)
-        if self.kit.is_excluded(info.path):
+        kit = self.kit
+        if kit.is_excluded(info.path):
             await self.app(scope, receive, self._stamp(send, request_id))
             return
         try:
             body = None
-            if scope["type"] == "http" and self.kit.reads_body(info):
-                body, receive = await _buffer_body(
-                    receive, self.kit.settings.max_body_bytes, headers.get("content-length")
+            pending: list[Message] = []
+            if scope["type"] == "http" and kit.reads_body(info):
+                body = await _buffer_body(
+                    receive, kit.settings.max_body_bytes, headers.get("content-length"), pending
                 )
-            admission = await self.kit.admit_async(info, body)
+            admission = await kit.admit_async(info, body)
         except HTTPError as exc:
+            if body is not None or pending:
+                receive = _replay(body, pending, receive)
             await self._reject(info, exc, scope, receive, send)
             return
-        await self._run(admission, scope, receive, send, request_id)
+        await self._run(admission, scope, receive, send, request_id, body, pending)
 
     async def _run(
-        self, admission: Admission, scope: Scope, receive: Receive, send: Send, request_id: str
+        self,
+        admission: Admission,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        body: bytes | None,
+        pending: list[Message],
     ) -> None:
         meter = admission.context.meter
         complete = disconnected = False
+        replayed = body is None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal complete
             kind = message["type"]
             if kind == "http.response.start":
                 admission.status = message["status"]
-                extra = [
-                    (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in admission.headers
-                ]
+                extra = [(_name_bytes(k), v.encode("latin-1")) for k, v in admission.headers]
                 stamp = (self._rid_key, request_id.encode("latin-1"))
                 reported = _edit_headers(message, self._token_key, extra, stamp)
                 if reported is not None:
@@ -80,8 +90,12 @@ class TenantKitMiddleware:
             await send(message)
 
         async def receive_wrapper() -> Message:
-            nonlocal disconnected
-            message = await receive()
+            # Replays the buffered body first, then notes a disconnect before completion.
+            nonlocal disconnected, replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            message = pending.pop(0) if pending else await receive()
             if message["type"] == "http.disconnect" and not complete:
                 disconnected = True
             return message
@@ -138,33 +152,43 @@ def _edit_headers(
     append ``extra``, then set ``stamp`` (replacing its first occurrence,
     deleting the others, else appending). Names are lower-case bytes.
     """
+    name = stamp[0]
     reported: str | None = None
     out: list[tuple[bytes, bytes]] = []
+    at = -1
     for pair in message.get("headers", ()):
-        if pair[0] == drop:
+        key = pair[0]
+        if key == drop:
             if reported is None:
                 reported = pair[1].decode("latin-1")
-        else:
+        elif key != name:
             out.append(pair)
-    out += extra
-    name = stamp[0]
-    at = -1
-    kept: list[tuple[bytes, bytes]] | None = None
-    for i, pair in enumerate(out):
-        if pair[0] == name:
-            if at < 0:
-                at = i
-                kept = out[:i]
-            continue
-        if kept is not None:
-            kept.append(pair)
-    if kept is None:
+        elif at < 0:
+            at = len(out)
+            out.append(stamp)
+    for pair in extra:
+        if pair[0] != name:
+            out.append(pair)
+        elif at < 0:
+            at = len(out)
+            out.append(stamp)
+    if at < 0:
         out.append(stamp)
-    else:
-        kept.insert(at, stamp)
-        out = kept
     message["headers"] = out
     return reported
+
+
+_NAMES: dict[str, bytes] = {}
+
+
+def _name_bytes(name: str) -> bytes:
+    """A header name as lower-case latin-1 bytes (the few names the kit writes, cached)."""
+    encoded = _NAMES.get(name)
+    if encoded is None:
+        encoded = name.lower().encode("latin-1")
+        if len(_NAMES) < 256:
+            _NAMES[name] = encoded
+    return encoded
 
 
 def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -185,27 +209,33 @@ def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
 def _request_info(scope: Scope, headers: dict[str, str], request_id: str) -> RequestInfo:
     client = scope.get("client")
     query: bytes = scope.get("query_string", b"")
-    return RequestInfo(
-        method=scope.get("method", "GET"),
-        path=scope["path"],
-        headers=headers,
-        client=client[0] if client else None,
-        scheme=scope.get("scheme", "http"),
-        query_string=query.decode("latin-1"),
-        request_id=request_id,
+    return RequestInfo(  # positional: the frozen dataclass's fastest call, in field order
+        scope.get("method", "GET"),
+        scope["path"],
+        headers,
+        client[0] if client else None,
+        scope.get("scheme", "http"),
+        query.decode("latin-1") if query else "",
+        request_id,
     )
 
 
-async def _buffer_body(receive: Receive, limit: int, declared: str | None) -> tuple[bytes, Receive]:
-    """Read the whole body (at most ``limit`` bytes) and return a receive that replays it."""
+async def _buffer_body(
+    receive: Receive, limit: int, declared: str | None, pending: list[Message]
+) -> bytes:
+    """Read the whole body (at most ``limit`` bytes); a message past it goes to ``pending``."""
     length = content_length(declared)
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")  # the usual body: one message
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
+        return body
     chunks: list[bytes] = []
     size = 0
-    pending: list[Message] = []
     while True:
-        message = await receive()
         if message["type"] != "http.request":
             pending.append(message)
             break
@@ -216,8 +246,13 @@ async def _buffer_body(receive: Receive, limit: int, declared: str | None) -> tu
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    body = b"".join(chunks)
-    replayed = False
+        message = await receive()
+    return b"".join(chunks)
+
+
+def _replay(body: bytes | None, pending: list[Message], receive: Receive) -> Receive:
+    """Return a receive that gives the buffered body, then ``pending``, then ``receive``'s."""
+    replayed = body is None
 
     async def replay() -> Message:
         nonlocal replayed
@@ -229,4 +264,4 @@ async def _buffer_body(receive: Receive, limit: int, declared: str | None) -> tu
         message: Any = await receive()
         return message  # type: ignore[no-any-return]
 
-    return body, replay
+    return replay

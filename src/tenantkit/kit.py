@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from . import apikeys, tenants
 from ._db import make_engine
+from ._quota_limits import limit_set_for
 from ._request import parse_json_object, path_matches, problem_decision
 from .apikeys import APIKeyStore
 from .context import TenantContext, TokenMeter
@@ -36,7 +37,7 @@ from .errors import (
 )
 from .identity import IdentityChain, build_chain
 from .policy import Policy, estimate_tokens
-from .quotas import Grant, QuotaEngine, limits_for
+from .quotas import Grant, QuotaEngine
 from .settings import Settings
 from .tenants import TenantStore
 from .types import Decision, Identity, RequestInfo, TenantConfig
@@ -211,8 +212,9 @@ class TenantKit:
         identity, tenant = self._identify(request, True)
         try:
             tokens = self._check_policy(request, tenant, body)
-            self._check_calls(tenant)
-            limits = limits_for(tenant, identity)
+            if self.call_counter is not None:
+                self._check_calls(tenant)
+            limits = limit_set_for(tenant, identity)
             grant = self.quotas.acquire(limits, tokens=tokens) if limits else None
         except HTTPError as exc:
             exc.identity = identity
@@ -229,11 +231,17 @@ class TenantKit:
             identity, tenant = await anyio.to_thread.run_sync(self._identify, request, True)
         try:
             tokens = self._check_policy(request, tenant, body)
-            if not self._check_calls(tenant, blocking=False):
+            if self.call_counter is not None and not self._check_calls(tenant, blocking=False):
                 # The counter's first look at this tenant this cycle reads the database.
                 await anyio.to_thread.run_sync(self._check_calls, tenant)
-            limits = limits_for(tenant, identity)
-            grant = await self.quotas.acquire_async(limits, tokens=tokens) if limits else None
+            limits = limit_set_for(tenant, identity)
+            grant = None
+            if limits:
+                quotas = self.quotas
+                if quotas.waits:
+                    grant = await quotas.acquire_async(limits, tokens=tokens)
+                else:
+                    grant = quotas.acquire(limits, tokens=tokens)
         except HTTPError as exc:
             exc.identity = identity
             if self.denials is not None and isinstance(exc, _AUDITED_DENIALS):
@@ -376,13 +384,14 @@ class TenantKit:
     ) -> Admission:
         if self.call_counter is not None:
             self.call_counter.add(tenant.id)
+        # Positional: the frozen dataclasses' fastest constructor call on the hot path.
         ctx = TenantContext(
-            identity=identity,
-            tenant=tenant,
-            request_id=request.request_id,
-            client=request.client,
-            user_agent=request.header("user-agent"),
-            meter=TokenMeter(reserved=tokens),
+            identity,
+            tenant,
+            request.request_id,
+            request.client,
+            request.headers.get("user-agent"),
+            TokenMeter(tokens),
         )
         headers = grant.headers() if grant is not None else []
         return Admission(identity, tenant, ctx, grant, headers)

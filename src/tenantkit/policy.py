@@ -32,12 +32,15 @@ class Policy:
 
     def check(self, tenant: TenantConfig, body: Mapping[str, Any]) -> None:
         """Raise ``PolicyDenied`` (403) if the body names a model or tool the tenant may not use."""
-        if not isinstance(body, dict | Mapping):
+        if type(body) is not dict and not isinstance(body, Mapping):
             raise _invalid("", "the request body must be a JSON object")
-        if tenant.allowed_models is not None:
-            self._check_model(tenant, body)
-        if tenant.allowed_tools is not None:
-            allowed = tenant.allowed_tools
+        models = tenant.allowed_models
+        if models is not None:
+            model = body.get("model")
+            if type(model) is not str or model not in models or not model:
+                self._check_model(tenant, body)
+        allowed = tenant.allowed_tools
+        if allowed is not None and not _allowed_function_tools(body, allowed):
             for tool in tool_names(body):
                 if tool not in allowed:
                     raise PolicyDenied(
@@ -59,6 +62,30 @@ class Policy:
                 reason="model_not_allowed",
                 model=model,
             )
+
+
+def _allowed_function_tools(body: Mapping[str, Any], allowed: tuple[str, ...]) -> bool:
+    """Return whether every tool is an allowed ``{"function": {"name": ...}}`` (the usual body).
+
+    ``False`` says nothing: the full check decides, with its exact errors.
+    """
+    tools = body.get("tools")
+    if body.get("functions") is not None:
+        return False
+    if tools is None:
+        return True
+    if type(tools) is not list:
+        return False
+    for entry in tools:
+        if type(entry) is not dict:
+            return False
+        function = entry.get("function")
+        if type(function) is not dict:
+            return False
+        name = function.get("name")
+        if type(name) is not str or name not in allowed or not name:
+            return False
+    return True
 
 
 def tool_names(body: Mapping[str, Any]) -> list[str]:
