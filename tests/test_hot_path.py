@@ -13,22 +13,34 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from starlette.datastructures import MutableHeaders
 
 from tenantkit._cache import _TTLMap
 from tenantkit._db import make_engine
 from tenantkit._keyformat import _PAIRS, _base62_int, _checksum, generate_key
+from tenantkit._quota_limits import limit_set_for, limits_for
+from tenantkit._ratelimit_headers import UNKNOWN, HeaderRenderer
 from tenantkit._request import parse_json_object
 from tenantkit.apikeys import MISS, APIKeyStore
-from tenantkit.asgi import _edit_headers
-from tenantkit.errors import BadRequest, Unauthorized, ValidationError
+from tenantkit.asgi import TenantKitMiddleware, _edit_headers
+from tenantkit.errors import (
+    BadRequest,
+    HTTPError,
+    PolicyDenied,
+    Unauthorized,
+    UnprocessableEntity,
+    ValidationError,
+)
 from tenantkit.identity import HeaderResolver, PathResolver
 from tenantkit.kit import TenantKit
-from tenantkit.policy import _COMPACT_JSON, _compact_json
+from tenantkit.policy import _COMPACT_JSON, Policy, _compact_json, tool_names
 from tenantkit.settings import CacheSettings, Settings
 from tenantkit.tenants import TenantStore
-from tenantkit.types import Identity, RequestInfo
+from tenantkit.types import Identity, RequestInfo, TenantConfig
 from test_apikeys import SECRET, FakeNow
 from test_review_support import FakeClock
 
@@ -293,3 +305,172 @@ def test_hint_identities_are_reused_and_malformed_hints_still_fail() -> None:
         for _ in range(2):
             with pytest.raises(BadRequest):
                 resolver.resolve(bad_request)
+
+
+# -- the limit set, the policy fast path, the API-key digest-first path, body replay ----------
+
+
+def test_limit_set_renders_the_headers_plain_limits_render() -> None:
+    """A LimitSet's precomputed header parts give what the limits' own fields give."""
+    tenant = TenantConfig(
+        id="acme", name="Acme", quota_requests_per_minute=100, quota_tokens_per_minute=50_000
+    )
+    who = Identity(
+        tenant_id="acme",
+        source="api_key",
+        authenticated=True,
+        api_key_id="k1",
+        api_key_rate_limit=10,
+        api_key_token_limit=900,
+    )
+    limit_set = limit_set_for(tenant, who)
+    assert isinstance(limit_set, tuple) and list(limit_set) == limits_for(tenant, who)
+    assert limit_set_for(tenant, who) is limit_set
+    for renderer in (HeaderRenderer(), HeaderRenderer(openai=True, legacy=True)):
+        for remaining, reset in (([99, 9, 49_000, 800], [1, 6, 2, 3]), ([UNKNOWN] * 4, [0] * 4)):
+            assert renderer.render(limit_set, remaining, reset) == renderer.render(
+                list(limit_set), remaining, reset
+            )
+
+
+def reference_policy_check(tenant: TenantConfig, body: Any) -> None:
+    """The policy check without its fast paths: the model, then every tool name in order."""
+    if not isinstance(body, dict):
+        raise UnprocessableEntity("the request body must be a JSON object")
+    if tenant.allowed_models is not None:
+        Policy()._check_model(tenant, body)
+    if tenant.allowed_tools is not None:
+        for tool in tool_names(body):
+            if tool not in tenant.allowed_tools:
+                raise PolicyDenied(
+                    f"tool {tool!r} is not allowed for tenant {tenant.id!r}",
+                    reason="tool_not_allowed",
+                    tool=tool,
+                )
+
+
+def _outcome(check: Any, tenant: TenantConfig, body: Any) -> Any:
+    try:
+        check(tenant, body)
+    except HTTPError as exc:
+        return exc.status, exc.to_problem()
+    return None
+
+
+NAMES = st.sampled_from(["search", "calc", "", "shell"]) | st.integers() | st.none()
+TOOLS = st.one_of(
+    st.sampled_from(["search", "shell", ""]),
+    st.builds(lambda n: {"type": "function", "function": {"name": n}}, NAMES),
+    st.builds(lambda n: {"name": n}, NAMES),
+    st.builds(lambda t: {"type": t}, st.sampled_from(["function", "web_search", "search"])),
+    st.builds(lambda f: {"function": f}, st.none() | st.integers() | st.just([])),
+    st.integers(),
+    st.none(),
+)
+BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["gpt", "other", ""]) | st.integers() | st.none(),
+        "tools": st.lists(TOOLS, max_size=3) | st.integers() | st.none() | st.just("x"),
+        "functions": st.lists(TOOLS, max_size=2) | st.none(),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@example(body={"tools": [{"function": {"name": ""}}]}, models=None, tools=("", "search"))
+@example(body={"model": ""}, models=("", "gpt"), tools=None)
+@example(body={"tools": [{"function": {"name": "search"}}], "functions": []}, models=(), tools=())
+@given(
+    body=BODIES,
+    models=st.sampled_from([None, (), ("gpt",), ("", "gpt")]),
+    tools=st.sampled_from(
+        [None, (), ("search",), ("search", "calc", "web_search"), ("", "search")]
+    ),
+)
+def test_policy_fast_path_answers_as_the_full_check(
+    body: dict[str, Any], models: tuple[str, ...] | None, tools: tuple[str, ...] | None
+) -> None:
+    """Policy.check allows, denies or refuses exactly as the model-then-every-tool check does."""
+    tenant = TenantConfig(id="acme", name="Acme", allowed_models=models, allowed_tools=tools)
+    assert _outcome(Policy().check, tenant, body) == _outcome(reference_policy_check, tenant, body)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        42,
+        b"tk_live_",
+        "",
+        "tk_live_short",
+        "tk_live_" + "\u00e9" * 49,  # the length of a key, not ASCII
+        "tk_live_" + "a" * 49,  # the shape of a key, a wrong checksum
+        "\ud800" * 57,
+    ],
+)
+def test_malformed_keys_are_refused_with_a_warm_cache(store: APIKeyStore, bad: Any) -> None:
+    """What cannot be a key is refused by peek and verify alike, the cache warm or not."""
+    issued = store.issue("acme", name="ci")
+    assert store.verify_identity(issued.key).tenant_id == "acme"
+    for _ in range(2):
+        assert store.peek_identity(bad) is None
+        with pytest.raises(Unauthorized):
+            store.verify_identity(bad)
+    assert store.peek_identity(issued.key) == store.verify_identity(issued.key)
+
+
+def test_an_unknown_well_formed_key_is_a_miss_then_cached_as_unknown(store: APIKeyStore) -> None:
+    """A well-formed key nobody issued needs one store read, then is refused from the cache."""
+    unknown = generate_key()
+    assert store.peek_identity(unknown) is MISS
+    with pytest.raises(Unauthorized):
+        store.verify_identity(unknown)
+    assert store.peek_identity(unknown) is None
+
+
+def test_a_chunked_body_is_replayed_whole_then_the_disconnect(tmp_path: Any) -> None:
+    """The app reads a body sent in chunks as the one body, then the disconnect that followed."""
+    kit = TenantKit(
+        Settings(
+            database_url=f"sqlite:///{tmp_path}/k.db",
+            resolvers=("header",),
+            trust_tenant_header=True,
+            require_credential=False,
+            policy_paths=("/v1",),
+        )
+    )
+    kit.create_all()
+    kit.tenants.create(id="acme", name="Acme", allowed_models=["m"])
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        for _ in range(2):
+            seen.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    chunks = [
+        {"type": "http.request", "body": b'{"model":', "more_body": True},
+        {"type": "http.request", "body": b'"m"}', "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat",
+        "headers": [(b"x-tenant-id", b"acme")],
+        "query_string": b"",
+    }
+    anyio.run(TenantKitMiddleware(app, kit), scope, receive, send)
+    assert seen == [
+        {"type": "http.request", "body": b'{"model":"m"}', "more_body": False},
+        {"type": "http.disconnect"},
+    ]
