@@ -19,12 +19,10 @@ from benchmarks._harness import BODY, PATH, make_kit, table
 
 
 def stages(identity: str) -> dict[str, Callable[[], Any]]:
-    from starlette.datastructures import Headers
-
+    from tenantkit._quota_limits import limit_set_for
     from tenantkit._request import parse_json_object, request_id_from
-    from tenantkit.asgi import _request_info
+    from tenantkit.asgi import _header_map, _request_info
     from tenantkit.policy import estimate_tokens
-    from tenantkit.quotas import limits_for
     from tenantkit.types import RequestInfo
 
     built = make_kit(identity)
@@ -46,7 +44,7 @@ def stages(identity: str) -> dict[str, Callable[[], Any]]:
     document = parse_json_object(BODY)
     who = kit.identity.resolve(info)
     tenant = kit.tenants.get("acme")
-    limits = limits_for(tenant, who)
+    limits = limit_set_for(tenant, who)
     grant = kit.quotas.acquire(limits, tokens=100)
     estimate = kit.settings.quota.default_token_estimate
 
@@ -59,14 +57,16 @@ def stages(identity: str) -> dict[str, Callable[[], Any]]:
         kit.quotas.settle(kit.quotas.acquire(limits, tokens=100), 42)
 
     return {
-        "asgi: Headers + RequestInfo": lambda: _request_info(scope, Headers(scope=scope), "r"),
-        "asgi: request id (uuid4)": lambda: request_id_from(None),
+        "asgi: header map + RequestInfo": lambda: _request_info(
+            scope, _header_map(scope["headers"]), "r"
+        ),
+        "asgi: request id (generated)": lambda: request_id_from(None),
         "identity.resolve": lambda: kit.identity.resolve(info),
         "tenants.get (cache hit)": lambda: kit.tenants.get("acme"),
         "parse JSON body": lambda: parse_json_object(BODY),
         "policy.check": lambda: kit.policy.check(tenant, document),
         "estimate_tokens": lambda: estimate_tokens(document, estimate),
-        "limits_for": lambda: limits_for(tenant, who),
+        "limit_set_for": lambda: limit_set_for(tenant, who),
         "quotas.acquire (3 limits)": lambda: kit.quotas.acquire(limits, tokens=100),
         "quotas.acquire + settle": acquire_and_settle,
         "grant.headers": grant.headers,
