@@ -1,7 +1,8 @@
 """One uvicorn worker serving one benchmark app: ``python -m benchmarks._http_server APP PORT``.
 
-APP is ``bare``, ``tenantkit-header``, ``tenantkit-api-key`` or ``slowapi``. The
-identifying headers a client must send are printed on the first line, as JSON.
+APP is ``bare``, ``floor`` (``benchmarks._floor``), ``tenantkit-header``,
+``tenantkit-api-key`` or ``slowapi``. The identifying headers a client must send
+are printed on the first line, as JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from benchmarks._harness import make_kit, starlette_app
 def build(kind: str) -> tuple[object, dict[str, str]]:
     if kind == "bare":
         return starlette_app(), {}
+    if kind == "floor":
+        from benchmarks.bench_inprocess import floor_app
+
+        return floor_app()
     if kind == "slowapi":
         from benchmarks.bench_inprocess import slowapi_app
 
