@@ -205,18 +205,23 @@ def test_edit_headers_matches_mutable_headers(
     assert (message["headers"], reported) == mutable_headers_edit(headers, extra)
 
 
-def test_path_rules_follow_replaced_settings(tmp_path: Any) -> None:
-    """Memoized path answers are recomputed when the kit's settings are replaced."""
-    kit = TenantKit(
+def header_kit(tmp_path: Any, **settings: Any) -> TenantKit:
+    """A kit on a fresh SQLite file that takes the tenant from X-Tenant-ID, policy on /v1."""
+    return TenantKit(
         Settings(
             database_url=f"sqlite:///{tmp_path}/k.db",
             resolvers=("header",),
             trust_tenant_header=True,
             require_credential=False,
-            exclude_paths=("/health",),
             policy_paths=("/v1",),
+            **settings,
         )
     )
+
+
+def test_path_rules_follow_replaced_settings(tmp_path: Any) -> None:
+    """Memoized path answers are recomputed when the kit's settings are replaced."""
+    kit = header_kit(tmp_path, exclude_paths=("/health",))
     post = RequestInfo(method="POST", path="/v1/chat", headers={})
     assert kit.is_excluded("/health/db") and not kit.is_excluded("/healthz")
     assert kit.reads_body(post)
@@ -431,15 +436,7 @@ def test_an_unknown_well_formed_key_is_a_miss_then_cached_as_unknown(store: APIK
 
 def test_a_chunked_body_is_replayed_whole_then_the_disconnect(tmp_path: Any) -> None:
     """The app reads a body sent in chunks as the one body, then the disconnect that followed."""
-    kit = TenantKit(
-        Settings(
-            database_url=f"sqlite:///{tmp_path}/k.db",
-            resolvers=("header",),
-            trust_tenant_header=True,
-            require_credential=False,
-            policy_paths=("/v1",),
-        )
-    )
+    kit = header_kit(tmp_path)
     kit.create_all()
     kit.tenants.create(id="acme", name="Acme", allowed_models=["m"])
     seen: list[dict[str, Any]] = []
