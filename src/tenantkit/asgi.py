@@ -8,7 +8,6 @@ Starlette, FastAPI or any ASGI app::
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
@@ -54,9 +53,7 @@ class TenantKitMiddleware:
                     receive, kit.settings.max_body_bytes, headers.get("content-length"), pending
                 )
             admission = await kit.admit_async(info, body)
-        except HTTPError as exc:
-            if body is not None or pending:
-                receive = _replay(body, pending, receive)
+        except HTTPError as exc:  # the rejection reads no body: nothing to replay
             await self._reject(info, exc, scope, receive, send)
             return
         await self._run(admission, scope, receive, send, request_id, body, pending)
@@ -248,20 +245,3 @@ async def _buffer_body(
             break
         message = await receive()
     return b"".join(chunks)
-
-
-def _replay(body: bytes | None, pending: list[Message], receive: Receive) -> Receive:
-    """Return a receive that gives the buffered body, then ``pending``, then ``receive``'s."""
-    replayed = body is None
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        if pending:
-            return pending.pop(0)
-        message: Any = await receive()
-        return message  # type: ignore[no-any-return]
-
-    return replay

@@ -212,8 +212,7 @@ class TenantKit:
         identity, tenant = self._identify(request, True)
         try:
             tokens = self._check_policy(request, tenant, body)
-            if self.call_counter is not None:
-                self._check_calls(tenant)
+            self._check_calls(tenant)
             limits = limit_set_for(tenant, identity)
             grant = self.quotas.acquire(limits, tokens=tokens) if limits else None
         except HTTPError as exc:
@@ -231,7 +230,7 @@ class TenantKit:
             identity, tenant = await anyio.to_thread.run_sync(self._identify, request, True)
         try:
             tokens = self._check_policy(request, tenant, body)
-            if self.call_counter is not None and not self._check_calls(tenant, blocking=False):
+            if not self._check_calls(tenant, blocking=False):
                 # The counter's first look at this tenant this cycle reads the database.
                 await anyio.to_thread.run_sync(self._check_calls, tenant)
             limits = limit_set_for(tenant, identity)
@@ -240,7 +239,7 @@ class TenantKit:
                 quotas = self.quotas
                 if quotas.waits:
                     grant = await quotas.acquire_async(limits, tokens=tokens)
-                else:
+                else:  # memory: no coroutine per request
                     grant = quotas.acquire(limits, tokens=tokens)
         except HTTPError as exc:
             exc.identity = identity

@@ -131,8 +131,6 @@ class QuotaEngine:
 
     async def acquire_async(self, limits: Sequence[Limit], *, tokens: int) -> Grant:
         """``acquire`` for the event loop (Redis through the asyncio client)."""
-        if self._memory is not None:  # memory never waits: no coroutine for it
-            return self.acquire(limits, tokens=tokens)
         if not limits:
             return Grant(limits, (), Outcome(True, (), ()), self._renderer)
         costs = self._costs(limits, tokens)
@@ -212,9 +210,7 @@ class QuotaEngine:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     def _schedule(self, grant: Grant, deltas: list[int]) -> None:
-        if not any(deltas):
-            return
-        if self._redis is None:
+        if self._redis is None or not any(deltas):
             self._adjust(grant, deltas)
             return
         task = asyncio.get_running_loop().create_task(self._adjust_async(grant, deltas))
@@ -267,11 +263,9 @@ class QuotaEngine:
         for limit in limits:
             if limit.unit == "requests":
                 costs.append(1)
-            elif tokens:
+            else:
                 capacity = limit.per_minute * window // 60_000_000
                 costs.append(tokens if tokens < capacity else capacity)
-            else:
-                costs.append(0)
         return costs
 
     def _decide(self, limits: Sequence[Limit], costs: list[int], outcome: Outcome) -> Grant:
@@ -332,10 +326,9 @@ class QuotaEngine:
             raise ValidationError("tokens_used must be a non-negative integer", field="tokens_used")
         if not grant._close():
             return None
-        costs = grant.costs
         return [
-            tokens_used - costs[i] if limit.unit == "tokens" else 0
-            for i, limit in enumerate(grant.limits)
+            tokens_used - cost if limit.unit == "tokens" else 0
+            for limit, cost in zip(grant.limits, grant.costs, strict=True)
         ]
 
     def _release_deltas(self, grant: Grant) -> list[int] | None:
