@@ -204,9 +204,12 @@ def test_success_responses_match_their_documented_schemas(target: Target) -> Non
 @settings(
     max_examples=400,
     deadline=None,
-    # The served app's state moves on between runs: a stored example replays
-    # against another state (and once tripped Hypothesis' flaky-generation check).
+    # As the Starlette fuzz test: one fixed sequence of examples, no stored ones.
+    # Randomized, about one run in eight died of Hypothesis' FlakyStrategyDefinition
+    # (a replayed choice sequence drew less while building a body from the
+    # ResourceUsage schema), a failure of the fuzzer, not of the app.
     database=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(data=st.data())
