@@ -14,7 +14,7 @@ import re
 import secrets
 import zlib
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypeGuard
 
 from .errors import ValidationError
 
@@ -53,6 +53,15 @@ class ParsedKey:
 def looks_like_key(value: object) -> bool:
     """Return whether ``value`` is meant as a tenantkit key (``tk_live_``/``tk_test_``)."""
     return isinstance(value, str) and value.startswith(KEY_PREFIXES)
+
+
+def could_be_key(value: object) -> TypeGuard[str]:
+    """Return whether ``value`` has a key's type and length, in ASCII (no checksum read).
+
+    The cheap test before a key is digested: a store finds a cached key by its
+    digest and checks shape and checksum only on a miss, before it reads.
+    """
+    return type(value) is str and len(value) == KEY_LENGTH and value.isascii()
 
 
 def parse_key(key: object) -> ParsedKey:

@@ -37,7 +37,6 @@ from ._keyformat import BASE62 as BASE62
 from ._keyformat import BODY_LENGTH as BODY_LENGTH
 from ._keyformat import CHECKSUM_LENGTH as CHECKSUM_LENGTH
 from ._keyformat import ENTROPY_BYTES as ENTROPY_BYTES
-from ._keyformat import KEY_LENGTH as KEY_LENGTH
 from ._keyformat import KEY_PATTERN as KEY_PATTERN
 from ._keyformat import KEY_PREFIXES as KEY_PREFIXES
 from ._keyformat import (
@@ -45,6 +44,7 @@ from ._keyformat import (
     ParsedKey,
     base62,
     check_key,
+    could_be_key,
     generate_key,
     looks_like_key,
     parse_key,
@@ -205,9 +205,9 @@ class APIKeyStore:
         return self._verified(key).identity
 
     def _verified(self, key: str) -> _Entry:
-        digest = self._digest_of(key)
-        if digest is None:
+        if not could_be_key(key):
             raise Unauthorized(INVALID_KEY)
+        digest = self._digest(key)
         entry = self._cache.peek(digest)
         from_store = entry is MISS
         if entry is MISS:
@@ -239,9 +239,9 @@ class APIKeyStore:
         return entry if entry is MISS or entry is None else entry.identity
 
     def _peeked(self, key: str) -> _Entry | Miss | None:
-        digest = self._digest_of(key)
-        if digest is None:
+        if not could_be_key(key):
             return None
+        digest = self._digest(key)
         entry = self._cache.peek(digest)
         if entry is MISS:
             try:
@@ -250,16 +250,6 @@ class APIKeyStore:
                 return None
             return MISS
         return self._usable(entry, digest)
-
-    def _digest_of(self, key: object) -> str | None:
-        """The cache key of ``key``; ``None`` for what cannot be a key (no ASCII str of its length).
-
-        The shape and checksum are checked only on a cache miss, before a store
-        read: an entry cached under this HMAC is an issued, well-formed key.
-        """
-        if type(key) is not str or len(key) != KEY_LENGTH or not key.isascii():
-            return None
-        return self._digest(key)
 
     def list(self, tenant_id: str, *, limit: int = 50, cursor: str | None = None) -> Page[APIKey]:
         """Return one page of a tenant's keys, newest first (revoked ones included)."""
