@@ -48,15 +48,12 @@ class LimitSet(tuple[Limit, ...]):
         made = super().__new__(cls, limits)
         made.policy_header = ", ".join([limit.policy_item for limit in limits])
         made.item_prefixes = tuple(f'"{limit.name}";r=' for limit in limits)
-        made.token_limits = tuple(limit.unit == "tokens" for limit in limits)
         return made
 
     policy_header: str
     """The ``RateLimit-Policy`` value of these limits."""
     item_prefixes: tuple[str, ...]
     """Each limit's ``RateLimit`` list member up to its remaining count."""
-    token_limits: tuple[bool, ...]
-    """Whether each limit counts tokens (else requests)."""
 
 
 _LIMITS_CACHE: dict[tuple[object, ...], LimitSet] = {}
@@ -75,24 +72,17 @@ def limits_for(tenant: TenantConfig, identity: Identity) -> list[Limit]:
 def limit_set_for(tenant: TenantConfig, identity: Identity) -> LimitSet:
     """``limits_for`` as the shared, immutable ``LimitSet`` (the pipeline's hot path)."""
     key_id = identity.api_key_id
-    if key_id is None:
-        signature: tuple[object, ...] = (
-            tenant.id,
-            tenant.quota_requests_per_minute,
-            tenant.quota_tokens_per_minute,
-        )
-    else:
-        signature = (
-            tenant.id,
-            tenant.quota_requests_per_minute,
-            tenant.quota_tokens_per_minute,
-            key_id,
-            identity.api_key_rate_limit,
-            identity.api_key_token_limit,
-        )
+    signature = (
+        tenant.id,
+        tenant.quota_requests_per_minute,
+        tenant.quota_tokens_per_minute,
+        key_id,
+        identity.api_key_rate_limit if key_id is not None else None,
+        identity.api_key_token_limit if key_id is not None else None,
+    )
     cached = _LIMITS_CACHE.get(signature)
     if cached is None:
-        cached = LimitSet(_build_limits(*signature))  # type: ignore[arg-type]
+        cached = LimitSet(_build_limits(*signature))
         if len(_LIMITS_CACHE) >= _LIMITS_CACHE_MAX:
             _LIMITS_CACHE.clear()
         _LIMITS_CACHE[signature] = cached
@@ -103,9 +93,9 @@ def _build_limits(
     tenant_id: str,
     requests: int | None,
     tokens: int | None,
-    key_id: str | None = None,
-    key_requests: int | None = None,
-    key_tokens: int | None = None,
+    key_id: str | None,
+    key_requests: int | None,
+    key_tokens: int | None,
 ) -> tuple[Limit, ...]:
     tag = f"{{{tenant_id}}}"
     found: list[Limit] = []

@@ -77,7 +77,9 @@ class TenantKitMiddleware:
             kind = message["type"]
             if kind == "http.response.start":
                 admission.status = message["status"]
-                extra = [(_name_bytes(k), v.encode("latin-1")) for k, v in admission.headers]
+                extra = [
+                    (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in admission.headers
+                ]
                 stamp = (self._rid_key, request_id.encode("latin-1"))
                 reported = _edit_headers(message, self._token_key, extra, stamp)
                 if reported is not None:
@@ -173,19 +175,6 @@ def _edit_headers(
         out.append(stamp)
     message["headers"] = out
     return reported
-
-
-_NAMES: dict[str, bytes] = {}
-
-
-def _name_bytes(name: str) -> bytes:
-    """A header name as lower-case latin-1 bytes (the few names the kit writes, cached)."""
-    encoded = _NAMES.get(name)
-    if encoded is None:
-        encoded = name.lower().encode("latin-1")
-        if len(_NAMES) < 256:
-            _NAMES[name] = encoded
-    return encoded
 
 
 def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
