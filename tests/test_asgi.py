@@ -13,7 +13,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from tenantkit import context
 from tenantkit.asgi import TenantKitMiddleware
@@ -247,3 +247,51 @@ async def test_two_tenants_500_interleaved_requests_each(
     assert [r for r in results if r] == []
     assert sum(1 for t, _ in plan if t == "acme") >= 490
     assert context.get_context() is None
+
+
+@pytest.fixture
+def picky_kit(make_kit: Callable[..., Any]) -> Any:
+    """Tenant ``acme`` may use model ``m1`` only; header identity."""
+    return make_kit(
+        tenants={"acme": {"allowed_models": ("m1",)}},
+        resolvers=("header",),
+        trust_tenant_header=True,
+        require_credential=False,
+    )
+
+
+@pytest.mark.parametrize("model", ["m1", "m2"])
+async def test_policy_applies_below_a_root_path(picky_kit: Any, model: str) -> None:
+    """Behind --root-path the policy route is still checked: the app routes on path less root."""
+    app = build_app(picky_kit)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, root_path="/gw")
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.post(
+            "/gw/api/chat/completions",
+            json={"model": model, "messages": []},
+            headers={"X-Tenant-ID": "acme"},
+        )
+    if model == "m1":
+        assert r.status_code == 200, r.text
+    else:
+        assert r.status_code == 403
+        assert r.json()["reason"] == "model_not_allowed"
+
+
+async def test_policy_applies_inside_a_mount(picky_kit: Any) -> None:
+    """A middleware-wrapped app mounted under /v2 checks its own policy routes."""
+    outer = Starlette(routes=[Mount("/v2", app=build_app(picky_kit))])
+    async with client_for(outer) as client:
+        denied = await client.post(
+            "/v2/api/chat/completions",
+            json={"model": "m2", "messages": []},
+            headers={"X-Tenant-ID": "acme"},
+        )
+        allowed = await client.post(
+            "/v2/api/chat/completions",
+            json={"model": "m1", "messages": []},
+            headers={"X-Tenant-ID": "acme"},
+        )
+    assert denied.status_code == 403
+    assert allowed.status_code == 200
+    assert allowed.json()["echo"]["model"] == "m1"

@@ -197,13 +197,27 @@ def _request_info(scope: Scope, headers: dict[str, str], request_id: str) -> Req
     query: bytes = scope.get("query_string", b"")
     return RequestInfo(  # positional: the frozen dataclass's fastest call, in field order
         scope.get("method", "GET"),
-        scope["path"],
+        _route_path(scope),
         headers,
         client[0] if client else None,
         scope.get("scheme", "http"),
         query.decode("latin-1") if query else "",
         request_id,
     )
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the app routes on: ``path`` less ``root_path``, as WSGI's ``PATH_INFO``.
+
+    Behind ``--root-path`` or inside a ``Mount``, ``path`` starts with
+    ``root_path`` while Starlette routes on the rest (``get_route_path``); the
+    policy and exclusion prefixes name routes, so they must see the same.
+    """
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
 
 
 async def _buffer_body(
