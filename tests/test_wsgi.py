@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -167,3 +168,127 @@ def test_two_tenants_500_interleaved_threaded(
     with client, ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(one, plan))
     assert [r for r in results if r] == []
+
+
+# -- reading the body (PEP 3333: never past CONTENT_LENGTH) --------------------------------
+
+
+class StrictInput:
+    """A wsgi.input that fails the test where a socket would block: an unbounded read or one
+    past its bytes. ``terminated`` streams end like a dechunked body: ``b""`` at the end."""
+
+    def __init__(self, data: bytes, *, terminated: bool = False) -> None:
+        self.data = data
+        self.terminated = terminated
+        self.pos = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            raise AssertionError("unbounded read of wsgi.input")
+        if self.pos + size > len(self.data) and not self.terminated:
+            raise AssertionError(f"read of {size} bytes past the body: a socket would block")
+        chunk = self.data[self.pos : self.pos + size]
+        self.pos += len(chunk)
+        return chunk
+
+
+def _direct_post(
+    kit: Any, jwt: str, stream: StrictInput, **environ_extra: Any
+) -> tuple[str, bytes]:
+    """POST to the chat route through the middleware alone; return the status and body."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/api/chat/completions",
+        "HTTP_AUTHORIZATION": f"Bearer {jwt}",
+        "wsgi.input": stream,
+        "wsgi.url_scheme": "http",
+        **environ_extra,
+    }
+    seen: list[str] = []
+    result = TenantKitWSGIMiddleware(app, kit)(
+        environ, lambda status, headers, exc_info=None: seen.append(status)
+    )
+    try:
+        payload = b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+    return seen[0], payload
+
+
+@pytest.mark.parametrize("declared", [None, ""])
+def test_no_content_length_reads_nothing(
+    kit: Any, jwt_for: Callable[..., str], declared: str | None
+) -> None:
+    """Without CONTENT_LENGTH (not input_terminated) the body is empty: wsgi.input is not read."""
+    extra = {} if declared is None else {"CONTENT_LENGTH": declared}
+    stream = StrictInput(b'{"model": "m"}')
+    status, payload = _direct_post(kit, jwt_for(kit, "acme"), stream, **extra)
+    assert status.startswith("400") and "empty" in json.loads(payload)["detail"]
+    assert stream.pos == 0
+
+
+def test_input_terminated_reads_to_the_end(kit: Any, jwt_for: Callable[..., str]) -> None:
+    """Without CONTENT_LENGTH on an input_terminated stream the whole body is read and replayed."""
+    doc = {"model": "m", "messages": [{"role": "user", "content": "x" * 600}]}
+    stream = StrictInput(json.dumps(doc).encode(), terminated=True)
+    status, payload = _direct_post(
+        kit, jwt_for(kit, "acme"), stream, **{"wsgi.input_terminated": True}
+    )
+    assert status.startswith("200") and json.loads(payload) == {"echo": doc}
+
+
+def test_input_terminated_body_past_the_limit_is_413(kit: Any, jwt_for: Callable[..., str]) -> None:
+    """A terminated body longer than max_body_bytes is a 413, read no further than limit + 1."""
+    stream = StrictInput(b"x" * 5000, terminated=True)
+    status, _ = _direct_post(kit, jwt_for(kit, "acme"), stream, **{"wsgi.input_terminated": True})
+    assert status.startswith("413") and stream.pos <= 1025
+
+
+@pytest.mark.parametrize("declared", ["-1", "abc", "1.5", "0x10", "\xb2"])
+def test_invalid_content_length_is_400(
+    kit: Any, jwt_for: Callable[..., str], declared: str
+) -> None:
+    """A CONTENT_LENGTH that is no plain decimal number is a 400 problem; the body is not read."""
+    stream = StrictInput(b'{"model": "m"}')
+    status, payload = _direct_post(kit, jwt_for(kit, "acme"), stream, CONTENT_LENGTH=declared)
+    assert status.startswith("400") and "Content-Length" in json.loads(payload)["detail"]
+    assert stream.pos == 0
+
+
+def _raw_exchange(base: str, request: bytes) -> bytes:
+    """Send raw bytes to the server and read the response head, failing after 5 s, not hanging."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)  # the socket stays open for writing: no EOF rescues a read
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def test_real_server_post_without_content_length_does_not_hang(
+    kit: Any, server: str, jwt_for: Callable[..., str]
+) -> None:
+    """On werkzeug's server a POST with neither Content-Length nor chunking answers at once."""
+    request = (
+        "POST /api/chat/completions HTTP/1.1\r\nHost: test\r\n"
+        f"Authorization: Bearer {jwt_for(kit, 'acme')}\r\n\r\n"
+    ).encode()
+    head = _raw_exchange(server, request)
+    assert head.startswith(b"HTTP/1.1 400")
+
+
+def test_real_server_chunked_body_is_read(
+    kit: Any, server: str, jwt_for: Callable[..., str]
+) -> None:
+    """A chunked body (werkzeug sets input_terminated) is read whole and reaches the app."""
+    auth = {"Authorization": f"Bearer {jwt_for(kit, 'acme')}"}
+    parts = [b'{"model": ', b'"m", "messages": []}']
+    with httpx.Client(base_url=server, headers=auth, timeout=5) as client:
+        ok = client.post("/api/chat/completions", content=iter(parts))
+        big = client.post("/api/chat/completions", content=iter([b"x" * 700, b"y" * 700]))
+    assert ok.status_code == 200 and ok.json() == {"echo": {"model": "m", "messages": []}}
+    assert big.status_code == 413

@@ -23,12 +23,12 @@ from ._request import (
     request_id_from,
 )
 from .context import bind, reset
-from .errors import HTTPError, PayloadTooLarge
+from .errors import BadRequest, HTTPError, PayloadTooLarge
 from .kit import Admission, TenantKit
 from .types import RequestInfo
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import InputStream, StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("tenantkit")
 
@@ -190,20 +190,45 @@ def _request_info(environ: WSGIEnvironment, request_id: str) -> RequestInfo:
 
 
 def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
-    """Read the body once (at most ``limit`` bytes) and put a replayable copy back."""
-    length = content_length(environ.get("CONTENT_LENGTH"))
+    """Read the body once (at most ``limit`` bytes) and put a replayable copy back.
+
+    Never past CONTENT_LENGTH (PEP 3333): wsgi.input may be the socket itself
+    (werkzeug's server), where such a read blocks until the client gives up.
+    Without a length the body is read to its end only from a stream the server
+    marks ``wsgi.input_terminated`` (a dechunked body), else it is empty. A
+    length that is no decimal number is a 400: where the body ends is unknown
+    (RFC 9112, section 6.3; an ASGI server refuses such a request itself).
+    """
+    declared: str = environ.get("CONTENT_LENGTH") or ""
     stream = environ["wsgi.input"]
-    if length is not None:
+    if declared:
+        length = content_length(declared)
+        if length is None:
+            raise BadRequest("the Content-Length header is not a decimal number")
         if length > limit:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
         body: bytes = stream.read(length)
+    elif environ.get("wsgi.input_terminated"):
+        body = _read_to_end(stream, limit)
     else:
-        body = stream.read(limit + 1)
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
+        body = b""
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     return body
+
+
+def _read_to_end(stream: InputStream, limit: int) -> bytes:
+    """Read a terminated stream to its end, or raise ``PayloadTooLarge`` past ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk: bytes = stream.read(limit + 1 - size)  # a read may return less than asked
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
 
 
 def _status_code(status: str) -> int | None:
