@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -344,4 +345,93 @@ def test_cancelled_requests_release_every_reservation(
     # Memory runs on a frozen clock; Redis refills 200 tokens a second meanwhile.
     assert during <= per_minute - 100 * ESTIMATE + (0 if backend == "memory" else 2_000)
     assert after == per_minute
+    assert context.get_context() is None
+
+
+# -- the WSGI response lifecycle --------------------------------------------------------
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def wsgi_call(
+    kit: Any, wsgi: WSGIApp, headers: dict[str, str]
+) -> tuple[Any, list[tuple[str, list[tuple[str, str]]]]]:
+    """Call the WSGI middleware as a server does; return the response iterable, unread,
+    and the ``(status, headers)`` each start_response call was given."""
+    payload = body()
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": CHAT,
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(payload)),
+        "wsgi.input": io.BytesIO(payload),
+        "wsgi.url_scheme": "http",
+    }
+    for name, value in headers.items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(status: str, head: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started.append((status, head))
+        return lambda data: None
+
+    return TenantKitWSGIMiddleware(wsgi, kit)(environ, start_response), started
+
+
+def _unstarted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    return [b"never started"]
+
+
+def _listed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"a", b"b"]
+
+
+def _streamed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return (chunk for chunk in (b"a", b"b", b"c"))
+
+
+def _started_late(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])  # on the first next()
+    yield b"a"
+    yield b"b"
+
+
+@pytest.mark.parametrize(
+    ("wsgi", "reads", "failed"),
+    [
+        (_unstarted, None, True),  # read to the end, but start_response was never called
+        (_listed, 0, True),  # closed before the list was iterated (client gone)
+        (_listed, 1, True),
+        (_streamed, 1, True),  # a stream closed mid-body
+        (_started_late, 1, True),
+        (_listed, None, False),  # read to the end: the reservation is kept
+        (_streamed, None, False),
+        (_started_late, None, False),
+    ],
+)
+def test_wsgi_response_never_started_or_completed_releases_tokens(
+    make: Callable[..., Any], wsgi: WSGIApp, reads: int | None, failed: bool
+) -> None:
+    """A WSGI response that never started, or was closed before its end, refunds its tokens."""
+    kit = make(quota_tokens_per_minute=50_000)
+    seen: list[bool] = []
+    finish = kit.finish
+
+    def spy(admission: Any, *, failed: bool = False) -> None:
+        seen.append(failed)
+        finish(admission, failed=failed)
+
+    kit.finish = spy
+    result, _ = wsgi_call(kit, wsgi, key_for(kit))
+    chunks = iter(result)
+    for _ in range(reads if reads is not None else 1_000):
+        if next(chunks, None) is None:
+            break
+    result.close()
+    assert seen == [failed]
+    expected = 50_000 if failed else 50_000 - ESTIMATE
+    assert remaining_tokens(kit, "acme", 50_000) == expected
     assert context.get_context() is None

@@ -52,7 +52,10 @@ def test_flask_view_that_raises_refunds_its_tokens(
     client = _flask_client(kit, outcome)
     headers = {"Authorization": f"Bearer {jwt_for(kit, 'acme')}"}
     failed = client.post(CHAT, data=BODY, headers=headers)
-    failed.close()  # as a WSGI server does; the test client leaves it to the caller
+    # Read to the end, then closed, as a WSGI server does (the test client leaves both to
+    # the caller): a response closed before its end is a disconnect and refunds its tokens.
+    failed.get_data()
+    failed.close()
     assert failed.status_code == 500
     follow_up = _flask_client(kit, "ok").post(CHAT, data=BODY, headers=headers)
     assert follow_up.status_code == second

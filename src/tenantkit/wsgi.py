@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._request import (
     PROBLEM_HEADERS,
@@ -53,7 +53,7 @@ class TenantKitWSGIMiddleware:
         environ[ENVIRON_REQUEST_ID] = request_id
         info = _request_info(environ, request_id)
         if self.kit.is_excluded(info.path):
-            return self.app(environ, self._stamp(start_response, request_id, []))
+            return self.app(environ, self._stamp(start_response, request_id))
         try:
             body = None
             if self.kit.reads_body(info):
@@ -88,32 +88,39 @@ class TenantKitWSGIMiddleware:
             except Exception:
                 log.exception("tenantkit: settling the token reservation failed")
 
+        response = _ClosingIterator(finish)
         try:
-            result = self.app(environ, self._stamp(start_response, request_id, admission))
+            result = self.app(environ, self._stamp(start_response, request_id, admission, response))
             # Inside the try: a result whose iter() raises must not leave the tenant bound.
-            return _ClosingIterator(result, finish)
+            return response.wrap(result)
         except BaseException:
             finish(True)
             raise
 
     def _stamp(
-        self, start_response: StartResponse, request_id: str, admission: Admission | list[Any]
+        self,
+        start_response: StartResponse,
+        request_id: str,
+        admission: Admission | None = None,
+        response: _ClosingIterator | None = None,
     ) -> StartResponse:
         token_header = self._token_header
 
         def wrapped(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            if isinstance(admission, Admission):
+            if response is not None:
+                response.started = True
+            if admission is not None:
                 admission.status = _status_code(status)
             out: list[tuple[str, str]] = []
             for name, value in headers:
-                if name.lower() == token_header and isinstance(admission, Admission):
+                if name.lower() == token_header and admission is not None:
                     meter = admission.context.meter
                     meter.used = parse_reported_tokens(value, meter.used)
                     continue
                 out.append((name, value))
-            if isinstance(admission, Admission):
+            if admission is not None:
                 out.extend(admission.headers)
             out.append((self._rid_header, request_id))
             return start_response(status, out, exc_info)
@@ -132,13 +139,27 @@ class TenantKitWSGIMiddleware:
 
 
 class _ClosingIterator:
-    """Yield the app's body; on close, close it, reset the context and settle."""
+    """Yield the app's body; on close, close it, reset the context and settle.
 
-    def __init__(self, result: Iterable[bytes], finish: Callable[[bool], None]) -> None:
+    The request failed (its reservation is released) unless the response started
+    and its body was read to the end without an error: a server closes the
+    iterable early when the client disconnects mid-body.
+    """
+
+    def __init__(self, finish: Callable[[bool], None]) -> None:
+        self._finish = finish
+        self._result: Iterable[bytes] = ()
+        self._iter: Iterator[bytes] = iter(())
+        self._failed = False
+        self._exhausted = False
+        #: Set by the wrapped ``start_response`` (a generator app may call it lazily).
+        self.started = False
+
+    def wrap(self, result: Iterable[bytes]) -> _ClosingIterator:
+        """Take the app's response iterable; ``iter()`` on it may raise."""
         self._result = result
         self._iter = iter(result)
-        self._finish = finish
-        self._failed = False
+        return self
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -147,6 +168,7 @@ class _ClosingIterator:
         try:
             return next(self._iter)
         except StopIteration:
+            self._exhausted = True
             raise
         except BaseException:
             self._failed = True
@@ -158,7 +180,7 @@ class _ClosingIterator:
             if close is not None:
                 close()
         finally:
-            self._finish(self._failed)
+            self._finish(self._failed or not self._exhausted or not self.started)
 
 
 def _environ_key(header: str) -> str:
