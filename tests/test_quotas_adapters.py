@@ -435,3 +435,52 @@ def test_wsgi_response_never_started_or_completed_releases_tokens(
     expected = 50_000 if failed else 50_000 - ESTIMATE
     assert remaining_tokens(kit, "acme", 50_000) == expected
     assert context.get_context() is None
+
+
+def test_wsgi_rate_limit_headers_replace_the_apps(
+    make_kit: Callable[..., Any], clock: FakeClock
+) -> None:
+    """Rate-limit headers the app set are replaced by the middleware's, not duplicated;
+    the app's other headers keep their order, the token header is still stripped."""
+    kit = make_kit(
+        tenants={"acme": {"quota_requests_per_minute": 10}},
+        policy_paths=(CHAT,),
+        quota=QuotaSettings(openai_headers=True, legacy_headers=True),
+    )
+    kit.quotas = QuotaEngine(kit.settings.quota, clock=clock)
+    app_headers = [
+        ("Content-Type", "application/json"),
+        ("X-RateLimit-Limit", "999"),
+        ("X-Before", "1"),
+        ("ratelimit", '"upstream";r=1;t=1'),
+        ("RateLimit-Policy", '"upstream";q=1;w=1'),
+        ("x-ratelimit-remaining-requests", "12345"),
+        (TOKEN_HEADER, "7"),
+        ("X-RateLimit-Upstream", "kept"),  # no header of the middleware's: kept
+        ("X-After", "2"),
+    ]
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", list(app_headers))
+        return [b"{}"]
+
+    result, started = wsgi_call(kit, wsgi, key_for(kit))
+    b"".join(result)
+    result.close()
+    (_, headers) = started[0]
+    ours = {name.lower() for name, value in headers if (name, value) not in app_headers}
+    assert {"x-ratelimit-limit", "ratelimit", "ratelimit-policy"} < ours
+    assert "x-ratelimit-remaining-requests" in ours
+    names = [name.lower() for name, _ in headers]
+    assert all(names.count(name) == 1 for name in ours), headers
+    values = {name.lower(): value for name, value in headers}
+    assert values["x-ratelimit-limit"] == "10"
+    assert values["x-ratelimit-remaining-requests"] == "9"
+    assert "upstream" not in values["ratelimit"] + values["ratelimit-policy"]
+    assert [pair for pair in headers if pair in app_headers] == [
+        ("Content-Type", "application/json"),
+        ("X-Before", "1"),
+        ("X-RateLimit-Upstream", "kept"),
+        ("X-After", "2"),
+    ]
+    assert names[-1] == "x-request-id"

@@ -104,25 +104,31 @@ class TenantKitWSGIMiddleware:
         admission: Admission | None = None,
         response: _ClosingIterator | None = None,
     ) -> StartResponse:
+        """Wrap ``start_response``: add the request id and, when admitted, the rate-limit
+        headers (replacing any of the same name the app set) and read the token header."""
         token_header = self._token_header
+        stamp = (self._rid_header, request_id)
 
         def wrapped(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
+            if admission is None:
+                return start_response(status, [*headers, stamp], exc_info)
             if response is not None:
                 response.started = True
-            if admission is not None:
-                admission.status = _status_code(status)
+            admission.status = _status_code(status)
+            added = admission.headers
+            replaced = {name.lower() for name, _ in added}
             out: list[tuple[str, str]] = []
             for name, value in headers:
-                if name.lower() == token_header and admission is not None:
+                key = name.lower()
+                if key == token_header:
                     meter = admission.context.meter
                     meter.used = parse_reported_tokens(value, meter.used)
-                    continue
-                out.append((name, value))
-            if admission is not None:
-                out.extend(admission.headers)
-            out.append((self._rid_header, request_id))
+                elif key not in replaced:
+                    out.append((name, value))
+            out.extend(added)
+            out.append(stamp)
             return start_response(status, out, exc_info)
 
         return wrapped
