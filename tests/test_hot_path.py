@@ -172,12 +172,18 @@ def test_tenant_store_refuses_malformed_ids_even_with_a_warm_cache(tmp_path: Any
 def mutable_headers_edit(
     headers: list[tuple[bytes, bytes]], extra: list[tuple[str, str]]
 ) -> tuple[list[tuple[bytes, bytes]], str | None]:
-    """The header edit the ASGI middleware used to make with ``MutableHeaders``."""
+    """The header edit the ASGI middleware makes, spelled with ``MutableHeaders``.
+
+    The app's own headers of the names the middleware adds are replaced, not doubled.
+    """
     message: dict[str, Any] = {"type": "http.response.start", "headers": list(headers)}
     out = MutableHeaders(scope=message)
     reported = out.get("x-tokens-used")
     if reported is not None:
         del out["x-tokens-used"]
+    for name in {name.lower() for name, _ in extra} - {"x-request-id"}:
+        if name in out:
+            del out[name]
     for name, value in extra:
         out.append(name, value)
     out["X-Request-ID"] = "rid"
@@ -192,6 +198,7 @@ def mutable_headers_edit(
         [(b"x-tokens-used", b"12"), (b"content-length", b"2"), (b"x-tokens-used", b"13")],
         [(b"x-request-id", b"app"), (b"a", b"1"), (b"x-request-id", b"again"), (b"b", b"2")],
         [(b"a", b"1"), (b"x-tokens-used", b" 7 "), (b"x-request-id", b"app")],
+        [(b"ratelimit", b"app"), (b"a", b"1"), (b"ratelimit", b"again")],
     ],
 )
 @pytest.mark.parametrize("extra", [[], [("RateLimit", "r=1"), ("X-Request-ID", "limit")]])

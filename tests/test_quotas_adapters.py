@@ -437,17 +437,23 @@ def test_wsgi_response_never_started_or_completed_releases_tokens(
     assert context.get_context() is None
 
 
-def test_wsgi_rate_limit_headers_replace_the_apps(
-    make_kit: Callable[..., Any], clock: FakeClock
-) -> None:
-    """Rate-limit headers the app set are replaced by the middleware's, not duplicated;
-    the app's other headers keep their order, the token header is still stripped."""
+def every_header_kit(make_kit: Callable[..., Any], clock: FakeClock) -> Any:
+    """A kit with every header dialect on, tenant ``acme`` at 10 requests a minute."""
     kit = make_kit(
         tenants={"acme": {"quota_requests_per_minute": 10}},
         policy_paths=(CHAT,),
         quota=QuotaSettings(openai_headers=True, legacy_headers=True),
     )
     kit.quotas = QuotaEngine(kit.settings.quota, clock=clock)
+    return kit
+
+
+def test_wsgi_rate_limit_headers_replace_the_apps(
+    make_kit: Callable[..., Any], clock: FakeClock
+) -> None:
+    """Rate-limit headers the app set are replaced by the middleware's, not duplicated;
+    the app's other headers keep their order, the token header is still stripped."""
+    kit = every_header_kit(make_kit, clock)
     app_headers = [
         ("Content-Type", "application/json"),
         ("X-RateLimit-Limit", "999"),

@@ -103,7 +103,9 @@ class TenantKitMiddleware:
         failed = True
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
-            failed = disconnected and not complete
+            # A response never started or never finished (the client left, or the app
+            # returned early) served nothing: the reservation goes back.
+            failed = not complete
         finally:
             reset(token)
             # Synchronous on purpose: it only schedules the settle, so it also runs
@@ -148,10 +150,13 @@ def _edit_headers(
     """Edit a response start's headers in one pass; return the first dropped value.
 
     The same as ``MutableHeaders``: read and delete every ``drop`` header,
-    append ``extra``, then set ``stamp`` (replacing its first occurrence,
-    deleting the others, else appending). Names are lower-case bytes.
+    replace the app's headers named in ``extra`` with ``extra`` (one value per
+    rate-limit field, never two that disagree), then set ``stamp`` (replacing
+    its first occurrence, deleting the others, else appending). Names are
+    lower-case bytes.
     """
     name = stamp[0]
+    ours = [pair[0] for pair in extra]
     reported: str | None = None
     out: list[tuple[bytes, bytes]] = []
     at = -1
@@ -160,11 +165,12 @@ def _edit_headers(
         if key == drop:
             if reported is None:
                 reported = pair[1].decode("latin-1")
-        elif key != name:
+        elif key == name:
+            if at < 0:
+                at = len(out)
+                out.append(stamp)
+        elif key not in ours:
             out.append(pair)
-        elif at < 0:
-            at = len(out)
-            out.append(stamp)
     for pair in extra:
         if pair[0] != name:
             out.append(pair)

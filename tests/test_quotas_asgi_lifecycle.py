@@ -1,0 +1,121 @@
+"""The ASGI response lifecycle and the reservation: what is refunded, which headers win."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from tests.test_quotas_adapters import (
+    CHAT,
+    ESTIMATE,
+    TOKEN_HEADER,
+    FakeClock,
+    body,
+    clock,
+    every_header_kit,
+    key_for,
+    make,
+    remaining_tokens,
+)
+
+from tenantkit import context
+from tenantkit.asgi import TenantKitMiddleware
+
+__all__ = ["clock", "make"]  # fixtures, imported for pytest
+
+pytestmark = pytest.mark.anyio
+
+Message = dict[str, Any]
+START: Message = {"type": "http.response.start", "status": 200, "headers": []}
+PART: Message = {"type": "http.response.body", "body": b"a", "more_body": True}
+LAST: Message = {"type": "http.response.body", "body": b"b", "more_body": False}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def call(kit: Any, app: Any, headers: dict[str, str]) -> list[Message]:
+    """Serve one chat POST to ``app`` behind the middleware; return what was sent."""
+    payload = body()
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(payload)).encode()))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": CHAT,
+        "headers": raw,
+        "query_string": b"",
+        "client": ("10.0.0.1", 1),
+    }
+    messages = [{"type": "http.request", "body": payload, "more_body": False}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await TenantKitMiddleware(app, kit)(scope, receive, send)
+    return sent
+
+
+def replying(*replies: Message) -> Callable[..., Any]:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        for reply in replies:
+            await send(dict(reply))
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("replies", "kept"),
+    [
+        ((), False),  # the app returned without a response
+        ((START,), False),  # started, never finished
+        ((START, PART), False),  # stopped mid-body
+        ((START, PART, LAST), True),  # a whole response keeps its reservation
+        ((START, LAST), True),
+    ],
+)
+async def test_unfinished_responses_release_the_reservation(
+    make: Callable[..., Any], replies: tuple[Message, ...], kept: bool
+) -> None:
+    """A response that never started or never finished refunds its tokens; a whole one not."""
+    kit = make(quota_tokens_per_minute=50_000)
+    await call(kit, replying(*replies), key_for(kit))
+    expected = 50_000 - ESTIMATE if kept else 50_000
+    assert remaining_tokens(kit, "acme", 50_000) == expected
+    assert context.get_context() is None
+
+
+async def test_rate_limit_headers_replace_the_apps(
+    make_kit: Callable[..., Any], clock: FakeClock
+) -> None:
+    """The app's own rate-limit headers give way to the middleware's: one value per field."""
+    kit = every_header_kit(make_kit, clock)
+    app_headers = [
+        (b"content-type", b"application/json"),
+        (b"x-ratelimit-limit", b"999"),
+        (b"ratelimit", b'"upstream";r=1;t=1'),
+        (b"ratelimit-policy", b'"upstream";q=1;w=1'),
+        (b"x-ratelimit-remaining-requests", b"12345"),
+        (TOKEN_HEADER.lower().encode(), b"7"),
+        (b"x-ratelimit-upstream", b"kept"),
+    ]
+    start = {**START, "headers": app_headers}
+    sent = await call(kit, replying(start, LAST), key_for(kit))
+    headers = sent[0]["headers"]
+    names = [name for name, _ in headers]
+    assert len(names) == len(set(names)), headers
+    values = dict(headers)
+    assert values[b"x-ratelimit-limit"] == b"10"
+    assert values[b"x-ratelimit-remaining-requests"] == b"9"
+    assert b"upstream" not in values[b"ratelimit"] + values[b"ratelimit-policy"]
+    assert values[b"x-ratelimit-upstream"] == b"kept"
+    assert values[b"content-type"] == b"application/json"
+    assert TOKEN_HEADER.lower().encode() not in values
