@@ -239,11 +239,27 @@ def test_path_rules_follow_replaced_settings(tmp_path: Any) -> None:
 
 
 def reference_parse(body: bytes) -> object:
-    """What parse_json_object answered when it always called json.loads(bytes)."""
+    """json.loads(bytes), refusing what parse_json_object refuses on top of it.
+
+    Invalid UTF-8 (json.loads lets surrogates through), a member name twice,
+    NaN and Infinity, and strings holding a lone surrogate.
+    """
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len({name for name, _ in pairs}) != len(pairs):
+            raise ValueError("duplicate")
+        return dict(pairs)
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(name)
+
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as exc:
+        text = body.decode(json.detect_encoding(body))
+        value = json.loads(text, object_pairs_hook=unique, parse_constant=no_constant)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate fails here
+    except (UnicodeError, json.JSONDecodeError, ValueError, RecursionError) as exc:
         return type(exc)
+    return value
 
 
 @pytest.mark.parametrize(
@@ -262,10 +278,19 @@ def reference_parse(body: bytes) -> object:
         b'\xef\xbb\xbf{"a": 1}',
         b' {"a": 1}',
         b'{"a": ' + b"9" * 5000 + b"}",
+        b'{"model": "m2", "model": "m1"}',
+        b'{"a": {"x": 1, "y": 2, "x": 3}}',
+        b'{"a": [NaN]}',
+        b'{"a": -Infinity}',
+        b'{"a": "\\ud83d\\ude00 paired"}',
+        b'{"a": "\\udE00 alone"}',
+        b'{"\\ud800": 1}',
+        b'{"a": "\\\\ud800 an escaped backslash"}',
+        '{"a": "\ud83d\ude00"}'.encode("utf-16", "surrogatepass"),
     ],
 )
 def test_json_fast_path_matches_json_loads(body: bytes) -> None:
-    """A body starting with ``{`` parses to what json.loads gives, or fails where it fails."""
+    """A body parses to what strict json.loads gives, or fails where it fails."""
     expected = reference_parse(body)
     try:
         got: object = parse_json_object(body)

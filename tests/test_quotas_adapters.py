@@ -195,6 +195,32 @@ def test_malformed_tools_are_422(make: Callable[..., Any], send: Send) -> None:
     assert response.json()["errors"][0]["field"] == "tools"
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"model": "gpt-4o", "model": "gpt-4o-mini", "messages": []}',
+        b'{"model": "gpt-4o-mini", "temperature": NaN}',
+        b'{"model": "gpt-4o-mini", "max_tokens": Infinity}',
+        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\xed\xa0\x80"}]}',
+        b'{"model": "gpt-4o-mini", "user": "\\ud800"}',
+    ],
+    ids=["name-twice", "nan", "infinity", "raw-surrogate", "escaped-lone-surrogate"],
+)
+def test_ambiguous_json_is_400_and_spends_nothing(
+    make: Callable[..., Any], send: Send, payload: bytes
+) -> None:
+    """JSON a downstream parser could read otherwise is a 400 problem, with no quota spent."""
+    kit = make(allowed_models=["gpt-4o-mini"], quota_requests_per_minute=10)
+    headers = key_for(kit)
+    refused = send(kit, CHAT, payload, **headers)
+    assert refused.status_code == 400, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "malformed JSON" in refused.json()["detail"]
+    admitted = send(kit, CHAT, body("gpt-4o-mini"), **headers)
+    assert admitted.status_code == 200
+    assert admitted.headers["x-ratelimit-remaining-requests"] == "9"
+
+
 # -- quotas -----------------------------------------------------------------------------
 
 

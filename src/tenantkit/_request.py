@@ -17,7 +17,29 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _DECIMAL = re.compile(r"[0-9]+")
 # More digits than this is past any body limit or token count (and int64).
 _MAX_DIGITS = 18
-_DECODER = json.JSONDecoder()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members as a dict; a name given twice is refused, not last-wins."""
+    made = dict(pairs)
+    if len(made) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"the member name {name[:40]!r} appears twice")
+            seen.add(name)
+    return made
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+# Stricter than json.loads, which the app behind may not be: a body the allow-lists
+# and a downstream parser could read differently (a name twice, NaN, lone
+# surrogates) is refused rather than guessed at.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_no_constant)
 
 
 def request_id_from(value: str | None) -> str:
@@ -49,20 +71,39 @@ def parse_json_object(body: bytes) -> Mapping[str, Any]:
         raise BadRequest("request body is empty; a JSON object is required")
     try:
         if body[:1] == b"{" and (len(body) < 2 or body[1]):
-            # What json.loads(bytes) does for a body json.detect_encoding reads as
-            # UTF-8, without that pure-Python sniffing: the usual request body.
-            value = _DECODER.decode(body.decode("utf-8", "surrogatepass"))
+            # json.detect_encoding reads this body as UTF-8: skip its pure-Python sniffing.
+            text = body.decode("utf-8")
         else:
-            value = json.loads(body)
+            text = body.decode(json.detect_encoding(body))
+        value = _DECODER.decode(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from exc
-    except ValueError as exc:  # an integer past int()'s digit limit
-        raise BadRequest("malformed JSON: a number has too many digits") from exc
+    except ValueError as exc:  # a name twice, NaN, or an integer past int()'s digit limit
+        raise BadRequest(f"malformed JSON: {exc}") from exc
     except RecursionError as exc:  # a hostile body nested deeper than the parser's stack
         raise BadRequest("malformed JSON: nested too deeply") from exc
     if not isinstance(value, dict):
         raise BadRequest("the request body must be a JSON object")
+    # Strict UTF-8 refuses raw surrogates; only an escape can still make a lone one.
+    if "\\u" in text and _has_surrogate(value):
+        raise BadRequest("malformed JSON: a string holds a lone surrogate (\\uD800-\\uDFFF)")
     return value
+
+
+def _has_surrogate(value: object) -> bool:
+    """Return whether any string (or member name) in a parsed value is not valid Unicode."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def problem_decision(exc: HTTPError, *, instance: str | None = None) -> Decision:
