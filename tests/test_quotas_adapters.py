@@ -164,6 +164,9 @@ def test_model_not_allowed_is_403(make: Callable[..., Any], send: Send) -> None:
     assert "retry-after" not in denied.headers
     assert denied.json()["reason"] == "model_not_allowed"
     assert denied.json()["model"] == "gpt-4o"
+    # The route is limited: its limits are named, their state (nothing was read) is not.
+    assert denied.headers["ratelimit-policy"] == '"tenant-requests";q=10;w=60;qu="requests"'
+    assert "ratelimit" not in denied.headers
     admitted = send(kit, CHAT, body("gpt-4o-mini"), **headers)
     assert admitted.status_code == 200
     assert admitted.headers["x-ratelimit-remaining-requests"] == "9"
@@ -282,6 +285,8 @@ def test_quota_storage_down(make_kit: Callable[..., Any], send: Send, on_failure
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
         assert response.json()["reason"] == "quota_storage_unavailable"
+        assert response.headers["ratelimit-policy"].startswith('"tenant-requests";q=5;')
+        assert "ratelimit" not in response.headers
     else:
         assert response.status_code == 200
     assert kit.health()["quota_storage"] == "error"

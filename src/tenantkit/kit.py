@@ -9,10 +9,10 @@ A rejection is an ``HTTPError`` turned into a ``Decision`` by ``on_reject``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import anyio.to_thread
 from sqlalchemy import text
@@ -20,7 +20,9 @@ from sqlalchemy.engine import Engine
 
 from . import apikeys, tenants
 from ._db import make_engine
-from ._quota_limits import limit_set_for
+from ._kit_hooks import CallCounter, DenialHook, RejectHook
+from ._quota_limits import LimitSet, limit_set_for
+from ._ratelimit_headers import RATELIMIT_POLICY
 from ._request import parse_json_object, path_matches, problem_decision
 from .apikeys import APIKeyStore
 from .context import TenantContext, TokenMeter
@@ -43,32 +45,6 @@ from .tenants import TenantStore
 from .types import Decision, Identity, RequestInfo, TenantConfig
 
 log = logging.getLogger("tenantkit")
-
-RejectHook = Callable[[RequestInfo, HTTPError], Decision]
-
-
-class CallCounter(Protocol):
-    """Counts admitted API calls per tenant without a write per request (usage metering).
-
-    ``check`` raises ``QuotaExceeded`` when one more call would pass the
-    tenant's hard monthly cap (``StorageError`` if it cannot tell);
-    ``check_nowait`` does the same from memory only and returns ``False``,
-    having checked nothing, when that needs a store read.
-    ``tenantkit.usage.ApiCallCounter`` is one.
-    """
-
-    def add(self, tenant_id: str) -> None: ...
-
-    def check(self, tenant: TenantConfig) -> None: ...
-
-    def check_nowait(self, tenant: TenantConfig) -> bool: ...
-
-
-class DenialHook(Protocol):
-    """Told of each quota or policy rejection (``tenantkit.audit.DenialRecorder`` is one)."""
-
-    def __call__(self, identity: Identity, request: RequestInfo, error: HTTPError) -> object: ...
-
 
 class _WouldBlock(Exception):
     """A cache missed on the event loop: redo the lookup in a worker thread."""
@@ -106,6 +82,18 @@ class Admission:
             return True
         server_error = self.status is not None and self.status >= 500
         return server_error and self.context.meter.used is None
+
+
+def _limited(exc: HTTPError, identity: Identity, limits: LimitSet) -> None:
+    """Mark a rejection of an identified caller: who, and the limits of its route.
+
+    Every response of a limited route names its limits (``RateLimit-Policy``),
+    a 403 or a 503 as well as a 429; the ``RateLimit`` state only comes with an
+    admission or a 429, which read the buckets.
+    """
+    exc.identity = identity
+    if limits:
+        exc.headers.setdefault(RATELIMIT_POLICY, limits.policy_header)
 
 
 def _ok(healthy: bool) -> str:
@@ -211,13 +199,13 @@ class TenantKit:
     def admit(self, request: RequestInfo, body: bytes | None = None) -> Admission:
         """Admit a request (sync) or raise the ``HTTPError`` that rejects it."""
         identity, tenant = self._identify(request, True)
+        limits = limit_set_for(tenant, identity)
         try:
             tokens = self._check_policy(request, tenant, body)
             self._check_calls(tenant)
-            limits = limit_set_for(tenant, identity)
             grant = self.quotas.acquire(limits, tokens=tokens) if limits else None
         except HTTPError as exc:
-            exc.identity = identity
+            _limited(exc, identity, limits)
             if self.denials is not None and isinstance(exc, _AUDITED_DENIALS):
                 self.denials(identity, request, exc)
             raise
@@ -229,12 +217,12 @@ class TenantKit:
             identity, tenant = self._identify(request, False)
         except _WouldBlock:
             identity, tenant = await anyio.to_thread.run_sync(self._identify, request, True)
+        limits = limit_set_for(tenant, identity)
         try:
             tokens = self._check_policy(request, tenant, body)
             if not self._check_calls(tenant, blocking=False):
                 # The counter's first look at this tenant this cycle reads the database.
                 await anyio.to_thread.run_sync(self._check_calls, tenant)
-            limits = limit_set_for(tenant, identity)
             grant = None
             if limits:
                 quotas = self.quotas
@@ -243,7 +231,7 @@ class TenantKit:
                 else:  # memory: no coroutine per request
                     grant = quotas.acquire(limits, tokens=tokens)
         except HTTPError as exc:
-            exc.identity = identity
+            _limited(exc, identity, limits)
             if self.denials is not None and isinstance(exc, _AUDITED_DENIALS):
                 await anyio.to_thread.run_sync(self.denials, identity, request, exc)
             raise
