@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import pytest
@@ -186,3 +187,49 @@ def test_full_buckets_are_dropped_without_a_sweeper() -> None:
     stats = engine.stats
     assert stats.stored_keys == 1_000
     assert stats.evicted_keys == 0
+
+
+@pytest.mark.parametrize("per_minute", [7, 13, 101, 999, 1000])
+def test_quotas_that_do_not_divide_the_minute_admit_exactly_q(per_minute: int) -> None:
+    """q = 7 (60/7 s a unit, no whole number of ns): q pass at once, r counts q-1 .. 0.
+
+    Rounding each unit's charge up made q units cost more than the minute: 7/min
+    admitted 6 at once and ``r`` said one less than was left. Minute after minute
+    the bucket is full again exactly, so the error cannot accumulate either.
+    """
+    clock = FakeClock()
+    engine = engine_on(clock)
+    limit = Limit("tenant-requests", "{t}:requests", "requests", per_minute)
+    burst = engine.capacity(limit)
+    assert burst == per_minute
+    for _ in range(10):
+        left = [engine.acquire([limit], tokens=0).remaining[0] for _ in range(per_minute)]
+        assert left == list(range(per_minute - 1, -1, -1))
+        with pytest.raises(QuotaExceeded) as caught:
+            engine.acquire([limit], tokens=0)
+        assert caught.value.extra["retry_after"] == math.ceil(Fraction(60, per_minute))
+        assert '"tenant-requests";r=0;t=60' in caught.value.headers["RateLimit"]
+        clock.ms += 60_000
+
+
+@pytest.mark.parametrize("per_minute", [7, 13, 999])
+def test_token_charges_and_refunds_are_exact(per_minute: int) -> None:
+    """Reserving 1 token q times, then settling each at 0, leaves the bucket exactly full."""
+    clock = FakeClock()
+    engine = engine_on(clock)
+    limit = budget(per_minute)
+    grants = [engine.acquire([limit], tokens=1) for _ in range(per_minute)]
+    assert grants[-1].remaining == [0]
+    assert try_acquire(engine, limit, 1) is None
+    for grant in grants:
+        engine.settle(grant, 0)
+    assert engine.acquire([limit], tokens=per_minute).remaining == [0]
+
+
+def test_a_plan_change_reads_the_bucket_under_the_new_quota() -> None:
+    """A key charged under q = 999 and read under q = 7 keeps its level (within a ns)."""
+    clock = FakeClock()
+    engine = engine_on(clock)
+    engine.acquire([budget(999)], tokens=500)  # 30.03 s of the bucket
+    # (60 - 30.03) s at 7 a minute is 3.49 units.
+    assert engine.acquire([budget(7)], tokens=0).remaining == [3]

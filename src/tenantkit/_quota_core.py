@@ -15,6 +15,42 @@ if TYPE_CHECKING:
 PERIOD_SECONDS = 60
 """Every quota is per minute: ``q`` units refill evenly over this many seconds."""
 
+# Exact GCRA arithmetic, shared by the backends so that they answer alike. A unit of
+# a limit of ``q`` per minute spends ``period/q`` time units of TAT, which is rarely
+# a whole number of nanoseconds (memory) or microseconds (Redis): rounding each
+# charge up would make ``q`` units cost more than the period (``q = 7`` would admit
+# 6 at once) and would accumulate while a bucket is never full. So a TAT is kept
+# exactly, as ``tat + rem/q`` time units with ``0 <= rem < q``, and these helpers
+# take a bucket's *level* (its exact TAT minus now, at least 0) scaled by ``q``:
+# ``level_q = level·q``, an integer.
+
+
+def units_left(level_q: int, q: int, window: int, period: int) -> int:
+    """Whole units the bucket still holds: ``floor((window - level)·q / period)``."""
+    if q <= 0:
+        return 0
+    left = (window * q - level_q) // period
+    return left if left > 0 else 0
+
+
+def seconds_to_full(level_q: int, q: int, second: int) -> int:
+    """Whole seconds (rounded up) until the bucket is full again; ``second`` in time units."""
+    if q <= 0 or level_q <= 0:
+        return 0
+    return -(-level_q // (q * second))
+
+
+def seconds_to_wait(level_q: int, q: int, cost: int, window: int, period: int, second: int) -> int:
+    """Whole seconds until ``cost`` fits (0 if it fits now; 60 if ``q`` is 0).
+
+    A cost fits iff ``level + max(cost, 1)·period/q <= window``: even a zero-cost
+    reservation needs one unit left. The answer is exact: ``ceil(over / second)``.
+    """
+    if q <= 0:
+        return PERIOD_SECONDS
+    over = level_q + (cost if cost > 0 else 1) * period - window * q
+    return -(-over // (q * second)) if over > 0 else 0
+
 
 class Outcome:
     """One decision: admitted or not, each limit's state after it, and the wait."""

@@ -1,10 +1,12 @@
 """In-process GCRA buckets: O(1) per limit, bounded memory, no background thread.
 
-Each bucket is one integer, its theoretical arrival time (TAT) in nanoseconds of
-the engine's clock. A limit of ``q`` per minute spends ``60/q`` seconds of TAT per
+Each bucket is its theoretical arrival time (TAT) in nanoseconds of the engine's
+clock, kept exactly as a pair ``(tat, rem)`` meaning ``tat + rem/q`` ns
+(``0 <= rem < q``). A limit of ``q`` per minute spends ``60/q`` seconds of TAT per
 unit and tolerates a TAT up to ``window`` ahead of now (``window`` = 60 s plus
 the configured burst seconds), which is a token bucket of ``q·window/60`` units
-refilled at ``q/60`` per second. All integer arithmetic: Retry-After is exact.
+refilled at ``q/60`` per second. All integer arithmetic, without rounding a
+charge: ``q`` units cost exactly the period, and Retry-After is exact.
 
 A bucket whose TAT has passed is full and carries no information, so it can be
 dropped. Keys sit in a ring: every new key first inspects the two oldest
@@ -20,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ._quota_core import PERIOD_SECONDS, Outcome
+from ._quota_core import PERIOD_SECONDS, Outcome, seconds_to_full, units_left
 
 if TYPE_CHECKING:
     from .quotas import Limit
@@ -37,7 +39,7 @@ class MemoryBackend:
         self._clock = clock
         self._max_keys = max_keys
         self._lock = threading.Lock()
-        self._tat: dict[str, int] = {}
+        self._tat: dict[str, tuple[int, int]] = {}
         self._ring: deque[str] = deque()
         self.evicted = 0
 
@@ -52,37 +54,39 @@ class MemoryBackend:
         reset: list[int] = []
         retry = 0
         blocker = -1
-        staged: dict[str, int] = {}
+        staged: dict[str, tuple[int, int]] = {}
         with self._lock:
             tat = self._tat
             for i, limit in enumerate(limits):
                 q = limit.per_minute
-                cost = costs[i]
-                key = limit.key
-                prior = staged.get(key)
-                if prior is None:
-                    prior = tat.get(key, 0)
-                base = prior if prior > now else now
-                level = base - now
                 if q <= 0:
                     if retry < PERIOD_SECONDS:
                         retry, blocker = PERIOD_SECONDS, i
                     remaining.append(0)
                     reset.append(0)
                     continue
-                new = base + -(-cost * PERIOD_NS // q)
-                # Admit only while at least one unit is left, even for a zero-cost reservation.
-                over = (new if cost else base + -(-PERIOD_NS // q)) - now - window
+                cost = costs[i]
+                key = limit.key
+                prior = staged.get(key) or tat.get(key)
+                # Scaled by q: the exact TAT is tat·q + rem, the window window·q (inlined
+                # seconds_to_wait, units_left and seconds_to_full: this is the hot path).
+                now_q = now * q
+                base = now_q
+                if prior is not None:
+                    exact = prior[0] * q + (prior[1] if prior[1] < q else q - 1)
+                    if exact > now_q:
+                        base = exact
+                charge = cost * PERIOD_NS
+                level = base - now_q + charge
+                over = (level if cost else level + PERIOD_NS) - window * q
                 if over > 0:
-                    wait = -(-over // NS)
+                    wait = -(-over // (q * NS))
                     if wait > retry:
                         retry, blocker = wait, i
-                else:
-                    level = new - now
-                staged[key] = new
-                left = (window - level) * q // PERIOD_NS
+                staged[key] = divmod(base + charge, q)
+                left = (window * q - level) // PERIOD_NS
                 remaining.append(left if left > 0 else 0)
-                reset.append(-(-level // NS))
+                reset.append(-(-level // (q * NS)))
             if blocker < 0:
                 for key, value in staged.items():
                     if key not in tat:
@@ -97,7 +101,10 @@ class MemoryBackend:
     def adjust(
         self, limits: Sequence[Limit], deltas: Sequence[int], stamp: float, ttl: float
     ) -> None:
-        """Charge positive deltas; refund negative ones unless the grant is older than ``ttl``."""
+        """Charge positive deltas; refund negative ones unless the grant is older than ``ttl``.
+
+        Exactly: a refund gives back what the same charge took.
+        """
         now_s = self._clock()
         now = round(now_s * NS)
         fresh = now_s - stamp <= ttl
@@ -108,24 +115,28 @@ class MemoryBackend:
                 q = limit.per_minute
                 if delta == 0 or q <= 0:
                     continue
-                prior = tat.get(limit.key)
+                key = limit.key
+                prior = tat.get(key)
+                now_q = now * q
                 if delta < 0:
                     # A refund beyond a full bucket is meaningless; an absent bucket is full.
-                    if fresh and prior is not None and prior > now:
-                        tat[limit.key] = prior - (-delta * PERIOD_NS // q)
+                    if fresh and prior is not None and (exact := _exact(prior, q)) > now_q:
+                        tat[key] = divmod(exact + delta * PERIOD_NS, q)
                     continue
                 if prior is None:
                     self._make_room(now)
-                    self._ring.append(limit.key)
-                    prior = now
-                tat[limit.key] = (prior if prior > now else now) + -(-delta * PERIOD_NS // q)
+                    self._ring.append(key)
+                    base = now_q
+                else:
+                    base = max(_exact(prior, q), now_q)
+                tat[key] = divmod(base + delta * PERIOD_NS, q)
 
     def _make_room(self, now: int) -> None:
         """Drop or rotate the two oldest keys; evict past ``max_keys`` (lock held)."""
         ring, tat = self._ring, self._tat
         for _ in range(min(2, len(ring))):
             key = ring.popleft()
-            if tat[key] <= now:
+            if tat[key] <= (now, 0):  # the exact TAT has passed: the bucket is full
                 del tat[key]
             else:
                 ring.append(key)
@@ -161,15 +172,23 @@ class MemoryBackend:
         """Nothing to release; the buckets stay valid."""
 
 
+def _exact(entry: tuple[int, int], q: int) -> int:
+    """A stored TAT scaled by ``q``; a ``rem`` stored under a larger ``q`` (a plan change)
+    is clamped to ``q - 1``, an error below one nanosecond."""
+    tat, rem = entry
+    return tat * q + (rem if rem < q else q - 1)
+
+
 def _state(
-    limits: Sequence[Limit], tat: dict[str, int], now: int, window: int
+    limits: Sequence[Limit], tat: dict[str, tuple[int, int]], now: int, window: int
 ) -> tuple[list[int], list[int]]:
     """Remaining whole units and whole seconds to full, per limit, without the charge."""
     remaining: list[int] = []
     reset: list[int] = []
     for limit in limits:
-        level = max(tat.get(limit.key, 0) - now, 0)
-        left = (window - level) * limit.per_minute // PERIOD_NS
-        remaining.append(left if left > 0 else 0)
-        reset.append(-(-level // NS))
+        q = limit.per_minute
+        entry = tat.get(limit.key)
+        level = max(_exact(entry, q) - now * q, 0) if entry is not None and q > 0 else 0
+        remaining.append(units_left(level, q, window, PERIOD_NS))
+        reset.append(seconds_to_full(level, q, NS))
     return remaining, reset
