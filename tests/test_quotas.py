@@ -324,3 +324,81 @@ def test_settle_soon_runs_in_the_background(make_engine: EngineFactory, backend:
 
     asyncio.run(run())
     assert_remaining(backend, remaining_of(engine, budget), 49_000, 50_000, started)
+
+
+def test_a_bigger_request_waits_for_its_own_cost(make_engine: EngineFactory, backend: str) -> None:
+    """After a small reservation's denial, a bigger one is told its own, longer wait.
+
+    Redis' local deny cache used to answer any request at least as big with the
+    small one's Retry-After (1 s here, where 300 tokens need 30 s).
+    """
+    engine = make_engine()
+    budget = tokens_limit(600)  # 10 tokens a second
+    engine.acquire([budget], tokens=600)
+    with pytest.raises(QuotaExceeded) as small:
+        engine.acquire([budget], tokens=10)
+    assert small.value.extra["retry_after"] == 1
+    with pytest.raises(QuotaExceeded) as big:
+        engine.acquire([budget], tokens=300)
+    assert big.value.extra["retry_after"] == 30
+    assert big.value.headers["Retry-After"] == "30"
+    if backend == "redis":
+        assert engine.stats.local_denials == 1  # still answered without a round trip
+
+
+def test_a_denial_weighs_every_limit_of_the_request(
+    make_engine: EngineFactory, backend: str
+) -> None:
+    """A cached denial of one limit does not hide a longer wait on another.
+
+    Redis' cache used to answer from the first cached limit alone: 1 s naming
+    tenant-requests, where the exhausted key-requests limit needs 60 s.
+    """
+    engine = make_engine()
+    tenant = requests_limit("tenant-requests", 60)
+    key = requests_limit("key-requests", 1, key="{acme}:key:k1:requests")
+    engine.acquire([key], tokens=0)
+    for _ in range(60):
+        engine.acquire([tenant], tokens=0)
+    with pytest.raises(QuotaExceeded) as first:
+        engine.acquire([tenant], tokens=0)
+    assert (first.value.extra["limit"], first.value.extra["retry_after"]) == ("tenant-requests", 1)
+    for _ in range(2):  # on Redis: once from the server, then from the cache
+        with pytest.raises(QuotaExceeded) as both:
+            engine.acquire([tenant, key], tokens=0)
+        assert (both.value.extra["limit"], both.value.extra["retry_after"]) == ("key-requests", 60)
+        assert both.value.headers["Retry-After"] == "60"
+        assert '"tenant-requests";r=0;' in both.value.headers["RateLimit"]
+        assert '"key-requests";r=0;' in both.value.headers["RateLimit"]
+    if backend == "redis":
+        assert engine.stats.local_denials == 1  # the second, from the cache
+
+
+@pytest.mark.parametrize("per_minute", [7, 13, 101, 999, 1000])
+def test_q_requests_pass_at_once(make_engine: EngineFactory, backend: str, per_minute: int) -> None:
+    """q requests a minute admit q at once, for any q, and r counts down q-1, ..., 0.
+
+    Each unit's charge used to be rounded up to a whole ns (memory) or µs (Redis),
+    so 7 a minute admitted 6 at once and r said one unit less than was left. On
+    Redis the server's clock runs, which can only add to what is admitted.
+    """
+    engine = make_engine()
+    limit = requests_limit("tenant-requests", per_minute)
+    assert engine.capacity(limit) == per_minute
+    started = time.monotonic()
+    left = [engine.acquire([limit], tokens=0).remaining[0] for _ in range(per_minute)]
+    assert left[0] == per_minute - 1
+    assert_remaining(backend, left[-1], 0, per_minute, started)
+    if backend == "memory":
+        assert left == list(range(per_minute - 1, -1, -1))
+        with pytest.raises(QuotaExceeded) as caught:
+            engine.acquire([limit], tokens=0)
+        assert caught.value.extra["retry_after"] == math.ceil(60 / per_minute)
+
+
+def test_a_quota_change_keeps_the_bucket(make_engine: EngineFactory) -> None:
+    """A bucket charged under one quota is read under another (a plan change) at its level."""
+    engine = make_engine()
+    engine.acquire([tokens_limit(999)], tokens=500)  # 30.03 s of the bucket
+    # (60 - 30.03) s at 7 a minute is 3.49 units.
+    assert engine.acquire([tokens_limit(7)], tokens=0).remaining == [3]

@@ -325,3 +325,91 @@ def test_settle_soon_leaves_the_request_without_a_round_trip(engine: QuotaEngine
 
     during, after = asyncio.run(run())
     assert (during, after) == (0, 1)
+
+
+def _remaining_in(exc: pytest.ExceptionInfo[QuotaExceeded], name: str) -> int:
+    header = exc.value.headers["RateLimit"]
+    return int(header.split(f'"{name}";r=', 1)[1].split(";", 1)[0])
+
+
+def test_a_cached_denial_reports_the_refill(engine: QuotaEngine) -> None:
+    """A local denial computes r from the bucket's level now, not at the cached denial."""
+    budget = Limit("tenant-tokens", "{acme}:tokens", "tokens", 6_000)  # 100 a second
+    engine.acquire([budget], tokens=6_000)
+    with pytest.raises(QuotaExceeded) as first:
+        engine.acquire([budget], tokens=1_000)
+    assert first.value.extra["retry_after"] == 10
+    time.sleep(0.3)
+    before = engine.stats.round_trips
+    with pytest.raises(QuotaExceeded) as cached:
+        engine.acquire([budget], tokens=1_000)
+    assert engine.stats.round_trips == before
+    assert 20 <= _remaining_in(cached, "tenant-tokens") < 1_000
+    assert cached.value.extra["retry_after"] == 10
+
+
+def test_admissions_refresh_the_cached_levels(engine: QuotaEngine) -> None:
+    """Admissions after a cached denial update what the cache knows of their buckets."""
+    key = Limit("key-requests", "{acme}:key:k1:requests", "requests", 1)
+    engine.acquire([key], tokens=0)
+    with pytest.raises(QuotaExceeded) as first:
+        engine.acquire([REQUESTS, key], tokens=0)
+    assert _remaining_in(first, "tenant-requests") == 10
+    for _ in range(3):
+        engine.acquire([REQUESTS], tokens=0)
+    before = engine.stats.round_trips
+    with pytest.raises(QuotaExceeded) as cached:
+        engine.acquire([REQUESTS, key], tokens=0)
+    assert engine.stats.round_trips == before
+    assert _remaining_in(cached, "tenant-requests") == 7
+
+
+def test_a_limit_the_cache_does_not_know_goes_to_redis(engine: QuotaEngine) -> None:
+    """A request with a limit the cache has no level for is decided by Redis."""
+    engine.acquire([KEY_REQUESTS], tokens=0)
+    limit = Limit("tenant-requests", "{acme}:requests", "requests", 1)
+    engine.acquire([limit], tokens=0)
+    with pytest.raises(QuotaExceeded):
+        engine.acquire([limit], tokens=0)
+    before = engine.stats.round_trips
+    with pytest.raises(QuotaExceeded):
+        engine.acquire([limit, KEY_REQUESTS], tokens=0)
+    assert engine.stats.round_trips == before + 1
+
+
+def test_buckets_written_before_exact_tats_are_read(
+    engine: QuotaEngine, client: redis.Redis, redis_prefix: str
+) -> None:
+    """A bucket holding a plain integer TAT (the format before exact TATs) reads with rem 0."""
+    seconds, micros = client.time()
+    now = seconds * 1_000_000 + micros
+    client.set(f"{redis_prefix}:{REQUESTS.key}", str(now + 30_000_000), px=31_000)
+    # 30 s of a 10/min bucket is 5 requests; this one makes 6.
+    assert engine.acquire([REQUESTS], tokens=0).remaining == [4]
+
+
+def test_exact_buckets_stay_numbers_for_older_readers(
+    engine: QuotaEngine, client: redis.Redis, redis_prefix: str
+) -> None:
+    """A TAT with a remainder is stored as "<tat>.<rem>": tonumber() reads it within 1 µs."""
+    limit = Limit("tenant-requests", "{acme}:requests", "requests", 7)
+    engine.acquire([limit], tokens=0)
+    raw = client.get(f"{redis_prefix}:{limit.key}")
+    assert raw is not None
+    tat, rem = (int(part) for part in raw.split(b"."))
+    assert 0 < rem < 7
+    read = client.eval(
+        "return string.format('%.3f', tonumber(redis.call('GET', KEYS[1])))",
+        1,
+        f"{redis_prefix}:{limit.key}",
+    )
+    assert abs(float(read) - tat) <= 1
+
+
+def test_a_huge_debt_is_capped(engine: QuotaEngine) -> None:
+    """Settling an absurd count stays exact in Lua's doubles: the bucket just stays in debt."""
+    grant = engine.acquire([TOKENS], tokens=1)
+    engine.settle(grant, 10**18)
+    with pytest.raises(QuotaExceeded) as caught:
+        engine.acquire([TOKENS], tokens=0)
+    assert caught.value.extra["retry_after"] > 10**8
