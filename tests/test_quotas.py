@@ -402,3 +402,18 @@ def test_a_quota_change_keeps_the_bucket(make_engine: EngineFactory) -> None:
     engine.acquire([tokens_limit(999)], tokens=500)  # 30.03 s of the bucket
     # (60 - 30.03) s at 7 a minute is 3.49 units.
     assert engine.acquire([tokens_limit(7)], tokens=0).remaining == [3]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "redis://127.0.0.1:notaport/0",
+        "redis://127.0.0.1:6379/notadb",
+        "redis+sentinel://127.0.0.1:26379",
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:x",
+    ],
+)
+def test_malformed_redis_uri_is_a_configuration_error(uri: str) -> None:
+    """A Redis URI no request could use fails at start-up, not as a 500 per request."""
+    with pytest.raises(ConfigurationError):
+        QuotaEngine(QuotaSettings(storage_uri=uri))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from tests._redis_server import redis_server
 
 from tenantkit.errors import QuotaExceeded, ServiceUnavailable
 from tenantkit.quotas import Limit, QuotaEngine
@@ -184,36 +183,11 @@ def test_redis_down_async(on_failure: str, redis_url: str) -> None:
     assert not asyncio.run(engine.health_async())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-def private_redis(redis_url: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A throwaway redis-server this test may kill."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    probe = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            probe.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    probe.close()
-    yield url, proc
-    proc.kill()
-    proc.wait()
+    with redis_server() as started:
+        yield started
 
 
 def test_redis_stopped_mid_flight(private_redis: tuple[str, subprocess.Popen[bytes]]) -> None:
@@ -413,3 +387,40 @@ def test_a_huge_debt_is_capped(engine: QuotaEngine) -> None:
     with pytest.raises(QuotaExceeded) as caught:
         engine.acquire([TOKENS], tokens=0)
     assert caught.value.extra["retry_after"] > 10**8
+
+
+# -- health and configuration ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--replicaof", "127.0.0.1", "1"),  # a read-only replica (of a master it never reaches)
+        ("--maxmemory", "1", "--maxmemory-policy", "noeviction"),  # out of memory
+    ],
+    ids=["read-only-replica", "out-of-memory"],
+)
+def test_health_fails_where_admissions_fail(options: tuple[str, ...]) -> None:
+    """A Redis that answers PING but refuses writes reports unhealthy, as admissions fail."""
+    with redis_server(*options) as (url, _):
+        engine = QuotaEngine(QuotaSettings(storage_uri=url))
+        with pytest.raises(ServiceUnavailable):
+            engine.acquire(ALL_FOUR, tokens=10)
+        with redis.Redis.from_url(url) as plain:
+            assert plain.ping()
+        assert not engine.health()
+        assert not asyncio.run(checked_async(engine))
+
+
+def test_health_passes_on_a_writable_redis(engine: QuotaEngine) -> None:
+    """A healthy Redis passes both checks (the health key expires by itself)."""
+    assert engine.health()
+    assert asyncio.run(checked_async(engine))
+
+
+async def checked_async(engine: QuotaEngine) -> bool:
+    """``health_async`` on a fresh loop, closing the engine's clients before the loop ends."""
+    try:
+        return await engine.health_async()
+    finally:
+        await engine.aclose()

@@ -14,167 +14,33 @@ hash tag ``{tenant}`` so a cluster keeps them on one slot.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._quota_core import (
-    PERIOD_SECONDS,
     Outcome,
     seconds_to_full,
     seconds_to_wait,
     units_left,
 )
+from ._quota_denials import DenyCache
+from ._quota_lua import ACQUIRE_LUA, ADJUST_LUA, PERIOD_US, US, charge
 from .errors import ConfigurationError, StorageError
 
 if TYPE_CHECKING:
     from .quotas import Limit
 
-US = 1_000_000
-PERIOD_US = PERIOD_SECONDS * US
-NS_PER_US = 1_000
-NS_PER_S = 1_000_000_000
-PERIOD_NS = PERIOD_SECONDS * NS_PER_S
-MAX_DENIALS = 10_000
 POOL_SIZE = 16
 """Connections per client. A few in flight keep the event loop's latency under the
 timeout; more would time out spuriously under a burst. Requests beyond wait for one."""
 POOL_TIMEOUT = 1.0
 """Seconds a request may wait for a free connection before it counts as a failure."""
 BASIC_SCHEMES = ("redis", "rediss", "redis+unix")
-
-MAX_DEBT_US = 2**49
-"""The furthest a TAT may run ahead of now (about 17.8 years of debt, which no client
-outlives). Lua numbers are doubles, exact for integers below 2^53; with this cap
-every value the scripts compute stays below ``now + 2·MAX_DEBT_US < 2^53`` until
-the year 2200 (``now`` is about 1.7e15 µs in 2024, and ``2^53`` is 9.0e15)."""
-
-# Bucket values: the exact TAT is ``tat + rem/q`` µs (0 <= rem < q), stored as the
-# string "<tat>" when rem is 0 and "<tat>.<rem>" otherwise. The digits after the dot
-# are the integer rem, not a decimal fraction: the code before exact TATs read
-# buckets with tonumber(), and still reads such a value as a TAT within 1 µs of the
-# truth, so a rolling upgrade neither resets nor misreads a bucket; keys written
-# before (a plain integer) are read with rem 0. A rem stored under a larger q (a plan
-# change) is clamped to q - 1, an error below 1 µs.
-#
-# No product or quotient of large numbers is computed in Lua: Python divides each
-# charge ``cost·60e6/q`` µs into whole µs and a remainder in 1/q µs (``divmod``, exact
-# on integers), capped at MAX_DEBT_US, and the scripts only add and compare. The
-# largest remainder sum, ``2q``, stays exact for any q below 2^52 (quotas are stored
-# as 32-bit integers).
-_LUA_BUCKETS = """
-local function load(key, q)
-  local v = redis.call('GET', key)
-  if not v then return 0, 0 end
-  local dot = string.find(v, '.', 1, true)
-  if dot == nil then return tonumber(v) or 0, 0 end
-  local rem = tonumber(string.sub(v, dot + 1)) or 0
-  if rem >= q then rem = q - 1 end
-  if rem < 0 then rem = 0 end
-  return tonumber(string.sub(v, 1, dot - 1)) or 0, rem
-end
-local function add(tat, rem, q, inc, irem)
-  tat, rem = tat + inc, rem + irem
-  if rem >= q then tat, rem = tat + 1, rem - q end
-  return tat, rem
-end
-local function store(key, tat, rem, now)
-  if tat < now or (tat == now and rem == 0) then
-    redis.call('DEL', key)
-    return
-  end
-  if tat > now + MAX_DEBT then tat, rem = now + MAX_DEBT, 0 end
-  local v = string.format('%.0f', tat)
-  if rem > 0 then v = v .. '.' .. string.format('%.0f', rem) end
-  redis.call('SET', key, v, 'PX', math.ceil((tat - now) / 1000) + 1)
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-""".replace("MAX_DEBT", str(MAX_DEBT_US))
-
-# KEYS: one bucket per limit. ARGV[1]: window µs; then per limit q, the charge (whole
-# µs and remainder) and the admission check's charge (the cost, or 1 unit if it is 0).
-# Returns {admitted, now µs, then per limit its level: whole µs and remainder}, the
-# levels after the charge if admitted, before it (as stored) if not.
-ACQUIRE_LUA = (
-    _LUA_BUCKETS
-    + """
-local window = tonumber(ARGV[1])
-local tats, rems, stored = {}, {}, {}
-local out = {1, now}
-for i = 1, #KEYS do
-  local a = 5 * i - 3
-  local q = tonumber(ARGV[a])
-  local key = KEYS[i]
-  local tat, rem = tats[key], rems[key]
-  if tat == nil then tat, rem = load(key, q) end
-  if tat < now then tat, rem = now, 0 end
-  if stored[key] == nil then stored[key] = {tat - now, rem} end
-  out[2 * i + 1], out[2 * i + 2] = tat - now, rem
-  if q <= 0 then
-    out[1] = 0
-  else
-    local nt, nr = add(tat, rem, q, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
-    if nt > now + window or (nt == now + window and nr > 0) then out[1] = 0 end
-    tats[key], rems[key] = add(tat, rem, q, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]))
-    out[2 * i + 1], out[2 * i + 2] = tats[key] - now, rems[key]
-  end
-end
-if out[1] == 1 then
-  for key, tat in pairs(tats) do
-    if tat ~= stored[key][1] + now or rems[key] ~= stored[key][2] then
-      store(key, tat, rems[key], now)
-    end
-  end
-else
-  for i = 1, #KEYS do
-    out[2 * i + 1], out[2 * i + 2] = stored[KEYS[i]][1], stored[KEYS[i]][2]
-  end
-end
-return out
-"""
-)
-
-# KEYS: one bucket per limit. ARGV[1]: grant stamp µs, ARGV[2]: ttl µs; then per
-# limit q, the sign of the delta and its size (whole µs and remainder).
-ADJUST_LUA = (
-    _LUA_BUCKETS
-    + """
-local fresh = now - tonumber(ARGV[1]) <= tonumber(ARGV[2])
-for i = 1, #KEYS do
-  local a = 4 * i - 1
-  local q = tonumber(ARGV[a])
-  local sign = tonumber(ARGV[a + 1])
-  if q > 0 and sign ~= 0 and (sign > 0 or fresh) then
-    local tat, rem = load(KEYS[i], q)
-    local inc, irem = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    if sign < 0 then
-      -- A refund beyond a full bucket is meaningless; an absent bucket is full.
-      if tat > now or (tat == now and rem > 0) then
-        tat, rem = tat - inc, rem - irem
-        if rem < 0 then tat, rem = tat - 1, rem + q end
-        store(KEYS[i], tat, rem, now)
-      end
-    else
-      if tat < now then tat, rem = now, 0 end
-      tat, rem = add(tat, rem, q, inc, irem)
-      store(KEYS[i], tat, rem, now)
-    end
-  end
-end
-return 1
-"""
-)
-
-
-def _charge(cost: int, q: int) -> tuple[int, int]:
-    """``cost`` units of a limit of ``q`` per minute in µs: whole µs and remainder (1/q µs)."""
-    if q <= 0:
-        return 0, 0
-    whole, rem = divmod(cost * PERIOD_US, q)
-    return (whole, rem) if whole < MAX_DEBT_US else (MAX_DEBT_US, 0)
-
+HEALTH_TTL_MS = 10_000
+log = logging.getLogger("tenantkit")
 
 def _errors() -> tuple[type[BaseException], ...]:
     import redis.exceptions
@@ -234,18 +100,39 @@ class RedisBackend:
                 },
             )
         self._errors = _errors()
+        self._check_uri()
         self._lock = threading.Lock()
         self._sync: Any = None
         self._async: Any = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
-        self._denied: dict[str, tuple[int, int, int]] = {}
-        """Per bucket key: its q, its exact TAT in monotonic ns scaled by q, and until
-        when (monotonic ns) the entry may be used."""
-        self._forgot_at = 0
+        self._cache = DenyCache(self._prefix, self._window)
         self.round_trips = 0
-        self.local_denials = 0
 
     # -- clients ----------------------------------------------------------------------
+
+    def _check_uri(self) -> None:
+        """Refuse at start-up a URI no request could use (clients connect lazily)."""
+        uri = self._uri
+        scheme, _, rest = uri.partition("://")
+        where, _, path = rest.partition("/")
+        try:
+            if scheme in BASIC_SCHEMES:
+                db = path.partition("?")[0]
+                if scheme != "redis+unix" and db and not db.isdigit():
+                    raise ValueError(f"the database {db!r} is not a number")
+                self._pool(False)  # parses host, port and options; connects nothing
+                return
+            for host in where.rpartition("@")[2].split(","):
+                port = host.rpartition(":")[2] if ":" in host else "0"
+                if not host or not port.isdigit():
+                    raise ValueError(f"{host!r} is not host:port")
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"quota storage {uri!r}: {exc}") from exc
+        service = path.partition("?")[0] or self._options.get("service_name")
+        if scheme.startswith("redis+sentinel") and not service:
+            raise ConfigurationError(
+                f"quota storage {uri!r}: name the sentinel service, redis+sentinel://host:port/name"
+            )
 
     def _client(self) -> Any:
         if self._sync is None:
@@ -280,8 +167,10 @@ class RedisBackend:
                 client.register_script(ACQUIRE_LUA),
                 client.register_script(ADJUST_LUA),
             )
-        except LimitsConfigurationError as exc:
-            raise ConfigurationError(f"quota storage {self._uri!r}: {exc}") from exc
+        except (LimitsConfigurationError, ValueError, TypeError) as exc:
+            # Past the start-up check, a client that cannot be built is an outage
+            # (503 or fail_open), never an error page.
+            raise StorageError(f"quota storage {self._uri!r} is misconfigured: {exc}") from exc
         except self._errors as exc:
             raise StorageError(f"quota storage {self._uri!r} is unreachable: {exc}") from exc
 
@@ -301,7 +190,7 @@ class RedisBackend:
 
     def acquire(self, limits: Sequence[Limit], costs: Sequence[int]) -> Outcome:
         """Decide every limit in one round trip (none if cached levels show a denial)."""
-        if self._denied and (cached := self._cached_denial(limits, costs)) is not None:
+        if self._cache and (cached := self._cache.answer(limits, costs)) is not None:
             return cached
         keys, args = self._acquire_args(limits, costs)
         _, script, _ = self._client()
@@ -315,7 +204,7 @@ class RedisBackend:
 
     async def acquire_async(self, limits: Sequence[Limit], costs: Sequence[int]) -> Outcome:
         """``acquire`` on the asyncio client; never blocks the event loop."""
-        if self._denied and (cached := self._cached_denial(limits, costs)) is not None:
+        if self._cache and (cached := self._cache.answer(limits, costs)) is not None:
             return cached
         keys, args = self._acquire_args(limits, costs)
         try:
@@ -353,11 +242,12 @@ class RedisBackend:
 
     def forget_denial(self, limits: Sequence[Limit]) -> None:
         """Drop the cached levels of ``limits`` (capacity was just given back)."""
-        if limits:
-            # A reply to a call sent before now may predate the change: it caches nothing.
-            self._forgot_at = time.monotonic_ns()
-        for limit in limits:
-            self._denied.pop(self._prefix + limit.key, None)
+        self._cache.forget(limits)
+
+    @property
+    def local_denials(self) -> int:
+        """Requests the deny cache answered without a round trip."""
+        return self._cache.local_denials
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -369,10 +259,10 @@ class RedisBackend:
         args = [self._window]
         for limit, cost in zip(limits, costs, strict=True):
             q = limit.per_minute
-            charge = _charge(cost, q)
+            charged = charge(cost, q)
             args.append(q)
-            args.extend(charge)
-            args.extend(charge if cost > 0 else _charge(1, q))
+            args.extend(charged)
+            args.extend(charged if cost > 0 else charge(1, q))
         return keys, args
 
     def _adjust_args(
@@ -388,7 +278,7 @@ class RedisBackend:
             q = limit.per_minute
             args.append(q)
             args.append((delta > 0) - (delta < 0))
-            args.extend(_charge(abs(delta), q))
+            args.extend(charge(abs(delta), q))
         return keys, args
 
     def _outcome(
@@ -413,114 +303,33 @@ class RedisBackend:
                     retry, blocker = wait, i
             # The script and this arithmetic agree exactly; never report a 0 s wait anyway.
             retry, blocker = max(retry, 1), max(blocker, 0)
-        self._remember(limits, levels, sent, retry, admitted)
+        self._cache.remember(limits, levels, sent, retry, admitted)
         return Outcome(bool(admitted), remaining, reset, retry, blocker, now / US)
-
-    def _remember(
-        self, limits: Sequence[Limit], levels: list[int], sent: int, retry: int, admitted: int
-    ) -> None:
-        """Cache each bucket's exact TAT on the local monotonic clock (scaled by its q).
-
-        A denial caches every limit of the request; an admission refreshes the limits
-        already cached (and caches nothing new), so no cached TAT is older than this
-        process's last decision on its bucket. The server's clock is read somewhere
-        between ``sent`` and the reply, so anchoring the level at ``sent`` places the
-        cached TAT at or before the real one: the cache never denies what Redis would
-        admit (it may answer a Retry-After up to that round trip's duration short).
-        """
-        denied = self._denied
-        if admitted and not denied:
-            return
-        if sent <= self._forgot_at:
-            # Sent before a refund: the levels may predate it. Cache nothing of them.
-            for limit in limits:
-                denied.pop(self._prefix + limit.key, None)
-            return
-        if len(denied) >= MAX_DENIALS:
-            denied.clear()
-        prefix = self._prefix
-        # An entry is kept while it may take part in a local denial: until its bucket is
-        # full again, or for a denial until the request it refused would be admitted.
-        until = sent + retry * NS_PER_S
-        for limit, level in zip(limits, levels, strict=True):
-            key = prefix + limit.key
-            q = limit.per_minute
-            if admitted:
-                old = denied.get(key)
-                if old is None:
-                    continue
-                live = old[2] if old[0] == q else sent
-            else:
-                live = until
-            if q > 0:
-                tat_q = sent * q + level * NS_PER_US
-                live = max(live, -(-tat_q // q))
-            else:
-                tat_q = 0
-            denied[key] = (q, tat_q, live)
-
-    def _cached_denial(self, limits: Sequence[Limit], costs: Sequence[int]) -> Outcome | None:
-        """Answer locally iff every limit of the request has a cached level and they deny.
-
-        Redis would decide from the same buckets with the same arithmetic, taking
-        the longest wait over all the limits. Computing that maximum needs every
-        limit's level: with one missing, the local answer could be shorter than
-        Redis' (or name the wrong limit), so any limit without a live entry (or
-        cached under another quota) sends the request to Redis. As the cached TATs
-        are at or before the real ones (see ``_remember``), a local denial is one
-        Redis would give too, and a wait of 0 on every limit goes to Redis.
-        """
-        mono = time.monotonic_ns()
-        denied = self._denied
-        prefix = self._prefix
-        window = self._window * NS_PER_US
-        remaining: list[int] = []
-        reset: list[int] = []
-        retry, blocker = 0, -1
-        for i, limit in enumerate(limits):
-            key = prefix + limit.key
-            entry = denied.get(key)
-            q = limit.per_minute
-            if entry is None or entry[0] != q:
-                return None
-            if entry[2] <= mono:
-                denied.pop(key, None)  # another thread may have dropped it already
-                return None
-            level = entry[1] - mono * q if q > 0 else 0
-            if level < 0:
-                level = 0
-            wait = seconds_to_wait(level, q, costs[i], window, PERIOD_NS, NS_PER_S)
-            if wait > retry:
-                retry, blocker = wait, i
-            remaining.append(units_left(level, q, window, PERIOD_NS))
-            reset.append(seconds_to_full(level, q, NS_PER_S))
-        if blocker < 0:
-            return None
-        self.local_denials += 1
-        return Outcome(False, remaining, reset, retry_after=retry, blocker=blocker)
 
     # -- lifecycle --------------------------------------------------------------------
 
     def health(self) -> bool:
-        """Ping Redis within the timeout."""
+        """Write a short-lived key within the timeout: a replica or a full Redis is unhealthy.
+
+        A ``PING`` is answered by a read-only replica and by a Redis out of memory,
+        both of which refuse every admission.
+        """
         try:
             client, _, _ = self._client()
             self.round_trips += 1
-            return bool(client.ping())
-        except StorageError:
-            return False
-        except self._errors:
+            return bool(client.set(self._prefix + "health", "1", px=HEALTH_TTL_MS))
+        except Exception:  # any failure to answer is the answer
+            log.warning("tenantkit: quota storage health check failed", exc_info=True)
             return False
 
     async def health_async(self) -> bool:
-        """Ping Redis on the asyncio client within the timeout."""
+        """``health`` on the asyncio client."""
         try:
             client, _, _ = self._aclient()
             self.round_trips += 1
-            return bool(await client.ping())
-        except StorageError:
-            return False
-        except self._errors:
+            return bool(await client.set(self._prefix + "health", "1", px=HEALTH_TTL_MS))
+        except Exception:  # any failure to answer is the answer
+            log.warning("tenantkit: quota storage health check failed", exc_info=True)
             return False
 
     def close(self) -> None:

@@ -1,0 +1,143 @@
+"""The Lua scripts of the Redis quota backend, and the exact charges they add.
+
+Both scripts read the Redis server's ``TIME``, so app clocks never matter, and
+decide or adjust every limit of a request atomically in one call.
+"""
+
+from __future__ import annotations
+
+from ._quota_core import PERIOD_SECONDS
+
+US = 1_000_000
+PERIOD_US = PERIOD_SECONDS * US
+
+MAX_DEBT_US = 2**49
+"""The furthest a TAT may run ahead of now (about 17.8 years of debt, which no client
+outlives). Lua numbers are doubles, exact for integers below 2^53; with this cap
+every value the scripts compute stays below ``now + 2·MAX_DEBT_US < 2^53`` until
+the year 2200 (``now`` is about 1.7e15 µs in 2024, and ``2^53`` is 9.0e15)."""
+
+# Bucket values: the exact TAT is ``tat + rem/q`` µs (0 <= rem < q), stored as the
+# string "<tat>" when rem is 0 and "<tat>.<rem>" otherwise. The digits after the dot
+# are the integer rem, not a decimal fraction: the code before exact TATs read
+# buckets with tonumber(), and still reads such a value as a TAT within 1 µs of the
+# truth, so a rolling upgrade neither resets nor misreads a bucket; keys written
+# before (a plain integer) are read with rem 0. A rem stored under a larger q (a plan
+# change) is clamped to q - 1, an error below 1 µs.
+#
+# No product or quotient of large numbers is computed in Lua: Python divides each
+# charge ``cost·60e6/q`` µs into whole µs and a remainder in 1/q µs (``divmod``, exact
+# on integers), capped at MAX_DEBT_US, and the scripts only add and compare. The
+# largest remainder sum, ``2q``, stays exact for any q below 2^52 (quotas are stored
+# as 32-bit integers).
+_LUA_BUCKETS = """
+local function load(key, q)
+  local v = redis.call('GET', key)
+  if not v then return 0, 0 end
+  local dot = string.find(v, '.', 1, true)
+  if dot == nil then return tonumber(v) or 0, 0 end
+  local rem = tonumber(string.sub(v, dot + 1)) or 0
+  if rem >= q then rem = q - 1 end
+  if rem < 0 then rem = 0 end
+  return tonumber(string.sub(v, 1, dot - 1)) or 0, rem
+end
+local function add(tat, rem, q, inc, irem)
+  tat, rem = tat + inc, rem + irem
+  if rem >= q then tat, rem = tat + 1, rem - q end
+  return tat, rem
+end
+local function store(key, tat, rem, now)
+  if tat < now or (tat == now and rem == 0) then
+    redis.call('DEL', key)
+    return
+  end
+  if tat > now + MAX_DEBT then tat, rem = now + MAX_DEBT, 0 end
+  local v = string.format('%.0f', tat)
+  if rem > 0 then v = v .. '.' .. string.format('%.0f', rem) end
+  redis.call('SET', key, v, 'PX', math.ceil((tat - now) / 1000) + 1)
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+""".replace("MAX_DEBT", str(MAX_DEBT_US))
+
+# KEYS: one bucket per limit. ARGV[1]: window µs; then per limit q, the charge (whole
+# µs and remainder) and the admission check's charge (the cost, or 1 unit if it is 0).
+# Returns {admitted, now µs, then per limit its level: whole µs and remainder}, the
+# levels after the charge if admitted, before it (as stored) if not.
+ACQUIRE_LUA = (
+    _LUA_BUCKETS
+    + """
+local window = tonumber(ARGV[1])
+local tats, rems, stored = {}, {}, {}
+local out = {1, now}
+for i = 1, #KEYS do
+  local a = 5 * i - 3
+  local q = tonumber(ARGV[a])
+  local key = KEYS[i]
+  local tat, rem = tats[key], rems[key]
+  if tat == nil then tat, rem = load(key, q) end
+  if tat < now then tat, rem = now, 0 end
+  if stored[key] == nil then stored[key] = {tat - now, rem} end
+  out[2 * i + 1], out[2 * i + 2] = tat - now, rem
+  if q <= 0 then
+    out[1] = 0
+  else
+    local nt, nr = add(tat, rem, q, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
+    if nt > now + window or (nt == now + window and nr > 0) then out[1] = 0 end
+    tats[key], rems[key] = add(tat, rem, q, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]))
+    out[2 * i + 1], out[2 * i + 2] = tats[key] - now, rems[key]
+  end
+end
+if out[1] == 1 then
+  for key, tat in pairs(tats) do
+    if tat ~= stored[key][1] + now or rems[key] ~= stored[key][2] then
+      store(key, tat, rems[key], now)
+    end
+  end
+else
+  for i = 1, #KEYS do
+    out[2 * i + 1], out[2 * i + 2] = stored[KEYS[i]][1], stored[KEYS[i]][2]
+  end
+end
+return out
+"""
+)
+
+# KEYS: one bucket per limit. ARGV[1]: grant stamp µs, ARGV[2]: ttl µs; then per
+# limit q, the sign of the delta and its size (whole µs and remainder).
+ADJUST_LUA = (
+    _LUA_BUCKETS
+    + """
+local fresh = now - tonumber(ARGV[1]) <= tonumber(ARGV[2])
+for i = 1, #KEYS do
+  local a = 4 * i - 1
+  local q = tonumber(ARGV[a])
+  local sign = tonumber(ARGV[a + 1])
+  if q > 0 and sign ~= 0 and (sign > 0 or fresh) then
+    local tat, rem = load(KEYS[i], q)
+    local inc, irem = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    if sign < 0 then
+      -- A refund beyond a full bucket is meaningless; an absent bucket is full.
+      if tat > now or (tat == now and rem > 0) then
+        tat, rem = tat - inc, rem - irem
+        if rem < 0 then tat, rem = tat - 1, rem + q end
+        store(KEYS[i], tat, rem, now)
+      end
+    else
+      if tat < now then tat, rem = now, 0 end
+      tat, rem = add(tat, rem, q, inc, irem)
+      store(KEYS[i], tat, rem, now)
+    end
+  end
+end
+return 1
+"""
+)
+
+
+def charge(cost: int, q: int) -> tuple[int, int]:
+    """``cost`` units of a limit of ``q`` per minute in µs: whole µs and remainder (1/q µs)."""
+    if q <= 0:
+        return 0, 0
+    whole, rem = divmod(cost * PERIOD_US, q)
+    return (whole, rem) if whole < MAX_DEBT_US else (MAX_DEBT_US, 0)
