@@ -42,6 +42,7 @@ BASIC_SCHEMES = ("redis", "rediss", "redis+unix")
 HEALTH_TTL_MS = 10_000
 log = logging.getLogger("tenantkit")
 
+
 def _errors() -> tuple[type[BaseException], ...]:
     import redis.exceptions
 

@@ -58,9 +58,7 @@ class TableSecurity:
 def connecting_role(conn: Connection) -> RoleInfo:
     """Return the current role's name, superuser and BYPASSRLS flags."""
     row = conn.execute(
-        text(
-            "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
-        )
+        text("SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
     ).one()
     return RoleInfo(name=row[0], superuser=bool(row[1]), bypassrls=bool(row[2]))
 

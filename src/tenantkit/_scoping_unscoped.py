@@ -162,4 +162,3 @@ def _evict_foreign(session: Session, *, strict: bool) -> None:
                 "commit inside the block"
             )
         session.expunge(obj)
-

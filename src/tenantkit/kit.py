@@ -46,6 +46,7 @@ from .types import Decision, Identity, RequestInfo, TenantConfig
 
 log = logging.getLogger("tenantkit")
 
+
 class _WouldBlock(Exception):
     """A cache missed on the event loop: redo the lookup in a worker thread."""
 

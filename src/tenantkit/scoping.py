@@ -71,9 +71,7 @@ def tenant_sessionmaker(bind: Engine, **kw: Any) -> sessionmaker[Session]:
     return sessionmaker(bind=bind, class_=class_, **kw)
 
 
-def async_tenant_sessionmaker(
-    bind: AsyncEngine, **kw: Any
-) -> async_sessionmaker[AsyncSession]:
+def async_tenant_sessionmaker(bind: AsyncEngine, **kw: Any) -> async_sessionmaker[AsyncSession]:
     """Return an ``async_sessionmaker`` whose sessions are scoped to the tenant in context."""
     sync_class = _tenant_class(kw.pop("sync_session_class", TenantSession))
     return async_sessionmaker(bind=bind, sync_session_class=sync_class, **kw)
