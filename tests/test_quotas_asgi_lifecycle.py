@@ -80,6 +80,7 @@ def replying(*replies: Message) -> Callable[..., Any]:
         ((START, PART), False),  # stopped mid-body
         ((START, PART, LAST), True),  # a whole response keeps its reservation
         ((START, LAST), True),
+        ((START, {"type": "http.response.pathsend", "path": "/f"}), True),  # a FileResponse
     ],
 )
 async def test_unfinished_responses_release_the_reservation(
@@ -119,3 +120,17 @@ async def test_rate_limit_headers_replace_the_apps(
     assert values[b"x-ratelimit-upstream"] == b"kept"
     assert values[b"content-type"] == b"application/json"
     assert TOKEN_HEADER.lower().encode() not in values
+
+
+def test_finish_without_a_status_settles(make: Callable[..., Any]) -> None:
+    """A custom adapter's admit, run, finish keeps the reported count (no status needed)."""
+    from tenantkit.types import RequestInfo
+
+    kit = make(quota_tokens_per_minute=50_000)
+    request = RequestInfo(
+        method="POST", path=CHAT, headers={k.lower(): v for k, v in key_for(kit).items()}
+    )
+    admission = kit.admit(request, body())
+    admission.context.meter.used = 50
+    kit.finish(admission)
+    assert remaining_tokens(kit, "acme", 50_000) == 50_000 - 50

@@ -84,7 +84,10 @@ class TenantKitMiddleware:
                 reported = _edit_headers(message, self._token_key, extra, stamp)
                 if reported is not None:
                     meter.used = parse_reported_tokens(reported, meter.used)
-            elif kind == "http.response.body" and not message.get("more_body"):
+            elif kind == "http.response.pathsend" or (
+                kind in ("http.response.body", "http.response.zerocopysend")
+                and not message.get("more_body")
+            ):
                 complete = True
             await send(message)
 
@@ -105,7 +108,8 @@ class TenantKitMiddleware:
             await self.app(scope, receive_wrapper, send_wrapper)
             # A response never started or never finished (the client left, or the app
             # returned early) served nothing: the reservation goes back.
-            failed = not complete
+            # (A websocket sends no http.response: its tokens stand as reported.)
+            failed = not complete if scope["type"] == "http" else disconnected
         finally:
             reset(token)
             # Synchronous on purpose: it only schedules the settle, so it also runs

@@ -74,12 +74,12 @@ class Admission:
     def released(self, failed: bool) -> bool:
         """Return whether ``finish`` refunds the reservation rather than settling it.
 
-        So on a failure, when no response started, and on a server error
-        (5xx) the app reported no tokens for: Flask turns a raising view into
-        a 500 response, and that request must not keep its estimate charged
-        any more than on ASGI.
+        So on a failure (the adapters count a response that never started or
+        never finished as one), and on a server error (5xx) the app reported
+        no tokens for: Flask turns a raising view into a 500 response, and
+        that request must not keep its estimate charged any more than on ASGI.
         """
-        if failed or self.status is None:
+        if failed:
             return True
         server_error = self.status is not None and self.status >= 500
         return server_error and self.context.meter.used is None
