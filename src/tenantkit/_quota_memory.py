@@ -71,11 +71,7 @@ class MemoryBackend:
                 # Scaled by q: the exact TAT is tat·q + rem, the window window·q (inlined
                 # seconds_to_wait, units_left and seconds_to_full: this is the hot path).
                 now_q = now * q
-                base = now_q
-                if prior is not None:
-                    exact = prior[0] * q + (prior[1] if prior[1] < q else q - 1)
-                    if exact > now_q:
-                        base = exact
+                base = now_q if prior is None else max(_exact(prior, q), now_q)
                 charge = cost * PERIOD_NS
                 level = base - now_q + charge
                 over = (level if cost else level + PERIOD_NS) - window * q
