@@ -168,6 +168,23 @@ async def test_request_id_echoed_or_generated(kit: Any, jwt_for: Callable[..., s
     assert generated.json()["request_id"] == generated.headers["x-request-id"]
 
 
+@pytest.mark.parametrize("path", ["/whoami", "/health"])
+async def test_app_request_id_header_is_replaced(
+    kit: Any, jwt_for: Callable[..., str], path: str
+) -> None:
+    """An app's own request-id header gives way to the middleware's: one value, as on WSGI."""
+
+    async def own_id(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"x-request-id", b"app-1"), (b"x-request-id", b"app-2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    auth = {"Authorization": f"Bearer {jwt_for(kit, 'acme')}", "X-Request-ID": "client-1"}
+    async with client_for(TenantKitMiddleware(own_id, kit)) as client:
+        r = await client.get(path, headers=auth)
+    assert r.headers.get_list("x-request-id") == ["client-1"]
+
+
 async def test_excluded_paths_skip_the_pipeline(kit: Any) -> None:
     """Excluded paths need no credential and still carry X-Request-ID."""
     async with client_for(build_app(kit)) as client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import socket
@@ -127,6 +128,34 @@ def test_excluded_path(server: str) -> None:
     """Excluded paths skip the pipeline and still carry X-Request-ID."""
     r = httpx.get(server + "/health")
     assert r.status_code == 200 and r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("path", ["/x", "/health"])
+def test_app_request_id_header_is_replaced(
+    kit: Any, jwt_for: Callable[..., str], path: str
+) -> None:
+    """An app's own request-id header (any case) gives way to the middleware's: one value."""
+
+    def own_id(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [("x-request-id", "app-1"), ("X-REQUEST-ID", "app-2")])
+        return [b"{}"]
+
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "HTTP_AUTHORIZATION": f"Bearer {jwt_for(kit, 'acme')}",
+        "HTTP_X_REQUEST_ID": "client-1",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.url_scheme": "http",
+    }
+    started: list[list[tuple[str, str]]] = []
+    result = TenantKitWSGIMiddleware(own_id, kit)(
+        environ, lambda status, headers, exc_info=None: started.append(headers)
+    )
+    b"".join(result)
+    getattr(result, "close", lambda: None)()
+    ids = [value for name, value in started[0] if name.lower() == "x-request-id"]
+    assert ids == ["client-1"]
 
 
 def test_body_replay_and_limits(kit: Any, server: str, jwt_for: Callable[..., str]) -> None:

@@ -46,6 +46,7 @@ class TenantKitWSGIMiddleware:
         self.app = app
         self.kit = kit
         self._rid_header = kit.settings.request_id_header
+        self._rid_key = self._rid_header.lower()
         self._token_header = kit.settings.quota.token_header.lower()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -105,20 +106,27 @@ class TenantKitWSGIMiddleware:
         response: _ClosingIterator | None = None,
     ) -> StartResponse:
         """Wrap ``start_response``: add the request id and, when admitted, the rate-limit
-        headers (replacing any of the same name the app set) and read the token header."""
+        headers, and read the token header.
+
+        Each replaces the app's headers of the same name (compared case-insensitively):
+        one request id, the middleware's, as on the ASGI adapter.
+        """
         token_header = self._token_header
+        rid_key = self._rid_key
         stamp = (self._rid_header, request_id)
 
         def wrapped(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
             if admission is None:
-                return start_response(status, [*headers, stamp], exc_info)
+                kept = [pair for pair in headers if pair[0].lower() != rid_key]
+                return start_response(status, [*kept, stamp], exc_info)
             if response is not None:
                 response.started = True
             admission.status = _status_code(status)
             added = admission.headers
             replaced = {name.lower() for name, _ in added}
+            replaced.add(rid_key)
             out: list[tuple[str, str]] = []
             for name, value in headers:
                 key = name.lower()
