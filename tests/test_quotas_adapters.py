@@ -468,6 +468,43 @@ def test_wsgi_response_never_started_or_completed_releases_tokens(
     assert context.get_context() is None
 
 
+class _CloseRaises:
+    """A response body whose ``close()`` raises (a failing close callback, say)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.chunks)
+
+    def close(self) -> None:
+        raise RuntimeError("close failed")
+
+
+@pytest.mark.parametrize(("reads", "failed"), [(None, False), (1, True)])
+def test_wsgi_close_raising_after_the_whole_body_keeps_the_reservation(
+    make: Callable[..., Any], reads: int | None, failed: bool
+) -> None:
+    """A body read to its end is settled even if its close() raises (as ASGI settles a
+    response whose last chunk was sent); the error still propagates."""
+    kit = make(quota_tokens_per_minute=50_000)
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _CloseRaises([b"a", b"b"])
+
+    result, _ = wsgi_call(kit, wsgi, key_for(kit))
+    chunks = iter(result)
+    for _ in range(reads if reads is not None else 1_000):
+        if next(chunks, None) is None:
+            break
+    with pytest.raises(RuntimeError, match="close failed"):
+        result.close()
+    expected = 50_000 if failed else 50_000 - ESTIMATE
+    assert remaining_tokens(kit, "acme", 50_000) == expected
+    assert context.get_context() is None
+
+
 def every_header_kit(make_kit: Callable[..., Any], clock: FakeClock) -> Any:
     """A kit with every header dialect on, tenant ``acme`` at 10 requests a minute."""
     kit = make_kit(

@@ -6,6 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from tests.test_quotas_adapters import (
     CHAT,
     ESTIMATE,
@@ -89,6 +94,50 @@ async def test_unfinished_responses_release_the_reservation(
     """A response that never started or never finished refunds its tokens; a whole one not."""
     kit = make(quota_tokens_per_minute=50_000)
     await call(kit, replying(*replies), key_for(kit))
+    expected = 50_000 - ESTIMATE if kept else 50_000
+    assert remaining_tokens(kit, "acme", 50_000) == expected
+    assert context.get_context() is None
+
+
+def raising_after(*replies: Message) -> Callable[..., Any]:
+    """An app that sends ``replies`` and then raises (a failing BackgroundTask, say)."""
+    reply = replying(*replies)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await reply(scope, receive, send)
+        raise RuntimeError("failed after the response")
+
+    return app
+
+
+async def background_task_fails() -> None:
+    raise RuntimeError("background task failed")
+
+
+async def chat_with_failing_task(request: Request) -> Response:
+    await request.body()
+    return JSONResponse({"ok": True}, background=BackgroundTask(background_task_fails))
+
+
+@pytest.mark.parametrize(
+    ("app", "kept"),
+    [
+        (raising_after(START, PART, LAST), True),  # delivered, then the app raised
+        (raising_after(START, LAST), True),
+        (Starlette(routes=[Route(CHAT, chat_with_failing_task, methods=["POST"])]), True),
+        (raising_after(START, PART), False),  # raised mid-body: not delivered
+        (raising_after(), False),
+    ],
+    ids=["parts-then-raise", "whole-then-raise", "background-task", "mid-body", "unstarted"],
+)
+async def test_a_raise_after_the_whole_response_keeps_the_reservation(
+    make: Callable[..., Any], app: Any, kept: bool
+) -> None:
+    """A response sent to its last body chunk is settled even if the app raises afterwards
+    (a BackgroundTask); the exception still propagates."""
+    kit = make(quota_tokens_per_minute=50_000)
+    with pytest.raises(RuntimeError):
+        await call(kit, app, key_for(kit))
     expected = 50_000 - ESTIMATE if kept else 50_000
     assert remaining_tokens(kit, "acme", 50_000) == expected
     assert context.get_context() is None

@@ -111,6 +111,9 @@ class TenantKitMiddleware:
             # (A websocket sends no http.response: its tokens stand as reported.)
             failed = not complete if scope["type"] == "http" else disconnected
         finally:
+            # A response sent to its last body chunk was delivered, even if the app
+            # raised afterwards (a BackgroundTask runs after the body): it is settled.
+            failed = failed and not complete
             reset(token)
             # Synchronous on purpose: it only schedules the settle, so it also runs
             # when this task is being cancelled (no shielded await needed).

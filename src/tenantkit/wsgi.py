@@ -157,7 +157,9 @@ class _ClosingIterator:
 
     The request failed (its reservation is released) unless the response started
     and its body was read to the end without an error: a server closes the
-    iterable early when the client disconnects mid-body.
+    iterable early when the client disconnects mid-body. A ``close()`` that
+    raises after the end does not undo a delivered response (as on ASGI, where
+    a task raising after the last body chunk does not).
     """
 
     def __init__(self, finish: Callable[[bool], None]) -> None:
