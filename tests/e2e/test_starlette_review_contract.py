@@ -106,6 +106,16 @@ def test_strings_with_nul_or_unpaired_surrogates_are_422_naming_the_field(
         assert problem["fields"] == [field], problem
 
 
+def test_chat_route_lone_surrogate_is_400_from_the_policy_layer(client: httpx.Client) -> None:
+    """On the chat (policy) route a lone surrogate is tenantkit's 400; a NUL is still a 422."""
+    headers = {"X-Tenant-ID": new_tenant(client), "Content-Type": "application/json"}
+    chat = b'{"model": "gpt-4", "messages": [{"role": "user", "content": "%s"}]}'
+    surrogate = client.post("/api/chat/completions", headers=headers, content=chat % b"\\ud800")
+    assert "lone surrogate" in assert_problem(surrogate, 400)["detail"]
+    nul = client.post("/api/chat/completions", headers=headers, content=chat % b"a\\u0000b")
+    assert assert_problem(nul, 422)["fields"] == ["messages[0].content"]
+
+
 def test_query_filters_with_nul_are_422(client: httpx.Client) -> None:
     """A NUL in a free-text query filter is a 422 naming the parameter."""
     _, admin = onboard(client)
