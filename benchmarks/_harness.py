@@ -13,15 +13,15 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from tests._redis_server import redis_server
 
 PATH = "/api/chat/completions"
 BODY = json.dumps(
@@ -274,41 +274,17 @@ def time_contenders(
 # -- Redis ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def private_redis() -> Iterator[str | None]:
-    """Start a throwaway redis-server (so command counts see no other client)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    """Start a throwaway redis-server (so command counts see no other client).
+
+    Without one installed, use ``TENANTKIT_BENCH_REDIS_URL`` (None: skip the Redis runs).
+    """
+    if shutil.which("redis-server") is None:
         yield os.environ.get("TENANTKIT_BENCH_REDIS_URL")
         return
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    probe = redis.Redis.from_url(url)
-    for _ in range(200):
-        try:
-            probe.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    probe.close()
-    try:
+    with redis_server() as (url, _):
         yield url
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 class RoundTrips:

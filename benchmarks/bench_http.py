@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks._harness import BODY, PATH, free_port, table
+from benchmarks._harness import BODY, PATH, table
+from tests._redis_server import free_port
 
 TARGET_RATIO = 0.85
 CONTENDERS = ["bare", "floor", "tenantkit-header", "tenantkit-api-key", "slowapi"]
