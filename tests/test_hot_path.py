@@ -37,7 +37,7 @@ from tenantkit.errors import (
 )
 from tenantkit.identity import HeaderResolver, PathResolver
 from tenantkit.kit import TenantKit
-from tenantkit.policy import _COMPACT_JSON, Policy, _compact_json, tool_names
+from tenantkit.policy import _COMPACT_JSON, Policy, _compact_json, _unprocessable, tool_names
 from tenantkit.settings import CacheSettings, Settings
 from tenantkit.tenants import TenantStore
 from tenantkit.types import Identity, RequestInfo, TenantConfig
@@ -371,19 +371,40 @@ def test_limit_set_renders_the_headers_plain_limits_render() -> None:
 
 
 def reference_policy_check(tenant: TenantConfig, body: Any) -> None:
-    """The policy check without its fast paths: the model, then every tool name in order."""
+    """The policy check without its fast paths: every shape error, then the model, then tools."""
     if not isinstance(body, dict):
         raise UnprocessableEntity("the request body must be a JSON object")
-    if tenant.allowed_models is not None:
-        Policy()._check_model(tenant, body)
+    errors: list[dict[str, str]] = []
+    models = tenant.allowed_models
+    model = body.get("model")
+    if models is not None:
+        if model is None:
+            errors.append(
+                {"field": "model", "message": "model is required: this tenant restricts models"}
+            )
+        elif not isinstance(model, str) or not model:
+            errors.append({"field": "model", "message": "model must be a non-empty string"})
+    names: list[str] = []
     if tenant.allowed_tools is not None:
-        for tool in tool_names(body):
-            if tool not in tenant.allowed_tools:
-                raise PolicyDenied(
-                    f"tool {tool!r} is not allowed for tenant {tenant.id!r}",
-                    reason="tool_not_allowed",
-                    tool=tool,
-                )
+        try:
+            names = tool_names(body)
+        except UnprocessableEntity as exc:
+            errors.extend(exc.extra["errors"])
+    if errors:
+        raise _unprocessable(errors)
+    if models is not None and model not in models:
+        raise PolicyDenied(
+            f"model {model!r} is not allowed for tenant {tenant.id!r}",
+            reason="model_not_allowed",
+            model=model,
+        )
+    for tool in names:
+        if tenant.allowed_tools is not None and tool not in tenant.allowed_tools:
+            raise PolicyDenied(
+                f"tool {tool!r} is not allowed for tenant {tenant.id!r}",
+                reason="tool_not_allowed",
+                tool=tool,
+            )
 
 
 def _outcome(check: Any, tenant: TenantConfig, body: Any) -> Any:

@@ -112,6 +112,31 @@ def test_malformed_shapes_are_422(body: dict[str, Any], field: str) -> None:
     assert caught.value.extra["errors"][0]["field"] == field
 
 
+def test_every_bad_field_is_named_in_one_422() -> None:
+    """A body wrong in several fields is one 422 naming each, before any allow-list applies."""
+    body = {"model": 7, "messages": [], "tools": "x", "functions": [3], "max_tokens": -1}
+    with pytest.raises(UnprocessableEntity) as caught:
+        Policy().check(tenant(models=("m",), tools=("x",)), body)
+    fields = [error["field"] for error in caught.value.extra["errors"]]
+    assert fields == ["model", "tools", "functions[0]", "max_tokens"]
+    assert caught.value.detail == "4 fields are invalid: model, tools, functions[0], max_tokens"
+    # A disallowed model does not hide a malformed tool list behind a 403.
+    with pytest.raises(UnprocessableEntity) as caught:
+        Policy().check(tenant(models=("m",), tools=("x",)), {"model": "n", "tools": [{}]})
+    assert [e["field"] for e in caught.value.extra["errors"]] == ["tools[0].name"]
+
+
+def test_budget_is_named_beside_the_policy_fields_it_rides_with() -> None:
+    """A bad max_tokens joins the policy's errors; alone, the estimate names it."""
+    with pytest.raises(UnprocessableEntity) as caught:
+        Policy().check(tenant(models=("m",)), {"max_tokens": "9"})
+    assert [e["field"] for e in caught.value.extra["errors"]] == ["model", "max_tokens"]
+    Policy().check(tenant(models=("m",)), {"model": "m", "max_tokens": "9"})  # the fast path
+    with pytest.raises(UnprocessableEntity) as caught:
+        estimate_tokens({"model": "m", "max_tokens": "9"}, default=10)
+    assert [e["field"] for e in caught.value.extra["errors"]] == ["max_tokens"]
+
+
 def test_body_must_be_an_object() -> None:
     """A JSON array body is a 422."""
     with pytest.raises(UnprocessableEntity):

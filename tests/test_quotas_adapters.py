@@ -198,6 +198,22 @@ def test_malformed_tools_are_422(make: Callable[..., Any], send: Send) -> None:
     assert response.json()["errors"][0]["field"] == "tools"
 
 
+def test_a_422_names_every_bad_field_and_spends_nothing(
+    make: Callable[..., Any], send: Send
+) -> None:
+    """Several bad fields: one 422 listing each, and the request quota is untouched."""
+    kit = make(allowed_models=["m"], allowed_tools=["search"], quota_requests_per_minute=10)
+    headers = key_for(kit)
+    payload = json.dumps({"model": 1, "tools": [{"function": 2}], "max_tokens": 1.5}).encode()
+    response = send(kit, CHAT, payload, **headers)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    fields = [error["field"] for error in response.json()["errors"]]
+    assert fields == ["model", "tools[0].function", "max_tokens"]
+    admitted = send(kit, CHAT, body("m"), **headers)
+    assert admitted.headers["x-ratelimit-remaining-requests"] == "9"
+
+
 @pytest.mark.parametrize(
     "payload",
     [

@@ -31,37 +31,63 @@ class Policy:
     """Check a request body against its tenant's allow-lists before any quota is charged."""
 
     def check(self, tenant: TenantConfig, body: Mapping[str, Any]) -> None:
-        """Raise ``PolicyDenied`` (403) if the body names a model or tool the tenant may not use."""
+        """Raise ``PolicyDenied`` (403) if the body names a model or tool the tenant may not use.
+
+        A body of the wrong shape is a 422 naming every bad field the allow-lists
+        and the token estimate read (``model``, ``tools``, ``functions``, the
+        completion budget), before any allow-list is applied.
+        """
         if type(body) is not dict and not isinstance(body, Mapping):
             raise _invalid("", "the request body must be a JSON object")
         models = tenant.allowed_models
-        if models is not None:
-            model = body.get("model")
-            if type(model) is not str or model not in models or not model:
-                self._check_model(tenant, body)
-        allowed = tenant.allowed_tools
-        if allowed is not None and not _allowed_function_tools(body, allowed):
-            for tool in tool_names(body):
-                if tool not in allowed:
-                    raise PolicyDenied(
-                        f"tool {tool!r} is not allowed for tenant {tenant.id!r}",
-                        reason="tool_not_allowed",
-                        tool=tool,
-                    )
-
-    def _check_model(self, tenant: TenantConfig, body: Mapping[str, Any]) -> None:
         model = body.get("model")
-        if model is None:
-            raise _invalid("model", "model is required: this tenant restricts models")
-        if not isinstance(model, str) or not model:
-            raise _invalid("model", "model must be a non-empty string")
-        assert tenant.allowed_models is not None
-        if model not in tenant.allowed_models:
+        model_ok = models is None or (type(model) is str and model in models and bool(model))
+        allowed = tenant.allowed_tools
+        if model_ok and (allowed is None or _allowed_function_tools(body, allowed)):
+            return  # the usual body: allowed and well-formed, without the general walk
+        errors = shape_errors(body, models=models is not None, tools=allowed is not None)
+        if errors:
+            raise _unprocessable(errors)
+        if not model_ok:
             raise PolicyDenied(
                 f"model {model!r} is not allowed for tenant {tenant.id!r}",
                 reason="model_not_allowed",
                 model=model,
             )
+        assert allowed is not None
+        for tool in tool_names(body):
+            if tool not in allowed:
+                raise PolicyDenied(
+                    f"tool {tool!r} is not allowed for tenant {tenant.id!r}",
+                    reason="tool_not_allowed",
+                    tool=tool,
+                )
+
+
+def shape_errors(
+    body: Mapping[str, Any], *, models: bool = True, tools: bool = True
+) -> list[dict[str, str]]:
+    """Every ``{"field", "message"}`` wrong in the fields the policy and the estimate read.
+
+    ``models``/``tools``: whether ``model`` is required and the tool lists are read
+    (a tenant restricting them); the completion budget is always read.
+    """
+    errors: list[dict[str, str]] = []
+    if models:
+        model = body.get("model")
+        if model is None:
+            errors.append(_error("model", "model is required: this tenant restricts models"))
+        elif not isinstance(model, str) or not model:
+            errors.append(_error("model", "model must be a non-empty string"))
+    if tools:
+        errors += _scan_tools(body)[1]
+    for field in COMPLETION_FIELDS:  # the first one given is the budget, as in the estimate
+        value = body.get(field)
+        if value is not None:
+            if type(value) is not int or value < 0:
+                errors.append(_budget_error(field))
+            break
+    return errors
 
 
 def _allowed_function_tools(body: Mapping[str, Any], allowed: tuple[str, ...]) -> bool:
@@ -89,20 +115,38 @@ def _allowed_function_tools(body: Mapping[str, Any], allowed: tuple[str, ...]) -
 
 
 def tool_names(body: Mapping[str, Any]) -> list[str]:
-    """Return every tool name the body declares (``tools`` and legacy ``functions``)."""
+    """Return every tool name the body declares (``tools`` and legacy ``functions``).
+
+    Raises ``UnprocessableEntity`` (422) naming every malformed tool list or entry.
+    """
+    names, errors = _scan_tools(body)
+    if errors:
+        raise _unprocessable(errors)
+    return names
+
+
+def _scan_tools(body: Mapping[str, Any]) -> tuple[list[str], list[dict[str, str]]]:
+    """The tool names, and an error for each malformed list or entry."""
     names: list[str] = []
+    errors: list[dict[str, str]] = []
     for field in ("tools", "functions"):
         entries = body.get(field)
         if entries is None:
             continue
         if not isinstance(entries, list):
-            raise _invalid(field, f"{field} must be an array")
+            errors.append(_error(field, f"{field} must be an array"))
+            continue
         for i, entry in enumerate(entries):
-            names.append(_tool_name(entry, f"{field}[{i}]"))
-    return names
+            name, where = _tool_entry(entry, f"{field}[{i}]")
+            if name is None:
+                errors.append(_error(*where))
+            else:
+                names.append(name)
+    return names, errors
 
 
-def _tool_name(entry: object, where: str) -> str:
+def _tool_entry(entry: object, where: str) -> tuple[str | None, tuple[str, str]]:
+    """A tool entry's name, or ``None`` and the ``(field, message)`` saying what is wrong."""
     if isinstance(entry, str):
         name: object = entry
         field = where
@@ -110,7 +154,7 @@ def _tool_name(entry: object, where: str) -> str:
         function = entry.get("function")
         if function is not None:
             if not isinstance(function, dict | Mapping):
-                raise _invalid(f"{where}.function", "function must be an object")
+                return None, (f"{where}.function", "function must be an object")
             name, field = function.get("name"), f"{where}.function.name"
         elif "name" in entry:
             name, field = entry.get("name"), f"{where}.name"
@@ -119,10 +163,10 @@ def _tool_name(entry: object, where: str) -> str:
             kind = entry.get("type")
             name, field = (None if kind == "function" else kind), f"{where}.name"
     else:
-        raise _invalid(where, "a tool must be a string or an object")
+        return None, (where, "a tool must be a string or an object")
     if not isinstance(name, str) or not name:
-        raise _invalid(field, "a tool name must be a non-empty string")
-    return name
+        return None, (field, "a tool name must be a non-empty string")
+    return name, (field, "")
 
 
 def estimate_tokens(body: Mapping[str, Any], default: int) -> int:
@@ -188,9 +232,13 @@ def _completion_budget(body: Mapping[str, Any], default: int) -> int:
         if value is None:
             continue
         if type(value) is not int or value < 0:
-            raise _invalid(field, f"{field} must be a non-negative integer")
+            raise _unprocessable([_budget_error(field)])
         return value
     return default
+
+
+def _budget_error(field: str) -> dict[str, str]:
+    return _error(field, f"{field} must be a non-negative integer")
 
 
 def _text_length(value: object, depth: int) -> int:
@@ -217,5 +265,18 @@ def _text_length(value: object, depth: int) -> int:
     return 0
 
 
+def _error(field: str, message: str) -> dict[str, str]:
+    return {"field": field or "body", "message": message}
+
+
 def _invalid(field: str, message: str) -> UnprocessableEntity:
-    return UnprocessableEntity(message, errors=[{"field": field or "body", "message": message}])
+    return _unprocessable([_error(field, message)])
+
+
+def _unprocessable(errors: list[dict[str, str]]) -> UnprocessableEntity:
+    """One 422 naming every error; its detail is the message when there is one."""
+    if len(errors) == 1:
+        detail = errors[0]["message"]
+    else:
+        detail = f"{len(errors)} fields are invalid: " + ", ".join(e["field"] for e in errors)
+    return UnprocessableEntity(detail, errors=errors)
