@@ -35,6 +35,20 @@ def db(tmp_path: Path) -> tuple[str, Engine]:
     return url, engine
 
 
+def test_verify_without_an_audit_log_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database with no audit tables: 2 and a clear line, never 1 (damaged) or 0 (intact)."""
+    url = f"sqlite:///{tmp_path}/empty.db"
+    make_engine(url).dispose()
+    assert run("audit", "verify", "--tenant", "acme", "--database-url", url) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "has no audit log" in captured.err and LOG.name in captured.err
+    bad = f"sqlite:///{tmp_path}/missing-dir/x.db"
+    assert run("audit", "verify", "--all", "--database-url", bad) == 2
+
+
 def test_verify_prints_results_and_exits_by_outcome(
     db: tuple[str, Engine], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -120,11 +134,12 @@ def test_export_writes_json_lines(
 def test_user_errors_are_one_line_and_exit_1(
     db: tuple[str, Engine], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """A malformed tenant, an unusable URL or an unwritable file give exit 1 and one line."""
+    """A malformed tenant, an unusable URL or an unwritable file give one line, and exit 1
+    (verify: 2, could not verify, as its 1 says a chain is damaged)."""
     url, _ = db
-    assert run("audit", "verify", "--tenant", "Bad Tenant", "--database-url", url) == 1
+    assert run("audit", "verify", "--tenant", "Bad Tenant", "--database-url", url) == 2
     assert capsys.readouterr().err.startswith("error: tenant_id must match")
-    assert run("audit", "verify", "--all", "--database-url", "nosuchdb://x") == 1
+    assert run("audit", "verify", "--all", "--database-url", "nosuchdb://x") == 2
     assert "cannot use database URL" in capsys.readouterr().err
     missing = str(tmp_path / "no" / "dir" / "x.jsonl")
     assert run("audit", "export", "--tenant", "acme", "-o", missing, "--database-url", url) == 1

@@ -86,7 +86,7 @@ def test_billing_sync_exits_2_when_events_fail(local_stripe: LocalStripe, db_url
             local_stripe.url,
         ]
     )
-    assert code == 2 and "failed 1" in out
+    assert code == 3 and "failed 1" in out  # not 2: argparse's usage-error status
 
 
 def test_billing_sync_without_a_key_is_a_clear_error(

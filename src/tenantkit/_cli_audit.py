@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -89,8 +89,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def audit_verify(args: argparse.Namespace) -> int:
-    """Verify the named tenants' chains; print one JSON line each; 1 if any is damaged."""
+    """Verify the named tenants' chains; print one JSON line each.
+
+    Exits 0 when every chain is intact, 1 if any is damaged, 2 when it could not
+    verify (no audit log in the database, a database error): a scheduled check
+    must not read "could not look" as "tampered with", nor as "intact".
+    """
     with _user_errors(), _engine(args) as engine:
+        if not inspect(engine).has_table(LOG.name):
+            raise StorageError(
+                f"this database has no audit log (no table {LOG.name}): nothing to verify; "
+                "is --database-url (TENANTKIT_DATABASE_URL) the application's database?"
+            )
         tenants = args.tenants or _tenants(engine)
         damaged = 0
         for tenant_id in tenants:
@@ -103,7 +113,7 @@ def audit_verify(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
         return 1 if damaged else 0
-    return 1
+    return 2
 
 
 def audit_purge(args: argparse.Namespace) -> int:

@@ -26,6 +26,8 @@ from .settings import Settings
 from .usage import UsageRecorder
 
 BAR_WIDTH = 30
+SYNC_FAILED_EVENTS = 3
+"""``billing sync``'s exit status when some events failed (1 is an error, 2 a usage error)."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -85,7 +87,8 @@ def billing_sync(
         f"still due {result.remaining}",
         file=out,
     )
-    return 0 if result.failed == 0 else 2
+    # 3, not 2: argparse exits 2 on a usage error, and a cron job must tell the two apart.
+    return 0 if result.failed == 0 else SYNC_FAILED_EVENTS
 
 
 def usage_report(
