@@ -85,6 +85,57 @@ def test_refund_clears_the_cached_denial(engine: QuotaEngine) -> None:
     assert engine.acquire([TOKENS], tokens=10_000).remaining[0] >= 40_000
 
 
+def test_a_refund_that_times_out_still_clears_the_cached_denial(engine: QuotaEngine) -> None:
+    """A release whose reply is lost may still have refunded: the deny cache forgets.
+
+    The refund lands after a denial was cached meanwhile (another request of this
+    process), then the reply times out. The engine used to forget the cached
+    levels only after a successful reply, so that denial kept being answered
+    locally although Redis had the capacity back.
+    """
+    grant = engine.acquire([TOKENS], tokens=50_000)
+    assert engine._redis is not None
+    client, acquire_script, adjust_script = engine._redis._client()
+
+    def lost_reply(**kwargs: Any) -> Any:
+        with pytest.raises(QuotaExceeded):  # decided by Redis, then cached
+            engine.acquire([TOKENS], tokens=10_000)
+        adjust_script(**kwargs)
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    engine._redis._sync = (client, acquire_script, lost_reply)
+    assert engine.release(grant)
+    assert engine.stats.storage_errors == 1
+    assert engine.acquire([TOKENS], tokens=10_000).remaining[0] >= 40_000
+
+
+def test_an_async_refund_that_times_out_still_clears_the_cached_denial(
+    engine: QuotaEngine,
+) -> None:
+    """The same on the asyncio client."""
+
+    async def run() -> int:
+        grant = await engine.acquire_async([TOKENS], tokens=50_000)
+        assert engine._redis is not None
+        client, acquire_script, adjust_script = engine._redis._aclient()
+
+        async def lost_reply(**kwargs: Any) -> Any:
+            with pytest.raises(QuotaExceeded):
+                await engine.acquire_async([TOKENS], tokens=10_000)
+            await adjust_script(**kwargs)
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+        engine._redis._async = (client, acquire_script, lost_reply)
+        assert await engine.release_async(grant)
+        try:
+            return (await engine.acquire_async([TOKENS], tokens=10_000)).remaining[0]
+        finally:
+            await engine.aclose()
+
+    assert asyncio.run(run()) >= 40_000
+    assert engine.stats.storage_errors == 1
+
+
 def test_settle_costs_at_most_one_round_trip(engine: QuotaEngine) -> None:
     """Settling is one call, and none when the estimate was exact."""
     exact = engine.acquire([REQUESTS, TOKENS], tokens=500)

@@ -347,9 +347,9 @@ class QuotaEngine:
         except StorageError as exc:
             self._stats.storage_errors += 1
             self._log_failure(exc, "the token reservation stays as estimated")
-            return
-        if self._redis is not None:
-            self._redis.forget_denial(_refunded(grant.limits, deltas))
+        finally:
+            # Even a call that failed or timed out may have refunded: forget the levels.
+            self._backend.forget_denial(_refunded(grant.limits, deltas))
 
     async def _adjust_async(self, grant: Grant, deltas: list[int]) -> None:
         if not any(deltas):
@@ -359,9 +359,9 @@ class QuotaEngine:
         except StorageError as exc:
             self._stats.storage_errors += 1
             self._log_failure(exc, "the token reservation stays as estimated")
-            return
-        if self._redis is not None:
-            self._redis.forget_denial(_refunded(grant.limits, deltas))
+        finally:
+            # Even a call that failed or timed out may have refunded: forget the levels.
+            self._backend.forget_denial(_refunded(grant.limits, deltas))
 
 
 def _refunded(limits: Sequence[Limit], deltas: Sequence[int]) -> list[Limit]:
