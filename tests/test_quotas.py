@@ -74,6 +74,49 @@ def make_engine(
         client.close()
 
 
+SERVER_TIME = """local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
+
+@pytest.fixture
+def advance(
+    request: pytest.FixtureRequest, backend: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[float], None]:
+    """Make time pass on the backend's clock: the fake one, or a fake Redis server time.
+
+    For Redis, the Lua scripts read ``now`` from a key of this test instead of
+    ``TIME`` (keys still expire on the real clock, after at least as long). The
+    deny cache runs on this process's clock: advance only with no denial cached.
+    """
+    if backend == "memory":
+
+        def tick(seconds: float) -> None:
+            clock.now += seconds
+
+        return tick
+    import redis
+
+    import tenantkit._quota_redis as quota_redis
+
+    url = request.getfixturevalue("redis_url")
+    key = request.getfixturevalue("redis_prefix") + ":fake-now"
+    client = redis.Redis.from_url(url)
+    request.addfinalizer(client.close)
+    seconds, micros = client.time()
+    client.set(key, seconds * 1_000_000 + micros)
+    fake = f"local now = tonumber(redis.call('GET', '{key}'))\n"
+    for name in ("ACQUIRE_LUA", "ADJUST_LUA"):
+        script = getattr(quota_redis, name)
+        assert SERVER_TIME in script
+        monkeypatch.setattr(quota_redis, name, script.replace(SERVER_TIME, fake))
+
+    def tick_redis(seconds: float) -> None:
+        client.incrby(key, round(seconds * 1_000_000))
+
+    return tick_redis
+
+
 def requests_limit(name: str, per_minute: int, key: str = "{acme}:requests") -> Limit:
     return Limit(name, key, "requests", per_minute)
 
@@ -184,6 +227,43 @@ def test_release_gives_the_reservation_back(make_engine: EngineFactory, backend:
     assert engine.release(grant)
     assert_remaining(backend, remaining_of(engine, budget), 50_000, 50_000, started)
     assert engine.acquire([requests], tokens=0).remaining == [8]
+
+
+@pytest.mark.parametrize(
+    ("first", "wait", "second", "then", "left"),
+    [
+        (600, 61, 600, 29, 290),  # the first charge lies wholly in the past: nothing back
+        (300, 40, 600, 10, 100),  # the same within 60 s of the admission
+        (300, 10, 300, 0, 300),  # 10 of its 30 s have refilled: 200 of 300 tokens back
+        (300, 0, 300, 0, 300),  # nothing has refilled yet: all back
+    ],
+)
+def test_a_late_refund_gives_back_only_what_time_has_not(
+    make_engine: EngineFactory,
+    advance: Callable[[float], None],
+    first: int,
+    wait: float,
+    second: int,
+    then: float,
+    left: int,
+) -> None:
+    """A release gives back only the part of its charge still ahead of now.
+
+    At 600 tokens a minute: reserve ``first``, wait, reserve ``second``, wait, release
+    the first. Time refills the bucket from its oldest charge on, so the part of the
+    first charge behind now was already given back by the refill. Refunds used to
+    apply in full for reservation_ttl_seconds (120 s): the bucket then held the
+    whole first charge again on top of the refill, e.g. 600 tokens instead of 290
+    left 29 s after the bucket was emptied, 1,200 admitted within 29 s.
+    """
+    engine = make_engine()
+    budget = tokens_limit(600)  # 10 tokens a second
+    stale = engine.acquire([budget], tokens=first)
+    advance(wait)
+    engine.acquire([budget], tokens=second)
+    advance(then)
+    assert engine.release(stale)
+    assert remaining_of(engine, budget) == left
 
 
 def test_settle_and_release_apply_once(make_engine: EngineFactory, backend: str) -> None:

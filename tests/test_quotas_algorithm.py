@@ -83,6 +83,47 @@ def test_admitted_cost_is_bounded(
             assert net <= burst + Fraction(per_minute * (end - start), 60_000)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    per_minute=st.integers(min_value=1, max_value=5_000),
+    burst_seconds=st.sampled_from([0.0, 0.5, 7.0, 30.0]),
+    operations=st.lists(operation, min_size=1, max_size=60),
+)
+def test_used_units_are_bounded(
+    per_minute: int, burst_seconds: float, operations: list[tuple[int, int, float]]
+) -> None:
+    """Over any interval Δ, what the requests admitted in it really used stays within
+    burst + q·Δ/60, however late their settles come.
+
+    A settle makes the engine as if the request had reserved what it used: a refund
+    must not give back capacity the refill already returned. Refunds up to
+    reservation_ttl_seconds used to apply in full, past the bound.
+    """
+    clock = FakeClock()
+    engine = engine_on(clock, burst_seconds)
+    limit = budget(per_minute)
+    admitted: list[list[int]] = []  # [ms, units used (the reservation until settled)]
+    open_grants: list[tuple[Grant, list[int]]] = []
+    for advance, kind, share in operations:
+        clock.ms += advance
+        amount = int(share * per_minute)
+        if kind < 3:
+            grant = try_acquire(engine, limit, amount)
+            if grant is not None:
+                admitted.append([clock.ms, grant.costs[0]])
+                open_grants.append((grant, admitted[-1]))
+        elif open_grants:
+            grant, event = open_grants.pop(0)
+            event[1] = min(amount, grant.costs[0])
+            engine.settle(grant, event[1])
+    burst = Fraction(per_minute) * (60 + Fraction(burst_seconds)) / 60
+    for i, (start, _) in enumerate(admitted):
+        used = 0
+        for end, units in admitted[i:]:
+            used += units
+            assert used <= burst + Fraction(per_minute * (end - start), 60_000)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     per_minute=st.integers(min_value=1, max_value=100_000),

@@ -52,10 +52,25 @@ def seconds_to_wait(level_q: int, q: int, cost: int, window: int, period: int, s
     return -(-over // (q * second)) if over > 0 else 0
 
 
+def refund(amount_q: int, ahead_q: int) -> int:
+    """How much of a refund of ``amount_q`` still applies (all scaled by ``q``).
+
+    ``ahead_q`` is how far the end of the grant's own charge (the TAT just after it)
+    is ahead of now. The part of the charge behind now has been refilled by time
+    already, whatever was charged after it: crediting it again would let the bucket
+    admit more than its bound. So a refund gives back at most ``ahead_q``, and
+    nothing once the charge lies wholly in the past (at the latest ``window`` after
+    the admission). Never more than was charged: ``amount_q`` is at most the charge.
+    """
+    if ahead_q <= 0:
+        return 0
+    return amount_q if amount_q < ahead_q else ahead_q
+
+
 class Outcome:
     """One decision: admitted or not, each limit's state after it, and the wait."""
 
-    __slots__ = ("admitted", "blocker", "remaining", "reset", "retry_after", "stamp")
+    __slots__ = ("admitted", "blocker", "ends", "remaining", "reset", "retry_after", "stamp")
 
     def __init__(
         self,
@@ -65,6 +80,7 @@ class Outcome:
         retry_after: int = 0,
         blocker: int = -1,
         stamp: float = 0.0,
+        ends: Sequence[int] = (),
     ) -> None:
         self.admitted = admitted
         self.remaining = remaining
@@ -77,6 +93,9 @@ class Outcome:
         """Index of the limit that waits longest; -1 if admitted."""
         self.stamp = stamp
         """The backend's clock at the decision, in seconds (reservation age is measured on it)."""
+        self.ends = ends
+        """If admitted: each limit's exact TAT just after its charge, scaled by its ``q``, in
+        the backend's time unit. A refund gives back at most what is still ahead of now."""
 
 
 class Backend(Protocol):
@@ -87,11 +106,21 @@ class Backend(Protocol):
     async def acquire_async(self, limits: Sequence[Limit], costs: Sequence[int]) -> Outcome: ...
 
     def adjust(
-        self, limits: Sequence[Limit], deltas: Sequence[int], stamp: float, ttl: float
+        self,
+        limits: Sequence[Limit],
+        deltas: Sequence[int],
+        ends: Sequence[int],
+        stamp: float,
+        ttl: float,
     ) -> None: ...
 
     async def adjust_async(
-        self, limits: Sequence[Limit], deltas: Sequence[int], stamp: float, ttl: float
+        self,
+        limits: Sequence[Limit],
+        deltas: Sequence[int],
+        ends: Sequence[int],
+        stamp: float,
+        ttl: float,
     ) -> None: ...
 
     def forget_denial(self, limits: Sequence[Limit]) -> None: ...

@@ -13,7 +13,17 @@ from ._ratelimit_headers import UNKNOWN, HeaderRenderer
 class Grant:
     """An admission: what was charged and each limit's state, for headers and settling."""
 
-    __slots__ = ("_open", "_renderer", "costs", "degraded", "limits", "remaining", "reset", "stamp")
+    __slots__ = (
+        "_ends",
+        "_open",
+        "_renderer",
+        "costs",
+        "degraded",
+        "limits",
+        "remaining",
+        "reset",
+        "stamp",
+    )
 
     def __init__(
         self,
@@ -31,6 +41,7 @@ class Grant:
         if outcome is None:
             self.remaining = self.reset = [UNKNOWN] * len(limits)
             self.stamp = 0.0
+            self._ends: Sequence[int] = ()
             self.degraded = True
             """Admitted without the storage (``fail_open``): nothing to settle or release."""
             self._open = False
@@ -38,6 +49,7 @@ class Grant:
             self.remaining = outcome.remaining
             self.reset = outcome.reset
             self.stamp = outcome.stamp
+            self._ends = outcome.ends
             self.degraded = False
             self._open = bool(limits)
 

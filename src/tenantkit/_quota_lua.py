@@ -104,13 +104,16 @@ return out
 )
 
 # KEYS: one bucket per limit. ARGV[1]: grant stamp µs, ARGV[2]: ttl µs; then per
-# limit q, the sign of the delta and its size (whole µs and remainder).
+# limit q, the sign of the delta, its size (whole µs and remainder) and, for a refund,
+# the grant's exact TAT just after its charge (whole µs and remainder). A refund gives
+# back at most what of that charge is still ahead of now: the part behind now has been
+# refilled by time already (see ``_quota_core.refund``).
 ADJUST_LUA = (
     _LUA_BUCKETS
     + """
 local fresh = now - tonumber(ARGV[1]) <= tonumber(ARGV[2])
 for i = 1, #KEYS do
-  local a = 4 * i - 1
+  local a = 6 * i - 3
   local q = tonumber(ARGV[a])
   local sign = tonumber(ARGV[a + 1])
   if q > 0 and sign ~= 0 and (sign > 0 or fresh) then
@@ -118,7 +121,9 @@ for i = 1, #KEYS do
     local inc, irem = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
     if sign < 0 then
       -- A refund beyond a full bucket is meaningless; an absent bucket is full.
-      if tat > now or (tat == now and rem > 0) then
+      local aw, ar = tonumber(ARGV[a + 4]) - now, tonumber(ARGV[a + 5])
+      if aw < inc or (aw == inc and ar < irem) then inc, irem = aw, ar end
+      if (tat > now or (tat == now and rem > 0)) and (inc > 0 or (inc == 0 and irem > 0)) then
         tat, rem = tat - inc, rem - irem
         if rem < 0 then tat, rem = tat - 1, rem + q end
         store(KEYS[i], tat, rem, now)

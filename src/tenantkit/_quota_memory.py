@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ._quota_core import PERIOD_SECONDS, Outcome, seconds_to_full, units_left
+from ._quota_core import PERIOD_SECONDS, Outcome, refund, seconds_to_full, units_left
 
 if TYPE_CHECKING:
     from .quotas import Limit
@@ -52,6 +52,7 @@ class MemoryBackend:
         window = self._window
         remaining: list[int] = []
         reset: list[int] = []
+        ends: list[int] = []
         retry = 0
         blocker = -1
         staged: dict[str, tuple[int, int]] = {}
@@ -64,6 +65,7 @@ class MemoryBackend:
                         retry, blocker = PERIOD_SECONDS, i
                     remaining.append(0)
                     reset.append(0)
+                    ends.append(0)
                     continue
                 cost = costs[i]
                 key = limit.key
@@ -79,6 +81,7 @@ class MemoryBackend:
                     wait = -(-over // (q * NS))
                     if wait > retry:
                         retry, blocker = wait, i
+                ends.append(base + charge)
                 staged[key] = divmod(base + charge, q)
                 left = (window * q - level) // PERIOD_NS
                 remaining.append(left if left > 0 else 0)
@@ -89,17 +92,23 @@ class MemoryBackend:
                         self._make_room(now)
                         self._ring.append(key)
                     tat[key] = value
-                return Outcome(True, remaining, reset, 0, -1, now / NS)
+                return Outcome(True, remaining, reset, 0, -1, now / NS, ends)
             # Denied: report every limit as it stands, uncharged.
             remaining, reset = _state(limits, tat, now, window)
         return Outcome(False, remaining, reset, retry, blocker, now / NS)
 
     def adjust(
-        self, limits: Sequence[Limit], deltas: Sequence[int], stamp: float, ttl: float
+        self,
+        limits: Sequence[Limit],
+        deltas: Sequence[int],
+        ends: Sequence[int],
+        stamp: float,
+        ttl: float,
     ) -> None:
         """Charge positive deltas; refund negative ones unless the grant is older than ``ttl``.
 
-        Exactly: a refund gives back what the same charge took.
+        Exactly: a refund gives back what the same charge took, less what time has
+        refilled since: at most the part of the charge still ahead of now (see ``refund``).
         """
         now_s = self._clock()
         now = round(now_s * NS)
@@ -117,7 +126,9 @@ class MemoryBackend:
                 if delta < 0:
                     # A refund beyond a full bucket is meaningless; an absent bucket is full.
                     if fresh and prior is not None and (exact := _exact(prior, q)) > now_q:
-                        tat[key] = divmod(exact + delta * PERIOD_NS, q)
+                        back = refund(-delta * PERIOD_NS, ends[i] - now_q)
+                        if back:
+                            tat[key] = divmod(exact - back, q)
                     continue
                 if prior is None:
                     self._make_room(now)
@@ -145,10 +156,15 @@ class MemoryBackend:
         return self.acquire(limits, costs)
 
     async def adjust_async(
-        self, limits: Sequence[Limit], deltas: Sequence[int], stamp: float, ttl: float
+        self,
+        limits: Sequence[Limit],
+        deltas: Sequence[int],
+        ends: Sequence[int],
+        stamp: float,
+        ttl: float,
     ) -> None:
         """Same as ``adjust``."""
-        self.adjust(limits, deltas, stamp, ttl)
+        self.adjust(limits, deltas, ends, stamp, ttl)
 
     def forget_denial(self, limits: Sequence[Limit]) -> None:
         """Nothing to forget: memory caches no denials."""

@@ -218,10 +218,15 @@ class RedisBackend:
         return self._outcome(limits, costs, reply, sent)
 
     def adjust(
-        self, limits: Sequence[Limit], deltas: Sequence[int], stamp: float, ttl: float
+        self,
+        limits: Sequence[Limit],
+        deltas: Sequence[int],
+        ends: Sequence[int],
+        stamp: float,
+        ttl: float,
     ) -> None:
         """Charge or refund in one round trip; refunds of grants older than ``ttl`` are void."""
-        keys, args = self._adjust_args(limits, deltas, stamp, ttl)
+        keys, args = self._adjust_args(limits, deltas, ends, stamp, ttl)
         _, _, script = self._client()
         try:
             self.round_trips += 1
@@ -230,10 +235,15 @@ class RedisBackend:
             raise StorageError(f"quota storage failed: {exc}") from exc
 
     async def adjust_async(
-        self, limits: Sequence[Limit], deltas: Sequence[int], stamp: float, ttl: float
+        self,
+        limits: Sequence[Limit],
+        deltas: Sequence[int],
+        ends: Sequence[int],
+        stamp: float,
+        ttl: float,
     ) -> None:
         """``adjust`` on the asyncio client."""
-        keys, args = self._adjust_args(limits, deltas, stamp, ttl)
+        keys, args = self._adjust_args(limits, deltas, ends, stamp, ttl)
         try:
             _, _, script = self._aclient()
             self.round_trips += 1
@@ -267,7 +277,12 @@ class RedisBackend:
         return keys, args
 
     def _adjust_args(
-        self, limits: Sequence[Limit], deltas: Sequence[int], stamp: float, ttl: float
+        self,
+        limits: Sequence[Limit],
+        deltas: Sequence[int],
+        ends: Sequence[int],
+        stamp: float,
+        ttl: float,
     ) -> tuple[list[str], list[int]]:
         # Whatever is cached about these buckets is about to be wrong: forget it first
         # (a call that times out may still have run).
@@ -275,11 +290,13 @@ class RedisBackend:
         prefix = self._prefix
         keys = [prefix + limit.key for limit in limits]
         args = [round(stamp * US), round(ttl * US)]
-        for limit, delta in zip(limits, deltas, strict=True):
+        for i, (limit, delta) in enumerate(zip(limits, deltas, strict=True)):
             q = limit.per_minute
             args.append(q)
             args.append((delta > 0) - (delta < 0))
             args.extend(charge(abs(delta), q))
+            # The end of the grant's charge (its exact TAT after it), for a refund's cap.
+            args.extend(divmod(ends[i], q) if delta < 0 and q > 0 else (0, 0))
         return keys, args
 
     def _outcome(
@@ -288,12 +305,14 @@ class RedisBackend:
         admitted, now = int(reply[0]), int(reply[1])
         window = self._window
         levels: list[int] = []
+        ends: list[int] = []
         remaining: list[int] = []
         reset: list[int] = []
         for i, limit in enumerate(limits):
             q = limit.per_minute
             level = int(reply[2 * i + 2]) * q + int(reply[2 * i + 3]) if q > 0 else 0
             levels.append(level)
+            ends.append(now * q + level)
             remaining.append(units_left(level, q, window, PERIOD_US))
             reset.append(seconds_to_full(level, q, US))
         retry, blocker = 0, -1
@@ -305,7 +324,7 @@ class RedisBackend:
             # The script and this arithmetic agree exactly; never report a 0 s wait anyway.
             retry, blocker = max(retry, 1), max(blocker, 0)
         self._cache.remember(limits, levels, sent, retry, admitted)
-        return Outcome(bool(admitted), remaining, reset, retry, blocker, now / US)
+        return Outcome(bool(admitted), remaining, reset, retry, blocker, now / US, ends)
 
     # -- lifecycle --------------------------------------------------------------------
 

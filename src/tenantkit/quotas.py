@@ -343,7 +343,7 @@ class QuotaEngine:
         if not any(deltas):
             return
         try:
-            self._backend.adjust(grant.limits, deltas, grant.stamp, self._ttl)
+            self._backend.adjust(grant.limits, deltas, grant._ends, grant.stamp, self._ttl)
         except StorageError as exc:
             self._stats.storage_errors += 1
             self._log_failure(exc, "the token reservation stays as estimated")
@@ -355,7 +355,9 @@ class QuotaEngine:
         if not any(deltas):
             return
         try:
-            await self._backend.adjust_async(grant.limits, deltas, grant.stamp, self._ttl)
+            await self._backend.adjust_async(
+                grant.limits, deltas, grant._ends, grant.stamp, self._ttl
+            )
         except StorageError as exc:
             self._stats.storage_errors += 1
             self._log_failure(exc, "the token reservation stays as estimated")
