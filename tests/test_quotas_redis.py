@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import subprocess
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -117,7 +120,7 @@ def test_an_async_refund_that_times_out_still_clears_the_cached_denial(
     async def run() -> int:
         grant = await engine.acquire_async([TOKENS], tokens=50_000)
         assert engine._redis is not None
-        client, acquire_script, adjust_script = engine._redis._aclient()
+        client, acquire_script, adjust_script = await engine._redis._aclient()
 
         async def lost_reply(**kwargs: Any) -> Any:
             with pytest.raises(QuotaExceeded):
@@ -125,7 +128,11 @@ def test_an_async_refund_that_times_out_still_clears_the_cached_denial(
             await adjust_script(**kwargs)
             raise redis.exceptions.TimeoutError("Timeout reading from socket")
 
-        engine._redis._async = (client, acquire_script, lost_reply)
+        engine._redis._async.clients[asyncio.get_running_loop()] = (
+            client,
+            acquire_script,
+            lost_reply,
+        )
         assert await engine.release_async(grant)
         try:
             return (await engine.acquire_async([TOKENS], tokens=10_000)).remaining[0]
@@ -168,6 +175,79 @@ def test_async_path_uses_the_async_client(engine: QuotaEngine) -> None:
     asyncio.run(run())
     assert engine._redis is not None
     assert engine._redis._sync is None
+
+
+def test_a_loops_client_closes_with_the_loop(
+    redis_url: str, redis_prefix: str, client: redis.Redis
+) -> None:
+    """Each ``asyncio.run`` is a new loop with a client of its own, closed with the loop.
+
+    The backend used to replace the client without closing the old one, whose
+    connections stay in reference cycles until the cyclic GC runs: one more Redis
+    connection per loop (with the GC off, as it may be for a while). A loop closed
+    without shutting its async generators down has its client's sockets shut when
+    the next loop starts.
+    """
+    engine = QuotaEngine(
+        QuotaSettings(storage_uri=redis_url),
+        key_prefix=redis_prefix,
+        storage_options={"client_name": redis_prefix},
+    )
+
+    async def admit() -> None:
+        await engine.acquire_async([TOKENS], tokens=1)
+
+    def connected() -> int:
+        return sum(1 for c in client.client_list() if c.get("name") == redis_prefix)
+
+    gc.disable()
+    try:
+        for _ in range(4):
+            asyncio.run(admit())  # the app never closes the engine on this loop
+            assert connected() == 0
+        bare = asyncio.new_event_loop()
+        bare.run_until_complete(admit())
+        bare.close()  # no shutdown_asyncgens: the client is left open
+        assert connected() == 1
+        asyncio.run(admit())
+        for _ in range(200):  # the server sees the shut sockets' EOF at once
+            if connected() == 0:
+                break
+            time.sleep(0.01)
+        assert connected() == 0
+        engine.close()
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # the shut sockets' objects
+            gc.enable()
+            gc.collect()
+
+
+def test_a_running_loop_keeps_its_client(engine: QuotaEngine) -> None:
+    """A loop in another thread keeps its client while a second loop uses the engine.
+
+    The backend used to replace the client whenever another loop asked, under the
+    first loop's calls in flight.
+    """
+    assert engine._redis is not None
+    backend = engine._redis
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever)
+    thread.start()
+
+    async def client_of() -> Any:
+        await engine.acquire_async([TOKENS], tokens=1)
+        return await backend._aclient()
+
+    try:
+        first = asyncio.run_coroutine_threadsafe(client_of(), other).result(5)
+        asyncio.run(client_of())
+        assert asyncio.run_coroutine_threadsafe(client_of(), other).result(5) is first
+        asyncio.run_coroutine_threadsafe(engine.aclose(), other).result(5)
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        thread.join()
+        other.close()
 
 
 def test_tenant_keys_share_a_cluster_slot() -> None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._quota_clients import LoopClients
 from ._quota_core import (
     Outcome,
     seconds_to_full,
@@ -104,8 +105,7 @@ class RedisBackend:
         self._check_uri()
         self._lock = threading.Lock()
         self._sync: Any = None
-        self._async: Any = None
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async = LoopClients(lambda: self._connect("async+" + self._uri))
         self._cache = DenyCache(self._prefix, self._window)
         self.round_trips = 0
 
@@ -142,13 +142,9 @@ class RedisBackend:
                     self._sync = self._connect(self._uri)
         return self._sync
 
-    def _aclient(self) -> Any:
+    async def _aclient(self) -> Any:
         # An asyncio connection belongs to the loop that opened it: one client per loop.
-        loop = asyncio.get_running_loop()
-        if self._async is None or self._async_loop is not loop:
-            self._async = self._connect("async+" + self._uri)
-            self._async_loop = loop
-        return self._async
+        return await self._async.get()
 
     def _connect(self, uri: str) -> Any:
         from limits.errors import ConfigurationError as LimitsConfigurationError
@@ -209,7 +205,7 @@ class RedisBackend:
             return cached
         keys, args = self._acquire_args(limits, costs)
         try:
-            _, script, _ = self._aclient()
+            _, script, _ = await self._aclient()
             sent = time.monotonic_ns()
             self.round_trips += 1
             reply = await script(keys=keys, args=args)
@@ -245,7 +241,7 @@ class RedisBackend:
         """``adjust`` on the asyncio client."""
         keys, args = self._adjust_args(limits, deltas, ends, stamp, ttl)
         try:
-            _, _, script = self._aclient()
+            _, _, script = await self._aclient()
             self.round_trips += 1
             await script(keys=keys, args=args)
         except self._errors as exc:
@@ -345,7 +341,7 @@ class RedisBackend:
     async def health_async(self) -> bool:
         """``health`` on the asyncio client."""
         try:
-            client, _, _ = self._aclient()
+            client, _, _ = await self._aclient()
             self.round_trips += 1
             return bool(await client.set(self._prefix + "health", "1", px=HEALTH_TTL_MS))
         except Exception:  # any failure to answer is the answer
@@ -353,7 +349,8 @@ class RedisBackend:
             return False
 
     def close(self) -> None:
-        """Close the sync client's connections."""
+        """Close the sync client's connections (and those of asyncio clients whose loop closed)."""
+        self._async.drop_closed()
         if self._sync is not None:
             client = self._sync[0]
             self._sync = None
@@ -363,12 +360,6 @@ class RedisBackend:
                 pool.disconnect()
 
     async def aclose(self) -> None:
-        """Close both clients' connections."""
+        """Close the sync client's and the asyncio clients' connections."""
         self.close()
-        if self._async is not None:
-            client = self._async[0]
-            self._async = None
-            await client.aclose()
-            pool = getattr(client, "connection_pool", None)
-            if pool is not None:
-                await pool.disconnect()
+        await self._async.aclose()
