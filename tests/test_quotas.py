@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -482,6 +483,36 @@ def test_a_quota_change_keeps_the_bucket(make_engine: EngineFactory) -> None:
     engine.acquire([tokens_limit(999)], tokens=500)  # 30.03 s of the bucket
     # (60 - 30.03) s at 7 a minute is 3.49 units.
     assert engine.acquire([tokens_limit(7)], tokens=0).remaining == [3]
+
+
+@pytest.mark.parametrize(
+    ("old", "tokens", "new", "after_us"),
+    [(7, 1, 7001, 575_428), (7, 3, 1003, 18_476_000), (7001, 4, 13, 2_000)],
+)
+def test_a_plan_change_decides_as_the_exact_tat(
+    make_engine: EngineFactory,
+    advance: Callable[[float], None],
+    old: int,
+    tokens: int,
+    new: int,
+    after_us: int,
+) -> None:
+    """After a quota change both backends answer what exact arithmetic on the TAT gives.
+
+    The remainder of a TAT (in 1/q_old of a ns or µs) used to be read as if it
+    were in 1/q_new, an error below one time unit that still crossed decision
+    boundaries: 1 token at 7/min, then 7001/min 0.575428 s later, read 6,068
+    tokens left on both backends where 6,067 are; 3 at 7/min then 1003/min read
+    882 on Redis and 881 in memory.
+    """
+    engine = make_engine()
+    engine.acquire([tokens_limit(old)], tokens=tokens)
+    advance(after_us / 1_000_000)
+    level = Fraction(tokens * 60, old) - Fraction(after_us, 1_000_000)
+    expected = math.floor((60 - level) * new / 60)
+    assert remaining_of(engine, tokens_limit(new)) == expected
+    engine.acquire([tokens_limit(new)], tokens=1)  # stored under the new quota now
+    assert remaining_of(engine, tokens_limit(new)) == expected - 1
 
 
 @pytest.mark.parametrize(

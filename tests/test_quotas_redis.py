@@ -496,19 +496,53 @@ def test_buckets_written_before_exact_tats_are_read(
 def test_exact_buckets_stay_numbers_for_older_readers(
     engine: QuotaEngine, client: redis.Redis, redis_prefix: str
 ) -> None:
-    """A TAT with a remainder is stored as "<tat>.<rem>": tonumber() reads it within 1 µs."""
+    """A TAT with a remainder is stored as "<tat>.<rem><q>": tonumber() reads it within 1 µs."""
     limit = Limit("tenant-requests", "{acme}:requests", "requests", 7)
     engine.acquire([limit], tokens=0)
     raw = client.get(f"{redis_prefix}:{limit.key}")
     assert raw is not None
-    tat, rem = (int(part) for part in raw.split(b"."))
-    assert 0 < rem < 7
+    whole, digits = raw.split(b".")
+    tat, rem, q = int(whole), int(digits[:10]), int(digits[10:])
+    assert len(digits) == 20
+    assert (q, rem) == (7, 60_000_000 % 7)
     read = client.eval(
         "return string.format('%.3f', tonumber(redis.call('GET', KEYS[1])))",
         1,
         f"{redis_prefix}:{limit.key}",
     )
     assert abs(float(read) - tat) <= 1
+
+
+def test_exact_buckets_of_the_previous_format_are_read(
+    engine: QuotaEngine, client: redis.Redis, redis_prefix: str
+) -> None:
+    """A bucket stored as "<tat>.<rem>" (without its q) is read with rem clamped below q."""
+    seconds, micros = client.time()
+    now = seconds * 1_000_000 + micros
+    client.set(f"{redis_prefix}:{REQUESTS.key}", f"{now + 30_000_000}.999", px=31_000)
+    assert engine.acquire([REQUESTS], tokens=0).remaining == [4]
+
+
+@pytest.mark.parametrize(
+    ("rem", "written", "q"),
+    [
+        (2_147_483_646, 2_147_483_647, 2_147_483_629),  # rem·q is far past 2^53
+        (1_999_999_999, 2_000_000_000, 1_999_999_998),  # ceil(rem·q/written) == q: a carry
+        (3, 7, 1003),
+        (1_234_567, 9_999_999_999, 7),
+    ],
+)
+def test_a_remainder_is_rescaled_exactly_to_a_new_quota(
+    client: redis.Redis, redis_prefix: str, rem: int, written: int, q: int
+) -> None:
+    """The script rounds rem·q/written up exactly, although Lua computes in doubles."""
+    from tenantkit._quota_lua import _LUA_BUCKETS
+
+    key = f"{redis_prefix}:{{acme}}:tokens"
+    client.set(key, f"5000000.{rem:010d}{written:010d}")
+    script = _LUA_BUCKETS + "local tat, rem = load(KEYS[1], tonumber(ARGV[1]))\nreturn {tat, rem}"
+    tat, got = client.eval(script, 1, key, q)
+    assert divmod(5_000_000 * q + -(-rem * q // written), q) == (tat, got)
 
 
 def test_a_huge_debt_is_capped(engine: QuotaEngine) -> None:

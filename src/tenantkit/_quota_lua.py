@@ -18,12 +18,17 @@ every value the scripts compute stays below ``now + 2·MAX_DEBT_US < 2^53`` unti
 the year 2200 (``now`` is about 1.7e15 µs in 2024, and ``2^53`` is 9.0e15)."""
 
 # Bucket values: the exact TAT is ``tat + rem/q`` µs (0 <= rem < q), stored as the
-# string "<tat>" when rem is 0 and "<tat>.<rem>" otherwise. The digits after the dot
-# are the integer rem, not a decimal fraction: the code before exact TATs read
-# buckets with tonumber(), and still reads such a value as a TAT within 1 µs of the
-# truth, so a rolling upgrade neither resets nor misreads a bucket; keys written
-# before (a plain integer) are read with rem 0. A rem stored under a larger q (a plan
-# change) is clamped to q - 1, an error below 1 µs.
+# string "<tat>" when rem is 0 and "<tat>.<rem><q>" otherwise, rem and the q it was
+# written under as 10 digits each (quotas are 32-bit). The digits after the dot are
+# integers, not a decimal fraction: the code before exact TATs read buckets with
+# tonumber(), and still reads such a value as a TAT within 1 µs of the truth, so a
+# rolling upgrade neither resets nor misreads a bucket; the code before this format
+# clamps the 20 digits to q - 1 (within 1 µs too). Keys written before (a plain
+# integer) are read with rem 0, and "<tat>.<rem>" (a rem with fewer than 20 digits) as
+# then: clamped to q - 1. A rem written under another q (a plan change) is rescaled
+# to the reader's q and rounded up, ceil(rem·q/q_old): every boundary a decision
+# compares with is a multiple of 1/q µs, so this decides as the exact TAT would, and
+# as the memory backend does.
 #
 # No product or quotient of large numbers is computed in Lua: Python divides each
 # charge ``cost·60e6/q`` µs into whole µs and a remainder in 1/q µs (``divmod``, exact
@@ -31,29 +36,54 @@ the year 2200 (``now`` is about 1.7e15 µs in 2024, and ``2^53`` is 9.0e15)."""
 # largest remainder sum, ``2q``, stays exact for any q below 2^52 (quotas are stored
 # as 32-bit integers).
 _LUA_BUCKETS = """
+local function divmod(x, c)
+  local d = math.floor(x / c)
+  local r = x - d * c
+  if r < 0 then d, r = d - 1, r + c elseif r >= c then d, r = d + 1, r - c end
+  return d, r
+end
+-- ceil(a·b/c) for a < c and b below 2^32, exact although a·b may pass 2^53
+local function rescale(a, b, c)
+  local hi, lo = math.floor(b / 65536), b % 65536
+  local d1, r1 = divmod(a * hi, c)
+  local d2, r2 = divmod(r1 * 65536 + a * lo, c)
+  if r2 > 0 then d2 = d2 + 1 end
+  return d1 * 65536 + d2
+end
 local function load(key, q)
   local v = redis.call('GET', key)
   if not v then return 0, 0 end
   local dot = string.find(v, '.', 1, true)
   if dot == nil then return tonumber(v) or 0, 0 end
-  local rem = tonumber(string.sub(v, dot + 1)) or 0
-  if rem >= q then rem = q - 1 end
+  local tat = tonumber(string.sub(v, 1, dot - 1)) or 0
+  local rem, written = 0, q
+  if #v - dot == 20 then
+    rem = tonumber(string.sub(v, dot + 1, dot + 10)) or 0
+    written = tonumber(string.sub(v, dot + 11)) or q
+  else
+    rem = tonumber(string.sub(v, dot + 1)) or 0
+  end
+  if written ~= q and written > rem and rem > 0 then rem = rescale(rem, q, written) end
+  if rem >= q then
+    if written ~= q and rem == q then return tat + 1, 0 end
+    rem = q - 1
+  end
   if rem < 0 then rem = 0 end
-  return tonumber(string.sub(v, 1, dot - 1)) or 0, rem
+  return tat, rem
 end
 local function add(tat, rem, q, inc, irem)
   tat, rem = tat + inc, rem + irem
   if rem >= q then tat, rem = tat + 1, rem - q end
   return tat, rem
 end
-local function store(key, tat, rem, now)
+local function store(key, tat, rem, now, q)
   if tat < now or (tat == now and rem == 0) then
     redis.call('DEL', key)
     return
   end
   if tat > now + MAX_DEBT then tat, rem = now + MAX_DEBT, 0 end
   local v = string.format('%.0f', tat)
-  if rem > 0 then v = v .. '.' .. string.format('%.0f', rem) end
+  if rem > 0 then v = v .. '.' .. string.format('%010.0f%010.0f', rem, q) end
   redis.call('SET', key, v, 'PX', math.ceil((tat - now) / 1000) + 1)
 end
 local t = redis.call('TIME')
@@ -68,7 +98,7 @@ ACQUIRE_LUA = (
     _LUA_BUCKETS
     + """
 local window = tonumber(ARGV[1])
-local tats, rems, stored = {}, {}, {}
+local tats, rems, stored, qs = {}, {}, {}, {}
 local out = {1, now}
 for i = 1, #KEYS do
   local a = 5 * i - 3
@@ -85,13 +115,14 @@ for i = 1, #KEYS do
     local nt, nr = add(tat, rem, q, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
     if nt > now + window or (nt == now + window and nr > 0) then out[1] = 0 end
     tats[key], rems[key] = add(tat, rem, q, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]))
+    qs[key] = q
     out[2 * i + 1], out[2 * i + 2] = tats[key] - now, rems[key]
   end
 end
 if out[1] == 1 then
   for key, tat in pairs(tats) do
     if tat ~= stored[key][1] + now or rems[key] ~= stored[key][2] then
-      store(key, tat, rems[key], now)
+      store(key, tat, rems[key], now, qs[key])
     end
   end
 else
@@ -126,12 +157,12 @@ for i = 1, #KEYS do
       if (tat > now or (tat == now and rem > 0)) and (inc > 0 or (inc == 0 and irem > 0)) then
         tat, rem = tat - inc, rem - irem
         if rem < 0 then tat, rem = tat - 1, rem + q end
-        store(KEYS[i], tat, rem, now)
+        store(KEYS[i], tat, rem, now, q)
       end
     else
       if tat < now then tat, rem = now, 0 end
       tat, rem = add(tat, rem, q, inc, irem)
-      store(KEYS[i], tat, rem, now)
+      store(KEYS[i], tat, rem, now, q)
     end
   end
 end

@@ -1,12 +1,13 @@
 """In-process GCRA buckets: O(1) per limit, bounded memory, no background thread.
 
 Each bucket is its theoretical arrival time (TAT) in nanoseconds of the engine's
-clock, kept exactly as a pair ``(tat, rem)`` meaning ``tat + rem/q`` ns
-(``0 <= rem < q``). A limit of ``q`` per minute spends ``60/q`` seconds of TAT per
-unit and tolerates a TAT up to ``window`` ahead of now (``window`` = 60 s plus
-the configured burst seconds), which is a token bucket of ``q·window/60`` units
-refilled at ``q/60`` per second. All integer arithmetic, without rounding a
-charge: ``q`` units cost exactly the period, and Retry-After is exact.
+clock, kept exactly as ``(tat, rem, q)`` meaning ``tat + rem/q`` ns
+(``0 <= rem < q``, ``q`` the quota it was written under). A limit of ``q`` per
+minute spends ``60/q`` seconds of TAT per unit and tolerates a TAT up to
+``window`` ahead of now (``window`` = 60 s plus the configured burst seconds),
+which is a token bucket of ``q·window/60`` units refilled at ``q/60`` per
+second. All integer arithmetic, without rounding a charge: ``q`` units cost
+exactly the period, and Retry-After is exact.
 
 A bucket whose TAT has passed is full and carries no information, so it can be
 dropped. Keys sit in a ring: every new key first inspects the two oldest
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 NS = 1_000_000_000
 PERIOD_NS = PERIOD_SECONDS * NS
 
+Entry = tuple[int, int, int]
+"""A bucket: ``(tat, rem, q)``, its exact TAT ``tat + rem/q`` ns and the ``q`` of ``rem``."""
+
 
 class MemoryBackend:
     """Buckets in a dict guarded by one lock (safe under threads and on the event loop)."""
@@ -39,7 +43,7 @@ class MemoryBackend:
         self._clock = clock
         self._max_keys = max_keys
         self._lock = threading.Lock()
-        self._tat: dict[str, tuple[int, int]] = {}
+        self._tat: dict[str, Entry] = {}
         self._ring: deque[str] = deque()
         self.evicted = 0
 
@@ -55,7 +59,7 @@ class MemoryBackend:
         ends: list[int] = []
         retry = 0
         blocker = -1
-        staged: dict[str, tuple[int, int]] = {}
+        staged: dict[str, Entry] = {}
         with self._lock:
             tat = self._tat
             for i, limit in enumerate(limits):
@@ -82,7 +86,7 @@ class MemoryBackend:
                     if wait > retry:
                         retry, blocker = wait, i
                 ends.append(base + charge)
-                staged[key] = divmod(base + charge, q)
+                staged[key] = (*divmod(base + charge, q), q)
                 left = (window * q - level) // PERIOD_NS
                 remaining.append(left if left > 0 else 0)
                 reset.append(-(-level // (q * NS)))
@@ -128,7 +132,7 @@ class MemoryBackend:
                     if fresh and prior is not None and (exact := _exact(prior, q)) > now_q:
                         back = refund(-delta * PERIOD_NS, ends[i] - now_q)
                         if back:
-                            tat[key] = divmod(exact - back, q)
+                            tat[key] = (*divmod(exact - back, q), q)
                     continue
                 if prior is None:
                     self._make_room(now)
@@ -136,14 +140,14 @@ class MemoryBackend:
                     base = now_q
                 else:
                     base = max(_exact(prior, q), now_q)
-                tat[key] = divmod(base + delta * PERIOD_NS, q)
+                tat[key] = (*divmod(base + delta * PERIOD_NS, q), q)
 
     def _make_room(self, now: int) -> None:
         """Drop or rotate the two oldest keys; evict past ``max_keys`` (lock held)."""
         ring, tat = self._ring, self._tat
         for _ in range(min(2, len(ring))):
             key = ring.popleft()
-            if tat[key] <= (now, 0):  # the exact TAT has passed: the bucket is full
+            if tat[key][:2] <= (now, 0):  # the exact TAT has passed: the bucket is full
                 del tat[key]
             else:
                 ring.append(key)
@@ -184,15 +188,21 @@ class MemoryBackend:
         """Nothing to release; the buckets stay valid."""
 
 
-def _exact(entry: tuple[int, int], q: int) -> int:
-    """A stored TAT scaled by ``q``; a ``rem`` stored under a larger ``q`` (a plan change)
-    is clamped to ``q - 1``, an error below one nanosecond."""
-    tat, rem = entry
-    return tat * q + (rem if rem < q else q - 1)
+def _exact(entry: Entry, q: int) -> int:
+    """A stored TAT scaled by ``q``, rounded up if it was written under another ``q``.
+
+    After a plan change ``tat + rem/q_old`` is rarely a multiple of ``1/q``; as every
+    boundary a decision compares with is one, the ceiling decides exactly alike
+    (as Redis does, see ``_quota_lua``).
+    """
+    tat, rem, written = entry
+    if rem == 0 or written == q:
+        return tat * q + rem
+    return tat * q - (-rem * q // written)
 
 
 def _state(
-    limits: Sequence[Limit], tat: dict[str, tuple[int, int]], now: int, window: int
+    limits: Sequence[Limit], tat: dict[str, Entry], now: int, window: int
 ) -> tuple[list[int], list[int]]:
     """Remaining whole units and whole seconds to full, per limit, without the charge."""
     remaining: list[int] = []
