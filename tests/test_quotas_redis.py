@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from tests._redis_server import redis_server
+from tests._redis_server import SENTINEL_SERVICE, redis_sentinel, redis_server
 
 from tenantkit.errors import QuotaExceeded, ServiceUnavailable
 from tenantkit.quotas import Limit, QuotaEngine
@@ -415,6 +415,49 @@ def test_every_storage_scheme_fails_closed(uri: str, redis_url: str) -> None:
 
     asyncio.run(run())
     assert not engine.health()
+
+
+def _clients_of(port: int) -> int:
+    """How many app connections a Redis (or sentinel) has, once closes have been seen.
+
+    Neither this probe nor a sentinel's own links to the master count.
+    """
+    with redis.Redis(port=port) as probe:
+        for _ in range(100):  # the server sees a close a moment after the client
+            count = sum(
+                not client["name"].startswith("sentinel-") for client in probe.client_list()
+            )
+            count -= 1
+            if count == 0:
+                break
+            time.sleep(0.01)
+        return count
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_closing_a_sentinel_engine_closes_its_sentinel_connections(
+    asynchronous: bool, redis_url: str
+) -> None:
+    """close() and aclose() also close the connections to the sentinels, not only the master's."""
+    with redis_sentinel() as (master, sentinel):
+        uri = f"redis+sentinel://127.0.0.1:{sentinel}/{SENTINEL_SERVICE}"
+        engine = QuotaEngine(QuotaSettings(storage_uri=uri, timeout_seconds=2.0))
+
+        async def run() -> int:
+            await engine.acquire_async(ALL_FOUR, tokens=1)
+            opened = _clients_of(sentinel)
+            await engine.aclose()
+            return opened
+
+        if asynchronous:
+            opened = asyncio.run(run())
+        else:
+            engine.acquire(ALL_FOUR, tokens=1)
+            opened = _clients_of(sentinel)
+            engine.close()
+        assert opened >= 1
+        assert _clients_of(sentinel) == 0
+        assert _clients_of(master) == 0
 
 
 def test_settle_soon_leaves_the_request_without_a_round_trip(engine: QuotaEngine) -> None:

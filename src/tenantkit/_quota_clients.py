@@ -22,7 +22,7 @@ from typing import Any
 
 
 class LoopClients:
-    """``(client, acquire script, adjust script)`` per event loop, built by ``connect``."""
+    """A ``Connected`` (client, scripts, sentinel clients) per event loop, built by ``connect``."""
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
@@ -95,7 +95,8 @@ class _Watch:
     def abandon(self) -> None:
         """The loop is gone: shut the sockets and finish the generator without awaiting."""
         self._abandoned = True
-        _shut_down(self._client[0])
+        for client in (self._client[0], *self._client[3]):
+            _shut_down(client)
         with contextlib.suppress(StopIteration, RuntimeError):
             self._gen.aclose().send(None)
 
@@ -106,6 +107,8 @@ class _Watch:
             if not self._abandoned:  # (abandoned under the owner's lock, already forgotten)
                 self._owner._forget(self._loop, self)
                 await _close(self._client[0])
+                for sentinel in self._client[3]:  # a Sentinel's own connections to its sentinels
+                    await _close(sentinel)
 
 
 async def _close(client: Any) -> None:

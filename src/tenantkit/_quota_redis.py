@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._quota_clients import LoopClients
 from ._quota_core import (
@@ -42,6 +42,16 @@ POOL_TIMEOUT = 1.0
 BASIC_SCHEMES = ("redis", "rediss", "redis+unix")
 HEALTH_TTL_MS = 10_000
 log = logging.getLogger("tenantkit")
+
+
+class Connected(NamedTuple):
+    """One path's client, its two registered scripts, and the sentinel clients behind it."""
+
+    client: Any
+    acquire: Any
+    adjust: Any
+    sentinels: tuple[Any, ...]
+    """A Sentinel's own connections to its sentinels: the client's close leaves them open."""
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -104,7 +114,7 @@ class RedisBackend:
         self._errors = _errors()
         self._check_uri()
         self._lock = threading.Lock()
-        self._sync: Any = None
+        self._sync: Connected | None = None
         self._async = LoopClients(lambda: self._connect("async+" + self._uri))
         self._cache = DenyCache(self._prefix, self._window)
         self.round_trips = 0
@@ -135,18 +145,18 @@ class RedisBackend:
                 f"quota storage {uri!r}: name the sentinel service, redis+sentinel://host:port/name"
             )
 
-    def _client(self) -> Any:
+    def _client(self) -> Connected:
         if self._sync is None:
             with self._lock:
                 if self._sync is None:
                     self._sync = self._connect(self._uri)
         return self._sync
 
-    async def _aclient(self) -> Any:
+    async def _aclient(self) -> Connected:
         # An asyncio connection belongs to the loop that opened it: one client per loop.
         return await self._async.get()
 
-    def _connect(self, uri: str) -> Any:
+    def _connect(self, uri: str) -> Connected:
         from limits.errors import ConfigurationError as LimitsConfigurationError
         from limits.storage import storage_from_string
 
@@ -158,11 +168,14 @@ class RedisBackend:
             if self._uri.split("://", 1)[0] in BASIC_SCHEMES:
                 options = {**options, "connection_pool": self._pool(is_async)}
             storage: Any = storage_from_string(uri, key_prefix=self._prefix[:-1], **options)
-            client = storage.bridge.get_connection() if is_async else storage.get_connection()
-            return (
+            owner = storage.bridge if is_async else storage
+            client = owner.get_connection()
+            sentinel = getattr(owner, "sentinel", None)
+            return Connected(
                 client,
                 client.register_script(ACQUIRE_LUA),
                 client.register_script(ADJUST_LUA),
+                tuple(sentinel.sentinels) if sentinel is not None else (),
             )
         except (LimitsConfigurationError, ValueError, TypeError) as exc:
             # Past the start-up check, a client that cannot be built is an outage
@@ -190,7 +203,7 @@ class RedisBackend:
         if self._cache and (cached := self._cache.answer(limits, costs)) is not None:
             return cached
         keys, args = self._acquire_args(limits, costs)
-        _, script, _ = self._client()
+        script = self._client().acquire
         sent = time.monotonic_ns()
         try:
             self.round_trips += 1
@@ -205,7 +218,7 @@ class RedisBackend:
             return cached
         keys, args = self._acquire_args(limits, costs)
         try:
-            _, script, _ = await self._aclient()
+            script = (await self._aclient()).acquire
             sent = time.monotonic_ns()
             self.round_trips += 1
             reply = await script(keys=keys, args=args)
@@ -223,7 +236,7 @@ class RedisBackend:
     ) -> None:
         """Charge or refund in one round trip; refunds of grants older than ``ttl`` are void."""
         keys, args = self._adjust_args(limits, deltas, ends, stamp, ttl)
-        _, _, script = self._client()
+        script = self._client().adjust
         try:
             self.round_trips += 1
             script(keys=keys, args=args)
@@ -241,7 +254,7 @@ class RedisBackend:
         """``adjust`` on the asyncio client."""
         keys, args = self._adjust_args(limits, deltas, ends, stamp, ttl)
         try:
-            _, _, script = await self._aclient()
+            script = (await self._aclient()).adjust
             self.round_trips += 1
             await script(keys=keys, args=args)
         except self._errors as exc:
@@ -331,7 +344,7 @@ class RedisBackend:
         both of which refuse every admission.
         """
         try:
-            client, _, _ = self._client()
+            client = self._client().client
             self.round_trips += 1
             return bool(client.set(self._prefix + "health", "1", px=HEALTH_TTL_MS))
         except Exception:  # any failure to answer is the answer
@@ -341,7 +354,7 @@ class RedisBackend:
     async def health_async(self) -> bool:
         """``health`` on the asyncio client."""
         try:
-            client, _, _ = await self._aclient()
+            client = (await self._aclient()).client
             self.round_trips += 1
             return bool(await client.set(self._prefix + "health", "1", px=HEALTH_TTL_MS))
         except Exception:  # any failure to answer is the answer
@@ -349,15 +362,17 @@ class RedisBackend:
             return False
 
     def close(self) -> None:
-        """Close the sync client's connections (and those of asyncio clients whose loop closed)."""
+        """Close the sync client and its sentinels' connections, and closed loops' clients."""
         self._async.drop_closed()
         if self._sync is not None:
-            client = self._sync[0]
+            client, _, _, sentinels = self._sync
             self._sync = None
             client.close()
             pool = getattr(client, "connection_pool", None)  # a cluster client has none
             if pool is not None:
                 pool.disconnect()
+            for sentinel in sentinels:
+                sentinel.close()
 
     async def aclose(self) -> None:
         """Close the sync client's and the asyncio clients' connections."""
