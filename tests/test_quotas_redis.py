@@ -98,7 +98,8 @@ def test_a_refund_that_times_out_still_clears_the_cached_denial(engine: QuotaEng
     """
     grant = engine.acquire([TOKENS], tokens=50_000)
     assert engine._redis is not None
-    client, acquire_script, adjust_script = engine._redis._client()
+    connected = engine._redis._client()
+    adjust_script = connected.adjust
 
     def lost_reply(**kwargs: Any) -> Any:
         with pytest.raises(QuotaExceeded):  # decided by Redis, then cached
@@ -106,7 +107,7 @@ def test_a_refund_that_times_out_still_clears_the_cached_denial(engine: QuotaEng
         adjust_script(**kwargs)
         raise redis.exceptions.TimeoutError("Timeout reading from socket")
 
-    engine._redis._sync = (client, acquire_script, lost_reply)
+    engine._redis._sync = connected._replace(adjust=lost_reply)
     assert engine.release(grant)
     assert engine.stats.storage_errors == 1
     assert engine.acquire([TOKENS], tokens=10_000).remaining[0] >= 40_000
@@ -120,7 +121,8 @@ def test_an_async_refund_that_times_out_still_clears_the_cached_denial(
     async def run() -> int:
         grant = await engine.acquire_async([TOKENS], tokens=50_000)
         assert engine._redis is not None
-        client, acquire_script, adjust_script = await engine._redis._aclient()
+        connected = await engine._redis._aclient()
+        adjust_script = connected.adjust
 
         async def lost_reply(**kwargs: Any) -> Any:
             with pytest.raises(QuotaExceeded):
@@ -128,11 +130,8 @@ def test_an_async_refund_that_times_out_still_clears_the_cached_denial(
             await adjust_script(**kwargs)
             raise redis.exceptions.TimeoutError("Timeout reading from socket")
 
-        engine._redis._async.clients[asyncio.get_running_loop()] = (
-            client,
-            acquire_script,
-            lost_reply,
-        )
+        loop = asyncio.get_running_loop()
+        engine._redis._async.clients[loop] = connected._replace(adjust=lost_reply)
         assert await engine.release_async(grant)
         try:
             return (await engine.acquire_async([TOKENS], tokens=10_000)).remaining[0]

@@ -144,9 +144,10 @@ class Driver:
         """The Redis client the engine's chosen path (sync or async) connected."""
         backend = self.engine._redis
         assert backend is not None
-        made = backend._sync if self._loop is None else backend._async
-        assert made is not None
-        return made[0]
+        if self._loop is None:
+            assert backend._sync is not None
+            return backend._sync.client
+        return backend._async.clients[self._loop].client
 
     def close(self) -> None:
         if self._loop is None:

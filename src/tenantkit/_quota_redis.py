@@ -154,7 +154,8 @@ class RedisBackend:
 
     async def _aclient(self) -> Connected:
         # An asyncio connection belongs to the loop that opened it: one client per loop.
-        return await self._async.get()
+        connected: Connected = await self._async.get()
+        return connected
 
     def _connect(self, uri: str) -> Connected:
         from limits.errors import ConfigurationError as LimitsConfigurationError
