@@ -386,6 +386,19 @@ def test_unknown_storage_is_a_configuration_error() -> None:
     """An unknown storage scheme fails at start-up, not per request."""
     with pytest.raises(ConfigurationError):
         QuotaEngine(QuotaSettings(storage_uri="mongodb://localhost"))
+    with pytest.raises(ConfigurationError):
+        QuotaEngine(QuotaSettings(storage_uri="async+mongodb://localhost"))
+
+
+def test_limits_async_spelling_is_the_same_memory_storage() -> None:
+    """limits' ``async+memory://`` is accepted: the engine picks its client per path anyway."""
+    engine = QuotaEngine(QuotaSettings(storage_uri="async+memory://"))
+    assert not engine.waits
+    limit = Limit("tenant-requests", "{acme}:requests", "requests", 2)
+    engine.acquire([limit], tokens=0)
+    asyncio.run(engine.acquire_async([limit], tokens=0))
+    with pytest.raises(QuotaExceeded):
+        engine.acquire([limit], tokens=0)
 
 
 def test_settle_soon_runs_in_the_background(make_engine: EngineFactory, backend: str) -> None:

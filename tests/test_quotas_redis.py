@@ -49,6 +49,31 @@ def engine(redis_url: str, redis_prefix: str, client: redis.Redis) -> Iterator[Q
     quotas.close()
 
 
+def test_limits_async_spelling_names_the_same_redis(redis_url: str, redis_prefix: str) -> None:
+    """``async+redis://`` (limits' asyncio spelling) is the same storage, on both paths."""
+    quotas = QuotaEngine(QuotaSettings(storage_uri="async+" + redis_url), key_prefix=redis_prefix)
+    plain = QuotaEngine(QuotaSettings(storage_uri=redis_url), key_prefix=redis_prefix)
+    try:
+        assert quotas.waits and quotas.health()
+        quotas.acquire([KEY_REQUESTS], tokens=0)
+
+        async def twice() -> None:
+            try:
+                for _ in range(2):
+                    await quotas.acquire_async([KEY_REQUESTS], tokens=0)
+            finally:
+                await quotas.aclose()
+
+        asyncio.run(twice())
+        plain.acquire([KEY_REQUESTS], tokens=0)
+        assert plain.acquire([KEY_REQUESTS], tokens=0).remaining[0] == 0
+        with pytest.raises(QuotaExceeded):
+            quotas.acquire([KEY_REQUESTS], tokens=0)
+    finally:
+        quotas.close()
+        plain.close()
+
+
 def test_one_round_trip_per_admission(engine: QuotaEngine) -> None:
     """Four limits are decided in a single Redis call."""
     before = engine.stats.round_trips

@@ -338,6 +338,8 @@ def test_a_dead_master_fails_closed_for_its_tenants_only(redis_url: str, redis_p
                 quotas.acquire(tenant_limits(doomed), tokens=10)
             assert time.monotonic() - began < 1.0  # refused, not retried for long
             assert quotas.acquire(tenant_limits(alive), tokens=10).remaining[0] == 8
+            # The health check asks every master, not only the one its key lands on.
+            assert quotas.health() is False
         finally:
             quotas.close()
         assert quotas.stats.storage_errors == 1

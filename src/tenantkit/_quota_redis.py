@@ -342,12 +342,18 @@ class RedisBackend:
         """Write a short-lived key within the timeout: a replica or a full Redis is unhealthy.
 
         A ``PING`` is answered by a read-only replica and by a Redis out of memory,
-        both of which refuse every admission.
+        both of which refuse every admission. On a cluster, every master must also
+        answer a ``PING``: one down refuses the tenants whose slots it holds.
         """
         try:
             client = self._client().client
             self.round_trips += 1
-            return bool(client.set(self._prefix + "health", "1", px=HEALTH_TTL_MS))
+            if not client.set(self._prefix + "health", "1", px=HEALTH_TTL_MS):
+                return False
+            if hasattr(client, "get_primaries"):  # a cluster: every master holds tenants
+                self.round_trips += 1
+                return bool(client.ping(target_nodes=client.PRIMARIES))
+            return True
         except Exception:  # any failure to answer is the answer
             log.warning("tenantkit: quota storage health check failed", exc_info=True)
             return False
@@ -357,7 +363,12 @@ class RedisBackend:
         try:
             client = (await self._aclient()).client
             self.round_trips += 1
-            return bool(await client.set(self._prefix + "health", "1", px=HEALTH_TTL_MS))
+            if not await client.set(self._prefix + "health", "1", px=HEALTH_TTL_MS):
+                return False
+            if hasattr(client, "get_primaries"):
+                self.round_trips += 1
+                return bool(await client.ping(target_nodes=client.PRIMARIES))
+            return True
         except Exception:  # any failure to answer is the answer
             log.warning("tenantkit: quota storage health check failed", exc_info=True)
             return False

@@ -68,8 +68,10 @@ class QuotaEngine:
     ) -> None:
         self.settings = settings = settings or QuotaSettings()
         _validate(settings, max_keys)
-        scheme = urlsplit(settings.storage_uri).scheme
-        kind = _SCHEMES.get(scheme)
+        # limits spells its asyncio storages async+redis://...: the same storage here,
+        # as the engine takes the asyncio client on the event loop and the sync one elsewhere.
+        uri = settings.storage_uri.removeprefix("async+")
+        kind = _SCHEMES.get(urlsplit(uri).scheme)
         if kind is None:
             raise ConfigurationError(
                 f"unknown quota storage {settings.storage_uri!r}; use memory:// or a redis URL"
@@ -89,7 +91,7 @@ class QuotaEngine:
             from ._quota_redis import RedisBackend
 
             self._redis = RedisBackend(
-                settings.storage_uri,
+                uri,
                 burst_seconds=burst,
                 timeout=settings.timeout_seconds,
                 key_prefix=key_prefix,
