@@ -1,8 +1,9 @@
 """In-process GCRA buckets: O(1) per limit, bounded memory, no background thread.
 
 Each bucket is its theoretical arrival time (TAT) in nanoseconds of the engine's
-clock, kept exactly as ``(tat, rem, q)`` meaning ``tat + rem/q`` ns
-(``0 <= rem < q``, ``q`` the quota it was written under). A limit of ``q`` per
+clock, kept exactly as ``(tat·q, q)``: scaled by the quota ``q`` it was written
+under, so a charge never rounds (after a plan change it is rescaled to the new
+``q``, rounded up, see ``_exact``). A limit of ``q`` per
 minute spends ``60/q`` seconds of TAT per unit and tolerates a TAT up to
 ``window`` ahead of now (``window`` = 60 s plus the configured burst seconds),
 which is a token bucket of ``q·window/60`` units refilled at ``q/60`` per
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 NS = 1_000_000_000
 PERIOD_NS = PERIOD_SECONDS * NS
 
-Entry = tuple[int, int, int]
-"""A bucket: ``(tat, rem, q)``, its exact TAT ``tat + rem/q`` ns and the ``q`` of ``rem``."""
+Entry = tuple[int, int]
+"""A bucket: ``(tat·q, q)``, its exact TAT in ns scaled by the ``q`` it was written under."""
 
 
 class MemoryBackend:
@@ -77,7 +78,13 @@ class MemoryBackend:
                 # Scaled by q: the exact TAT is tat·q + rem, the window window·q (inlined
                 # seconds_to_wait, units_left and seconds_to_full: this is the hot path).
                 now_q = now * q
-                base = now_q if prior is None else max(_exact(prior, q), now_q)
+                if prior is None:
+                    base = now_q
+                else:  # _exact, inlined
+                    scaled, written = prior
+                    if written != q:
+                        scaled = -(-scaled * q // written)
+                    base = scaled if scaled > now_q else now_q
                 charge = cost * PERIOD_NS
                 level = base - now_q + charge
                 over = (level if cost else level + PERIOD_NS) - window * q
@@ -85,8 +92,9 @@ class MemoryBackend:
                     wait = -(-over // (q * NS))
                     if wait > retry:
                         retry, blocker = wait, i
-                ends.append(base + charge)
-                staged[key] = (*divmod(base + charge, q), q)
+                end = base + charge
+                ends.append(end)
+                staged[key] = (end, q)
                 left = (window * q - level) // PERIOD_NS
                 remaining.append(left if left > 0 else 0)
                 reset.append(-(-level // (q * NS)))
@@ -132,7 +140,7 @@ class MemoryBackend:
                     if fresh and prior is not None and (exact := _exact(prior, q)) > now_q:
                         back = refund(-delta * PERIOD_NS, ends[i] - now_q)
                         if back:
-                            tat[key] = (*divmod(exact - back, q), q)
+                            tat[key] = (exact - back, q)
                     continue
                 if prior is None:
                     self._make_room(now)
@@ -140,14 +148,15 @@ class MemoryBackend:
                     base = now_q
                 else:
                     base = max(_exact(prior, q), now_q)
-                tat[key] = (*divmod(base + delta * PERIOD_NS, q), q)
+                tat[key] = (base + delta * PERIOD_NS, q)
 
     def _make_room(self, now: int) -> None:
         """Drop or rotate the two oldest keys; evict past ``max_keys`` (lock held)."""
         ring, tat = self._ring, self._tat
         for _ in range(min(2, len(ring))):
             key = ring.popleft()
-            if tat[key][:2] <= (now, 0):  # the exact TAT has passed: the bucket is full
+            scaled, q = tat[key]
+            if scaled <= now * q:  # the exact TAT has passed: the bucket is full
                 del tat[key]
             else:
                 ring.append(key)
@@ -191,14 +200,14 @@ class MemoryBackend:
 def _exact(entry: Entry, q: int) -> int:
     """A stored TAT scaled by ``q``, rounded up if it was written under another ``q``.
 
-    After a plan change ``tat + rem/q_old`` is rarely a multiple of ``1/q``; as every
+    After a plan change ``tat·q_old / q_old`` is rarely a multiple of ``1/q``; as every
     boundary a decision compares with is one, the ceiling decides exactly alike
     (as Redis does, see ``_quota_lua``).
     """
-    tat, rem, written = entry
-    if rem == 0 or written == q:
-        return tat * q + rem
-    return tat * q - (-rem * q // written)
+    scaled, written = entry
+    if written == q:
+        return scaled
+    return -(-scaled * q // written)
 
 
 def _state(
