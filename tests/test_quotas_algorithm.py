@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from fractions import Fraction
 
 import pytest
@@ -37,6 +38,18 @@ def try_acquire(engine: QuotaEngine, limit: Limit, tokens: int) -> Grant | None:
         return engine.acquire([limit], tokens=tokens)
     except QuotaExceeded:
         return None
+
+
+def assert_within_bound(
+    events: Sequence[Sequence[int]], per_minute: int, burst_seconds: float
+) -> None:
+    """Units of ``(ms, units)`` events, summed over every interval, stay in burst + q·Δ/60."""
+    burst = Fraction(per_minute) * (60 + Fraction(burst_seconds)) / 60
+    for i, (start, _) in enumerate(events):
+        total = 0
+        for end, units in events[i:]:
+            total += units
+            assert total <= burst + Fraction(per_minute * (end - start), 60_000)
 
 
 operation = st.tuples(
@@ -75,12 +88,7 @@ def test_admitted_cost_is_bounded(
             fresh = clock.ms / 1000 - grant.stamp <= engine.settings.reservation_ttl_seconds
             engine.settle(grant, used)
             events.append((clock.ms, -(grant.costs[0] - used) if fresh else 0))
-    burst = Fraction(per_minute) * (60 + Fraction(burst_seconds)) / 60
-    for i, (start, _) in enumerate(events):
-        net = 0
-        for end, units in events[i:]:
-            net += units
-            assert net <= burst + Fraction(per_minute * (end - start), 60_000)
+    assert_within_bound(events, per_minute, burst_seconds)
 
 
 @settings(max_examples=300, deadline=None)
@@ -117,12 +125,7 @@ def test_used_units_are_bounded(
             grant, event = open_grants.pop()
             event[1] = min(amount, grant.costs[0])
             engine.settle(grant, event[1])
-    burst = Fraction(per_minute) * (60 + Fraction(burst_seconds)) / 60
-    for i, (start, _) in enumerate(admitted):
-        used = 0
-        for end, units in admitted[i:]:
-            used += units
-            assert used <= burst + Fraction(per_minute * (end - start), 60_000)
+    assert_within_bound(admitted, per_minute, burst_seconds)
 
 
 @pytest.mark.xfail(
