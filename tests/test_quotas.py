@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -265,6 +266,83 @@ def test_a_late_refund_gives_back_only_what_time_has_not(
     advance(then)
     assert engine.release(stale)
     assert remaining_of(engine, budget) == left
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2, 3, 4), (4, 3, 2, 1, 0), (2, 0, 4, 1, 3)])
+def test_settles_in_any_order_give_back_every_unused_token(
+    make_engine: EngineFactory, advance: Callable[[float], None], order: tuple[int, ...]
+) -> None:
+    """5 reservations of 10k on 50k/min settled at 2k each, in any order: 40k remain.
+
+    Each refund is measured against where its charge ends after the refunds before
+    it; a refund of a newer reservation must not shrink an older one's.
+    """
+    engine = make_engine()
+    budget = tokens_limit(50_000)
+    grants = [engine.acquire([budget], tokens=10_000) for _ in range(5)]
+    advance(1)  # 1 s: 833 tokens refilled, every charge still ends ahead of now
+    for i in order:
+        assert engine.settle(grants[i], 2_000)
+    assert remaining_of(engine, budget) == 40_000 + 833
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_a_refund_moved_back_by_an_older_one_credits_no_refilled_time(
+    make_engine: EngineFactory, advance: Callable[[float], None]
+) -> None:
+    """8/min: 0, 4 and 1 reserved at once, the 4 refunded, and at 7.5 s the bucket is
+    full (8 admitted). The 1's charge now lay in [0 s, 7.5 s]: its refund gives nothing.
+    Measured from where it ended when admitted (37.5 s), it gave back 7.5 s: a ninth
+    request passed in the same instant, past the bound of 8 a minute."""
+    engine = make_engine()
+    budget = tokens_limit(8)
+    grants = [engine.acquire([budget], tokens=tokens) for tokens in (0, 4, 1)]
+    assert engine.release(grants[1])
+    advance(7.5)
+    engine.acquire([budget], tokens=8)
+    assert engine.release(grants[2])
+    with pytest.raises(QuotaExceeded):
+        engine.acquire([budget], tokens=1)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("seed", range(4))
+def test_redis_decides_as_memory_does(
+    make_engine: EngineFactory, advance: Callable[[float], None], seed: int
+) -> None:
+    """Random admissions, settles in any order and time steps (whole ms): Redis and
+    memory answer every step alike (admitted, remaining, reset, Retry-After)."""
+    rng = random.Random(seed)
+    burst = rng.choice([0.0, 7.0])
+    redis_engine = make_engine(burst_seconds=burst)
+    memory_clock = FakeClock()
+    memory_engine = QuotaEngine(QuotaSettings(burst_seconds=burst), clock=memory_clock)
+    limits = [tokens_limit(rng.choice([7, 600, 50_000])), tokens_limit(450, "{acme}:key-tokens")]
+    open_grants: list[tuple[Grant, Grant]] = []
+    for _ in range(150):
+        step = rng.random()
+        if step < 0.25:
+            seconds = rng.randint(0, 9_000) / 1000
+            advance(seconds)
+            memory_clock.now += seconds
+        elif step < 0.45 and open_grants:
+            pair = open_grants.pop(rng.randrange(len(open_grants)))
+            used = rng.randint(0, pair[0].reserved_tokens + 50)
+            assert redis_engine.settle(pair[0], used) == memory_engine.settle(pair[1], used)
+        else:
+            tokens = rng.randint(0, 300)
+            answers = []
+            for engine in (redis_engine, memory_engine):
+                try:
+                    grant = engine.acquire(limits, tokens=tokens)
+                    answers.append((grant, list(grant.remaining), list(grant.reset)))
+                except QuotaExceeded as exc:
+                    engine._backend.forget_denial(limits)  # decide the next one on Redis
+                    answers.append((None, exc.extra["retry_after"], exc.extra["limit"]))
+            assert answers[0][1:] == answers[1][1:]
+            if answers[0][0] is not None and answers[1][0] is not None:
+                open_grants.append((answers[0][0], answers[1][0]))
+    memory_engine.close()
 
 
 def test_settle_and_release_apply_once(make_engine: EngineFactory, backend: str) -> None:

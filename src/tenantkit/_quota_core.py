@@ -52,15 +52,39 @@ def seconds_to_wait(level_q: int, q: int, cost: int, window: int, period: int, s
     return -(-over // (q * second)) if over > 0 else 0
 
 
+Mark = tuple[int, int]
+"""What a refund needs of an admitted limit, scaled by its ``q`` in the backend's time
+unit: the bucket's ``charged`` just after the charge, and the admission's time plus
+the charge (see ``refund``)."""
+
+
 def refund(amount_q: int, ahead_q: int) -> int:
     """How much of a refund of ``amount_q`` still applies (all scaled by ``q``).
 
-    ``ahead_q`` is how far the end of the grant's own charge (the TAT just after it)
-    is ahead of now. The part of the charge behind now has been refilled by time
-    already, whatever was charged after it: crediting it again would let the bucket
-    admit more than its bound. So a refund gives back at most ``ahead_q``, and
-    nothing once the charge lies wholly in the past (at the latest ``window`` after
-    the admission). Never more than was charged: ``amount_q`` is at most the charge.
+    ``ahead_q`` is how far the end of the grant's own charge is ahead of now. The
+    part of the charge behind now has been refilled by time already, whatever was
+    charged after it: crediting it again would let the bucket admit more than its
+    bound. So a refund gives back at most ``ahead_q``, and nothing once the charge
+    lies wholly in the past (at the latest ``window`` after the admission). Never
+    more than was charged: ``amount_q`` is at most the charge.
+
+    Where that end is now, whatever order grants settle in: refunds of *older*
+    grants since the admission have moved it back, by their sum; refunds of newer
+    ones have not. A bucket does not know which refund was whose, so the backends
+    take the later of two ends that are never later than the true one:
+
+    - ``charged - (charged_now - tat_now)``, with ``charged`` the first half of the
+      grant's ``Mark``: each bucket also keeps ``charged``, its TAT as if nothing had
+      been refunded (charges move both, a refund only the TAT, and once passed both
+      restart from now), so this moves the end back by *every* refund since;
+    - the admission's time plus the charge (the ``Mark``'s second half): older
+      refunds only give back what lies ahead of now, so the charge never starts
+      before its admission.
+
+    Exact when every refund since was of an older grant, or when the charge is
+    still wholly ahead of its admission's time; otherwise it may give back less than
+    the refill left (never more). A bucket reset since the admission (it was full)
+    makes both ends lie in the past: nothing comes back.
     """
     if ahead_q <= 0:
         return 0
@@ -70,7 +94,7 @@ def refund(amount_q: int, ahead_q: int) -> int:
 class Outcome:
     """One decision: admitted or not, each limit's state after it, and the wait."""
 
-    __slots__ = ("admitted", "blocker", "ends", "remaining", "reset", "retry_after", "stamp")
+    __slots__ = ("admitted", "blocker", "marks", "remaining", "reset", "retry_after", "stamp")
 
     def __init__(
         self,
@@ -80,7 +104,7 @@ class Outcome:
         retry_after: int = 0,
         blocker: int = -1,
         stamp: float = 0.0,
-        ends: Sequence[int] = (),
+        marks: Sequence[Mark] = (),
     ) -> None:
         self.admitted = admitted
         self.remaining = remaining
@@ -93,9 +117,8 @@ class Outcome:
         """Index of the limit that waits longest; -1 if admitted."""
         self.stamp = stamp
         """The backend's clock at the decision, in seconds (reservation age is measured on it)."""
-        self.ends = ends
-        """If admitted: each limit's exact TAT just after its charge, scaled by its ``q``, in
-        the backend's time unit. A refund gives back at most what is still ahead of now."""
+        self.marks = marks
+        """If admitted: what a refund needs of each limit (see ``Mark``)."""
 
 
 class Backend(Protocol):
@@ -109,7 +132,7 @@ class Backend(Protocol):
         self,
         limits: Sequence[Limit],
         deltas: Sequence[int],
-        ends: Sequence[int],
+        marks: Sequence[Mark],
         stamp: float,
         ttl: float,
     ) -> None: ...
@@ -118,7 +141,7 @@ class Backend(Protocol):
         self,
         limits: Sequence[Limit],
         deltas: Sequence[int],
-        ends: Sequence[int],
+        marks: Sequence[Mark],
         stamp: float,
         ttl: float,
     ) -> None: ...

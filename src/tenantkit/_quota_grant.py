@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._quota_core import Outcome
+from ._quota_core import Mark, Outcome
 from ._quota_limits import Limit
 from ._ratelimit_headers import UNKNOWN, HeaderRenderer
 
@@ -14,7 +14,7 @@ class Grant:
     """An admission: what was charged and each limit's state, for headers and settling."""
 
     __slots__ = (
-        "_ends",
+        "_marks",
         "_open",
         "_renderer",
         "costs",
@@ -41,7 +41,7 @@ class Grant:
         if outcome is None:
             self.remaining = self.reset = [UNKNOWN] * len(limits)
             self.stamp = 0.0
-            self._ends: Sequence[int] = ()
+            self._marks: Sequence[Mark] = ()
             self.degraded = True
             """Admitted without the storage (``fail_open``): nothing to settle or release."""
             self._open = False
@@ -49,7 +49,7 @@ class Grant:
             self.remaining = outcome.remaining
             self.reset = outcome.reset
             self.stamp = outcome.stamp
-            self._ends = outcome.ends
+            self._marks = outcome.marks
             self.degraded = False
             self._open = bool(limits)
 

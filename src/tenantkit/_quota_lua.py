@@ -19,16 +19,19 @@ the year 2200 (``now`` is about 1.7e15 µs in 2024, and ``2^53`` is 9.0e15)."""
 
 # Bucket values: the exact TAT is ``tat + rem/q`` µs (0 <= rem < q), stored as the
 # string "<tat>" when rem is 0 and "<tat>.<rem><q>" otherwise, rem and the q it was
-# written under as 10 digits each (quotas are 32-bit). The digits after the dot are
+# written under as 10 digits each (quotas are 32-bit). A bucket some refund has moved
+# back also keeps how far, ``rw + rr/q`` µs (its ``charged`` minus its TAT, see
+# ``_quota_core.refund``), as 15 and 10 more digits: "<tat>.<rem><q><rw><rr>". The
+# digits after the dot are
 # integers, not a decimal fraction: the code before exact TATs read buckets with
 # tonumber(), and still reads such a value as a TAT within 1 µs of the truth, so a
 # rolling upgrade neither resets nor misreads a bucket; the code before this format
-# clamps the 20 digits to q - 1 (within 1 µs too). Keys written before (a plain
-# integer) are read with rem 0, and "<tat>.<rem>" (a rem with fewer than 20 digits) as
-# then: clamped to q - 1. A rem written under another q (a plan change) is rescaled
-# to the reader's q and rounded up, ceil(rem·q/q_old): every boundary a decision
-# compares with is a multiple of 1/q µs, so this decides as the exact TAT would, and
-# as the memory backend does.
+# clamps the 20 (or 45) digits to q - 1 (within 1 µs too; it ignores the refunds).
+# Keys written before (a plain integer) are read with rem 0, and "<tat>.<rem>" (a rem
+# with other than 20 or 45 digits) as then: clamped to q - 1. A remainder written
+# under another q (a plan change) is rescaled to the reader's q and rounded up,
+# ceil(rem·q/q_old): every boundary a decision compares with is a multiple of 1/q
+# µs, so this decides as the exact TAT would, and as the memory backend does.
 #
 # No product or quotient of large numbers is computed in Lua: Python divides each
 # charge ``cost·60e6/q`` µs into whole µs and a remainder in 1/q µs (``divmod``, exact
@@ -50,41 +53,65 @@ local function rescale(a, b, c)
   if r2 > 0 then d2 = d2 + 1 end
   return d1 * 65536 + d2
 end
-local function load(key, q)
-  local v = redis.call('GET', key)
-  if not v then return 0, 0 end
-  local dot = string.find(v, '.', 1, true)
-  if dot == nil then return tonumber(v) or 0, 0 end
-  local tat = tonumber(string.sub(v, 1, dot - 1)) or 0
-  local rem, written = 0, q
-  if #v - dot == 20 then
-    rem = tonumber(string.sub(v, dot + 1, dot + 10)) or 0
-    written = tonumber(string.sub(v, dot + 11)) or q
-  else
-    rem = tonumber(string.sub(v, dot + 1)) or 0
-  end
+-- a remainder written under q_old, read under q: rounded up, its carry returned apart
+local function fit(rem, q, written)
   if written ~= q and written > rem and rem > 0 then rem = rescale(rem, q, written) end
   if rem >= q then
-    if written ~= q and rem == q then return tat + 1, 0 end
+    if written ~= q and rem == q then return 1, 0 end
     rem = q - 1
   end
   if rem < 0 then rem = 0 end
-  return tat, rem
+  return 0, rem
 end
 local function add(tat, rem, q, inc, irem)
   tat, rem = tat + inc, rem + irem
   if rem >= q then tat, rem = tat + 1, rem - q end
   return tat, rem
 end
-local function store(key, tat, rem, now, q)
-  if tat < now or (tat == now and rem == 0) then
+-- the bucket as tat, rem, rw, rr: its TAT, and how far refunds moved it back
+local function load(key, q)
+  local v = redis.call('GET', key)
+  if not v then return 0, 0, 0, 0 end
+  local dot = string.find(v, '.', 1, true)
+  if dot == nil then return tonumber(v) or 0, 0, 0, 0 end
+  local tat = tonumber(string.sub(v, 1, dot - 1)) or 0
+  local rem, written, rw, rr = 0, q, 0, 0
+  if #v - dot == 20 or #v - dot == 45 then
+    rem = tonumber(string.sub(v, dot + 1, dot + 10)) or 0
+    written = tonumber(string.sub(v, dot + 11, dot + 20)) or q
+    rw = tonumber(string.sub(v, dot + 21, dot + 35)) or 0
+    rr = tonumber(string.sub(v, dot + 36)) or 0
+  else
+    rem = tonumber(string.sub(v, dot + 1)) or 0
+  end
+  local carry
+  carry, rem = fit(rem, q, written)
+  tat = tat + carry
+  carry, rr = fit(rr, q, written)
+  return tat, rem, rw + carry, rr
+end
+-- a TAT that has passed restarts at now, and so does charged (tat + r) if it passed too
+local function catch_up(tat, rem, rw, rr, now, q)
+  if tat >= now then return tat, rem, rw, rr end
+  local s, sr = add(tat - now, rem, q, rw, rr)
+  if s < 0 then return now, 0, 0, 0 end
+  return now, 0, s, sr
+end
+local function store(key, tat, rem, rw, rr, now, q)
+  local s, sr = add(tat - now, rem, q, rw, rr)
+  if s < 0 or (s == 0 and sr == 0) then
     redis.call('DEL', key)
     return
   end
   if tat > now + MAX_DEBT then tat, rem = now + MAX_DEBT, 0 end
+  if s > MAX_DEBT then rw, rr, s = now + MAX_DEBT - tat, 0, MAX_DEBT end
   local v = string.format('%.0f', tat)
-  if rem > 0 then v = v .. '.' .. string.format('%010.0f%010.0f', rem, q) end
-  redis.call('SET', key, v, 'PX', math.ceil((tat - now) / 1000) + 1)
+  if rw > 0 or rr > 0 then
+    v = v .. '.' .. string.format('%010.0f%010.0f%015.0f%010.0f', rem, q, rw, rr)
+  elseif rem > 0 then
+    v = v .. '.' .. string.format('%010.0f%010.0f', rem, q)
+  end
+  redis.call('SET', key, v, 'PX', math.ceil(s / 1000) + 1)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -92,42 +119,48 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 # KEYS: one bucket per limit. ARGV[1]: window µs; then per limit q, the charge (whole
 # µs and remainder) and the admission check's charge (the cost, or 1 unit if it is 0).
-# Returns {admitted, now µs, then per limit its level: whole µs and remainder}, the
-# levels after the charge if admitted, before it (as stored) if not.
+# Returns {admitted, now µs, then per limit its level (whole µs and remainder) and how
+# far refunds moved it back (the same)}: after the charge if admitted, before it (as
+# stored) if not.
 ACQUIRE_LUA = (
     _LUA_BUCKETS
     + """
 local window = tonumber(ARGV[1])
-local tats, rems, stored, qs = {}, {}, {}, {}
+local tats, rems, rws, rrs, stored, qs = {}, {}, {}, {}, {}, {}
 local out = {1, now}
 for i = 1, #KEYS do
   local a = 5 * i - 3
+  local o = 4 * i - 1
   local q = tonumber(ARGV[a])
   local key = KEYS[i]
-  local tat, rem = tats[key], rems[key]
-  if tat == nil then tat, rem = load(key, q) end
-  if tat < now then tat, rem = now, 0 end
-  if stored[key] == nil then stored[key] = {tat - now, rem} end
-  out[2 * i + 1], out[2 * i + 2] = tat - now, rem
+  local tat, rem, rw, rr = tats[key], rems[key], rws[key], rrs[key]
+  if tat == nil then
+    tat, rem, rw, rr = load(key, q)
+    tat, rem, rw, rr = catch_up(tat, rem, rw, rr, now, q)
+  end
+  if stored[key] == nil then stored[key] = {tat - now, rem, rw, rr} end
+  out[o], out[o + 1], out[o + 2], out[o + 3] = tat - now, rem, rw, rr
   if q <= 0 then
     out[1] = 0
   else
     local nt, nr = add(tat, rem, q, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
     if nt > now + window or (nt == now + window and nr > 0) then out[1] = 0 end
     tats[key], rems[key] = add(tat, rem, q, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]))
-    qs[key] = q
-    out[2 * i + 1], out[2 * i + 2] = tats[key] - now, rems[key]
+    rws[key], rrs[key], qs[key] = rw, rr, q
+    out[o], out[o + 1] = tats[key] - now, rems[key]
   end
 end
 if out[1] == 1 then
   for key, tat in pairs(tats) do
-    if tat ~= stored[key][1] + now or rems[key] ~= stored[key][2] then
-      store(key, tat, rems[key], now, qs[key])
+    local was = stored[key]
+    if tat ~= was[1] + now or rems[key] ~= was[2] then
+      store(key, tat, rems[key], rws[key], rrs[key], now, qs[key])
     end
   end
 else
   for i = 1, #KEYS do
-    out[2 * i + 1], out[2 * i + 2] = stored[KEYS[i]][1], stored[KEYS[i]][2]
+    local was, o = stored[KEYS[i]], 4 * i - 1
+    out[o], out[o + 1], out[o + 2], out[o + 3] = was[1], was[2], was[3], was[4]
   end
 end
 return out
@@ -136,33 +169,38 @@ return out
 
 # KEYS: one bucket per limit. ARGV[1]: grant stamp µs, ARGV[2]: ttl µs; then per
 # limit q, the sign of the delta, its size (whole µs and remainder) and, for a refund,
-# the grant's exact TAT just after its charge (whole µs and remainder). A refund gives
-# back at most what of that charge is still ahead of now: the part behind now has been
-# refilled by time already (see ``_quota_core.refund``).
+# the grant's ``Mark`` (``charged`` after the charge, then the admission's time plus
+# the charge; whole µs and remainder each). A refund gives back at most what of the
+# charge is still ahead of now, its end taken as the later of ``charged`` less how far
+# refunds have moved the bucket back since and the second (see ``_quota_core.refund``).
 ADJUST_LUA = (
     _LUA_BUCKETS
     + """
 local fresh = now - tonumber(ARGV[1]) <= tonumber(ARGV[2])
 for i = 1, #KEYS do
-  local a = 6 * i - 3
+  local a = 8 * i - 5
   local q = tonumber(ARGV[a])
   local sign = tonumber(ARGV[a + 1])
   if q > 0 and sign ~= 0 and (sign > 0 or fresh) then
-    local tat, rem = load(KEYS[i], q)
+    local tat, rem, rw, rr = load(KEYS[i], q)
     local inc, irem = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
     if sign < 0 then
-      -- A refund beyond a full bucket is meaningless; an absent bucket is full.
-      local aw, ar = tonumber(ARGV[a + 4]) - now, tonumber(ARGV[a + 5])
+      -- ahead: the later end, less now; an absent bucket is full (nothing ahead)
+      local aw, ar = tonumber(ARGV[a + 4]) - now - rw, tonumber(ARGV[a + 5]) - rr
+      if ar < 0 then aw, ar = aw - 1, ar + q end
+      local fw, fr = tonumber(ARGV[a + 6]) - now, tonumber(ARGV[a + 7])
+      if fw > aw or (fw == aw and fr > ar) then aw, ar = fw, fr end
       if aw < inc or (aw == inc and ar < irem) then inc, irem = aw, ar end
       if (tat > now or (tat == now and rem > 0)) and (inc > 0 or (inc == 0 and irem > 0)) then
         tat, rem = tat - inc, rem - irem
         if rem < 0 then tat, rem = tat - 1, rem + q end
-        store(KEYS[i], tat, rem, now, q)
+        rw, rr = add(rw, rr, q, inc, irem)
+        store(KEYS[i], tat, rem, rw, rr, now, q)
       end
     else
-      if tat < now then tat, rem = now, 0 end
+      tat, rem, rw, rr = catch_up(tat, rem, rw, rr, now, q)
       tat, rem = add(tat, rem, q, inc, irem)
-      store(KEYS[i], tat, rem, now, q)
+      store(KEYS[i], tat, rem, rw, rr, now, q)
     end
   end
 end

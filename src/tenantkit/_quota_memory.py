@@ -1,17 +1,18 @@
 """In-process GCRA buckets: O(1) per limit, bounded memory, no background thread.
 
 Each bucket is its theoretical arrival time (TAT) in nanoseconds of the engine's
-clock, kept exactly as ``(tat·q, q)``: scaled by the quota ``q`` it was written
-under, so a charge never rounds (after a plan change it is rescaled to the new
-``q``, rounded up, see ``_exact``). A limit of ``q`` per
+clock, kept exactly as ``(tat·q, q, charged·q)``: scaled by the quota ``q`` it was
+written under, so a charge never rounds (after a plan change it is rescaled to the
+new ``q``, rounded up, see ``_exact``). ``charged`` is where the TAT would be had
+nothing been refunded (see ``_quota_core.refund``). A limit of ``q`` per
 minute spends ``60/q`` seconds of TAT per unit and tolerates a TAT up to
 ``window`` ahead of now (``window`` = 60 s plus the configured burst seconds),
 which is a token bucket of ``q·window/60`` units refilled at ``q/60`` per
 second. All integer arithmetic, without rounding a charge: ``q`` units cost
 exactly the period, and Retry-After is exact.
 
-A bucket whose TAT has passed is full and carries no information, so it can be
-dropped. Keys sit in a ring: every new key first inspects the two oldest
+A bucket whose ``charged`` has passed is full and carries no information, so it
+can be dropped. Keys sit in a ring: every new key first inspects the two oldest
 entries, dropping the expired and rotating the live, which keeps the table near
 the number of keys active in the last window. ``max_keys`` is a hard cap: past
 it the oldest key is evicted (its bucket restarts full) and ``evicted`` counts it.
@@ -24,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ._quota_core import PERIOD_SECONDS, Outcome, refund, seconds_to_full, units_left
+from ._quota_core import PERIOD_SECONDS, Mark, Outcome, refund, seconds_to_full, units_left
 
 if TYPE_CHECKING:
     from .quotas import Limit
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
 NS = 1_000_000_000
 PERIOD_NS = PERIOD_SECONDS * NS
 
-Entry = tuple[int, int]
-"""A bucket: ``(tat·q, q)``, its exact TAT in ns scaled by the ``q`` it was written under."""
+Entry = tuple[int, int, int]
+"""A bucket: ``(tat·q, q, charged·q)``, its exact TAT and its TAT without refunds, in
+ns scaled by the ``q`` they were written under."""
 
 
 class MemoryBackend:
@@ -57,7 +59,7 @@ class MemoryBackend:
         window = self._window
         remaining: list[int] = []
         reset: list[int] = []
-        ends: list[int] = []
+        marks: list[Mark] = []
         retry = 0
         blocker = -1
         staged: dict[str, Entry] = {}
@@ -70,7 +72,7 @@ class MemoryBackend:
                         retry, blocker = PERIOD_SECONDS, i
                     remaining.append(0)
                     reset.append(0)
-                    ends.append(0)
+                    marks.append((0, 0))
                     continue
                 cost = costs[i]
                 key = limit.key
@@ -79,12 +81,15 @@ class MemoryBackend:
                 # seconds_to_wait, units_left and seconds_to_full: this is the hot path).
                 now_q = now * q
                 if prior is None:
-                    base = now_q
+                    base = charged = now_q
                 else:  # _exact, inlined
-                    scaled, written = prior
+                    scaled, written, charged = prior
                     if written != q:
                         scaled = -(-scaled * q // written)
+                        charged = -(-charged * q // written)
                     base = scaled if scaled > now_q else now_q
+                    if charged < now_q:
+                        charged = now_q
                 charge = cost * PERIOD_NS
                 level = base - now_q + charge
                 over = (level if cost else level + PERIOD_NS) - window * q
@@ -92,9 +97,9 @@ class MemoryBackend:
                     wait = -(-over // (q * NS))
                     if wait > retry:
                         retry, blocker = wait, i
-                end = base + charge
-                ends.append(end)
-                staged[key] = (end, q)
+                charged += charge
+                marks.append((charged, now_q + charge))
+                staged[key] = (base + charge, q, charged)
                 left = (window * q - level) // PERIOD_NS
                 remaining.append(left if left > 0 else 0)
                 reset.append(-(-level // (q * NS)))
@@ -104,7 +109,7 @@ class MemoryBackend:
                         self._make_room(now)
                         self._ring.append(key)
                     tat[key] = value
-                return Outcome(True, remaining, reset, 0, -1, now / NS, ends)
+                return Outcome(True, remaining, reset, 0, -1, now / NS, marks)
             # Denied: report every limit as it stands, uncharged.
             remaining, reset = _state(limits, tat, now, window)
         return Outcome(False, remaining, reset, retry, blocker, now / NS)
@@ -113,14 +118,14 @@ class MemoryBackend:
         self,
         limits: Sequence[Limit],
         deltas: Sequence[int],
-        ends: Sequence[int],
+        marks: Sequence[Mark],
         stamp: float,
         ttl: float,
     ) -> None:
         """Charge positive deltas; refund negative ones unless the grant is older than ``ttl``.
 
-        Exactly: a refund gives back what the same charge took, less what time has
-        refilled since: at most the part of the charge still ahead of now (see ``refund``).
+        A refund gives back what the same charge took, less what time has refilled
+        since: at most the part of the charge still ahead of now (see ``refund``).
         """
         now_s = self._clock()
         now = round(now_s * NS)
@@ -136,27 +141,31 @@ class MemoryBackend:
                 prior = tat.get(key)
                 now_q = now * q
                 if delta < 0:
-                    # A refund beyond a full bucket is meaningless; an absent bucket is full.
-                    if fresh and prior is not None and (exact := _exact(prior, q)) > now_q:
-                        back = refund(-delta * PERIOD_NS, ends[i] - now_q)
+                    # An absent bucket is full: nothing of the charge is ahead of now.
+                    if fresh and prior is not None:
+                        exact, charged = _exact(prior, q)
+                        mark, floor = marks[i]
+                        end = max(mark - (charged - exact), floor)
+                        back = refund(-delta * PERIOD_NS, end - now_q)
                         if back:
-                            tat[key] = (exact - back, q)
+                            tat[key] = (exact - back, q, charged)
                     continue
                 if prior is None:
                     self._make_room(now)
                     self._ring.append(key)
-                    base = now_q
+                    base = charged = now_q
                 else:
-                    base = max(_exact(prior, q), now_q)
-                tat[key] = (base + delta * PERIOD_NS, q)
+                    base, charged = _exact(prior, q)
+                    base, charged = max(base, now_q), max(charged, now_q)
+                tat[key] = (base + delta * PERIOD_NS, q, charged + delta * PERIOD_NS)
 
     def _make_room(self, now: int) -> None:
         """Drop or rotate the two oldest keys; evict past ``max_keys`` (lock held)."""
         ring, tat = self._ring, self._tat
         for _ in range(min(2, len(ring))):
             key = ring.popleft()
-            scaled, q = tat[key]
-            if scaled <= now * q:  # the exact TAT has passed: the bucket is full
+            _, q, charged = tat[key]
+            if charged <= now * q:  # full, and no refund can apply any more
                 del tat[key]
             else:
                 ring.append(key)
@@ -172,12 +181,12 @@ class MemoryBackend:
         self,
         limits: Sequence[Limit],
         deltas: Sequence[int],
-        ends: Sequence[int],
+        marks: Sequence[Mark],
         stamp: float,
         ttl: float,
     ) -> None:
         """Same as ``adjust``."""
-        self.adjust(limits, deltas, ends, stamp, ttl)
+        self.adjust(limits, deltas, marks, stamp, ttl)
 
     def forget_denial(self, limits: Sequence[Limit]) -> None:
         """Nothing to forget: memory caches no denials."""
@@ -197,17 +206,17 @@ class MemoryBackend:
         """Nothing to release; the buckets stay valid."""
 
 
-def _exact(entry: Entry, q: int) -> int:
-    """A stored TAT scaled by ``q``, rounded up if it was written under another ``q``.
+def _exact(entry: Entry, q: int) -> tuple[int, int]:
+    """A stored TAT and its ``charged``, scaled by ``q``: rounded up if written under another.
 
     After a plan change ``tat·q_old / q_old`` is rarely a multiple of ``1/q``; as every
     boundary a decision compares with is one, the ceiling decides exactly alike
     (as Redis does, see ``_quota_lua``).
     """
-    scaled, written = entry
+    scaled, written, charged = entry
     if written == q:
-        return scaled
-    return -(-scaled * q // written)
+        return scaled, charged
+    return -(-scaled * q // written), -(-charged * q // written)
 
 
 def _state(
@@ -219,7 +228,7 @@ def _state(
     for limit in limits:
         q = limit.per_minute
         entry = tat.get(limit.key)
-        level = max(_exact(entry, q) - now * q, 0) if entry is not None and q > 0 else 0
+        level = max(_exact(entry, q)[0] - now * q, 0) if entry is not None and q > 0 else 0
         remaining.append(units_left(level, q, window, PERIOD_NS))
         reset.append(seconds_to_full(level, q, NS))
     return remaining, reset

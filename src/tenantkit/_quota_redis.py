@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._quota_clients import LoopClients
 from ._quota_core import (
+    Mark,
     Outcome,
     seconds_to_full,
     seconds_to_wait,
@@ -231,12 +232,12 @@ class RedisBackend:
         self,
         limits: Sequence[Limit],
         deltas: Sequence[int],
-        ends: Sequence[int],
+        marks: Sequence[Mark],
         stamp: float,
         ttl: float,
     ) -> None:
         """Charge or refund in one round trip; refunds of grants older than ``ttl`` are void."""
-        keys, args = self._adjust_args(limits, deltas, ends, stamp, ttl)
+        keys, args = self._adjust_args(limits, deltas, marks, stamp, ttl)
         script = self._client().adjust
         try:
             self.round_trips += 1
@@ -248,12 +249,12 @@ class RedisBackend:
         self,
         limits: Sequence[Limit],
         deltas: Sequence[int],
-        ends: Sequence[int],
+        marks: Sequence[Mark],
         stamp: float,
         ttl: float,
     ) -> None:
         """``adjust`` on the asyncio client."""
-        keys, args = self._adjust_args(limits, deltas, ends, stamp, ttl)
+        keys, args = self._adjust_args(limits, deltas, marks, stamp, ttl)
         try:
             script = (await self._aclient()).adjust
             self.round_trips += 1
@@ -290,7 +291,7 @@ class RedisBackend:
         self,
         limits: Sequence[Limit],
         deltas: Sequence[int],
-        ends: Sequence[int],
+        marks: Sequence[Mark],
         stamp: float,
         ttl: float,
     ) -> tuple[list[str], list[int]]:
@@ -305,8 +306,12 @@ class RedisBackend:
             args.append(q)
             args.append((delta > 0) - (delta < 0))
             args.extend(charge(abs(delta), q))
-            # The end of the grant's charge (its exact TAT after it), for a refund's cap.
-            args.extend(divmod(ends[i], q) if delta < 0 and q > 0 else (0, 0))
+            # The grant's mark (see _quota_core.refund), for a refund's cap.
+            if delta < 0 and q > 0:
+                args.extend(divmod(marks[i][0], q))
+                args.extend(divmod(marks[i][1], q))
+            else:
+                args.extend((0, 0, 0, 0))
         return keys, args
 
     def _outcome(
@@ -315,14 +320,16 @@ class RedisBackend:
         admitted, now = int(reply[0]), int(reply[1])
         window = self._window
         levels: list[int] = []
-        ends: list[int] = []
+        marks: list[Mark] = []
         remaining: list[int] = []
         reset: list[int] = []
         for i, limit in enumerate(limits):
             q = limit.per_minute
-            level = int(reply[2 * i + 2]) * q + int(reply[2 * i + 3]) if q > 0 else 0
+            at = 4 * i + 2  # level, then how far refunds moved it back: whole µs, remainder
+            level = int(reply[at]) * q + int(reply[at + 1]) if q > 0 else 0
             levels.append(level)
-            ends.append(now * q + level)
+            moved = int(reply[at + 2]) * q + int(reply[at + 3])
+            marks.append((now * q + level + moved, now * q + costs[i] * PERIOD_US))
             remaining.append(units_left(level, q, window, PERIOD_US))
             reset.append(seconds_to_full(level, q, US))
         retry, blocker = 0, -1
@@ -334,7 +341,7 @@ class RedisBackend:
             # The script and this arithmetic agree exactly; never report a 0 s wait anyway.
             retry, blocker = max(retry, 1), max(blocker, 0)
         self._cache.remember(limits, levels, sent, retry, admitted)
-        return Outcome(bool(admitted), remaining, reset, retry, blocker, now / US, ends)
+        return Outcome(bool(admitted), remaining, reset, retry, blocker, now / US, marks)
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -345,7 +345,7 @@ class QuotaEngine:
         if not any(deltas):
             return
         try:
-            self._backend.adjust(grant.limits, deltas, grant._ends, grant.stamp, self._ttl)
+            self._backend.adjust(grant.limits, deltas, grant._marks, grant.stamp, self._ttl)
         except StorageError as exc:
             self._stats.storage_errors += 1
             self._log_failure(exc, "the token reservation stays as estimated")
@@ -358,7 +358,7 @@ class QuotaEngine:
             return
         try:
             await self._backend.adjust_async(
-                grant.limits, deltas, grant._ends, grant.stamp, self._ttl
+                grant.limits, deltas, grant._marks, grant.stamp, self._ttl
             )
         except StorageError as exc:
             self._stats.storage_errors += 1
