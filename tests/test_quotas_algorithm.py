@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -92,7 +93,7 @@ def test_admitted_cost_is_bounded(
 
 
 settle_any = st.tuples(
-    st.integers(min_value=0, max_value=20_000),  # milliseconds to advance
+    st.integers(min_value=0, max_value=20_000) | st.just(0),  # milliseconds to advance
     st.integers(min_value=0, max_value=3),  # 0-2 acquire, 3 settle an open grant
     st.floats(min_value=0, max_value=1.2),  # cost (or tokens used) as a share of q
     st.integers(min_value=0, max_value=59),  # which open grant settles (modulo their number)
@@ -135,6 +136,92 @@ def test_used_units_are_bounded(
             event[1] = min(amount, grant.costs[0])
             engine.settle(grant, event[1])
     assert_within_bound(admitted, per_minute, burst_seconds)
+
+
+class QueueModel:
+    """A bucket as the queue of its charges (exact, in seconds): time consumes the
+    oldest first, a refund cuts its own charge and moves every later one back."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.unit = Fraction(60, per_minute)
+        self.start = Fraction(0)
+        self.queue: list[list[Any]] = []  # [grant or None, seconds still ahead]
+
+    def tat(self, now: Fraction) -> Fraction:
+        elapsed = now - self.start
+        while self.queue and elapsed >= self.queue[0][1]:
+            elapsed -= self.queue.pop(0)[1]
+        if self.queue:
+            self.queue[0][1] -= elapsed
+        self.start = now
+        return now + sum((seconds for _, seconds in self.queue), Fraction(0))
+
+    def charge(self, now: Fraction, grant: Grant | None, units: int) -> None:
+        self.tat(now)
+        if units:
+            self.queue.append([grant, units * self.unit])
+
+    def refund(self, now: Fraction, grant: Grant, units: int) -> Fraction:
+        """Cut the grant's charge by ``units``, at most what of it is still ahead."""
+        self.tat(now)
+        for entry in self.queue:
+            if entry[0] is grant:
+                back = min(units * self.unit, entry[1])
+                entry[1] -= back
+                return back
+        return Fraction(0)
+
+
+def engine_tat(engine: QuotaEngine, limit: Limit, now: Fraction) -> Fraction:
+    entry = engine._memory._tat.get(limit.key)  # (tat·q, q, charged·q) in ns
+    if entry is None:
+        return now
+    return max(Fraction(entry[0], entry[1] * 1_000_000_000), now)
+
+
+@settings(max_examples=1_000, deadline=None)
+@given(
+    per_minute=st.integers(min_value=1, max_value=5_000) | st.integers(min_value=1, max_value=8),
+    burst_seconds=st.sampled_from([0.0, 7.0]),
+    oldest_first=st.booleans(),
+    operations=st.lists(settle_any, min_size=1, max_size=60),
+)
+def test_refunds_never_exceed_the_charge_still_ahead(
+    per_minute: int,
+    burst_seconds: float,
+    oldest_first: bool,
+    operations: list[tuple[int, int, float, int]],
+) -> None:
+    """Against the exact queue of charges: the bucket never lies below it, whatever
+    order grants settle in (a refund never credits time the refill returned), and
+    settled oldest first it is the queue exactly (no refund is lost)."""
+    clock = FakeClock()
+    engine = engine_on(clock, burst_seconds)
+    limit = budget(per_minute)
+    model = QueueModel(per_minute)
+    open_grants: list[Grant] = []
+    for advance, kind, share, which in operations:
+        clock.ms += advance
+        now = Fraction(clock.ms, 1000)
+        amount = int(share * per_minute)
+        if kind < 3:
+            grant = try_acquire(engine, limit, amount)
+            if grant is not None:
+                model.charge(now, grant, grant.costs[0])
+                open_grants.append(grant)
+        elif open_grants:
+            grant = open_grants.pop(0 if oldest_first else which % len(open_grants))
+            used = min(amount, 2 * grant.costs[0])
+            fresh = now - Fraction(grant.stamp) <= engine.settings.reservation_ttl_seconds
+            engine.settle(grant, used)
+            if used > grant.costs[0]:
+                model.charge(now, None, used - grant.costs[0])
+            elif fresh:
+                model.refund(now, grant, grant.costs[0] - used)
+        expected = model.tat(now)
+        assert engine_tat(engine, limit, now) >= expected
+        if oldest_first:
+            assert engine_tat(engine, limit, now) == expected
 
 
 def test_refunds_in_admission_order_stay_within_the_bound() -> None:
