@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests._queue_model import QueueModel, engine_tat
 
 from tenantkit.errors import QuotaExceeded
 from tenantkit.quotas import Grant, Limit, QuotaEngine
@@ -136,47 +136,6 @@ def test_used_units_are_bounded(
             event[1] = min(amount, grant.costs[0])
             engine.settle(grant, event[1])
     assert_within_bound(admitted, per_minute, burst_seconds)
-
-
-class QueueModel:
-    """A bucket as the queue of its charges (exact, in seconds): time consumes the
-    oldest first, a refund cuts its own charge and moves every later one back."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.unit = Fraction(60, per_minute)
-        self.start = Fraction(0)
-        self.queue: list[list[Any]] = []  # [grant or None, seconds still ahead]
-
-    def tat(self, now: Fraction) -> Fraction:
-        elapsed = now - self.start
-        while self.queue and elapsed >= self.queue[0][1]:
-            elapsed -= self.queue.pop(0)[1]
-        if self.queue:
-            self.queue[0][1] -= elapsed
-        self.start = now
-        return now + sum((seconds for _, seconds in self.queue), Fraction(0))
-
-    def charge(self, now: Fraction, grant: Grant | None, units: int) -> None:
-        self.tat(now)
-        if units:
-            self.queue.append([grant, units * self.unit])
-
-    def refund(self, now: Fraction, grant: Grant, units: int) -> Fraction:
-        """Cut the grant's charge by ``units``, at most what of it is still ahead."""
-        self.tat(now)
-        for entry in self.queue:
-            if entry[0] is grant:
-                back = min(units * self.unit, entry[1])
-                entry[1] -= back
-                return back
-        return Fraction(0)
-
-
-def engine_tat(engine: QuotaEngine, limit: Limit, now: Fraction) -> Fraction:
-    entry = engine._memory._tat.get(limit.key)  # (tat·q, q, charged·q) in ns
-    if entry is None:
-        return now
-    return max(Fraction(entry[0], entry[1] * 1_000_000_000), now)
 
 
 @settings(max_examples=1_000, deadline=None)
