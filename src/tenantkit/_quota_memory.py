@@ -143,10 +143,12 @@ class MemoryBackend:
                 if delta < 0:
                     # An absent bucket is full: nothing of the charge is ahead of now.
                     if fresh and prior is not None:
-                        exact, charged = _exact(prior, q)
-                        mark, floor = marks[i]
-                        end = max(mark - (charged - exact), floor)
-                        back = refund(-delta * PERIOD_NS, end - now_q)
+                        exact, written, charged = prior
+                        if written != q:
+                            exact, charged = _exact(prior, q)
+                        end, floor = marks[i]
+                        end -= charged - exact  # moved back by every refund since
+                        back = refund(-delta * PERIOD_NS, (end if end > floor else floor) - now_q)
                         if back:
                             tat[key] = (exact - back, q, charged)
                     continue
