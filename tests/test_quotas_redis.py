@@ -580,32 +580,33 @@ def test_exact_buckets_stay_numbers_for_older_readers(
     assert abs(float(read) - tat) <= 1
 
 
-def test_a_refunded_bucket_keeps_how_far_it_moved_back(
+def test_a_refunded_bucket_keeps_how_far_it_moved_back_and_its_refund_log(
     engine: QuotaEngine, client: redis.Redis, redis_prefix: str
 ) -> None:
-    """A refund stores "<tat>.<rem><q><rw><rr>" (45 digits after the dot): how far
-    refunds moved the TAT back, which a later refund needs; tonumber() still reads
-    the TAT within 1 µs, so older readers keep deciding on it."""
+    """A refund stores "<tat>.<rem><q><rw><rr>" and then its refund log, 51 digits a
+    refund (where its charge started, the amount): how far refunds moved the TAT
+    back and whose they were, which a later refund needs. tonumber() still reads the
+    TAT within 1 µs, so older readers keep deciding on it."""
     limit = Limit("tenant-tokens", "{acme}:tokens", "tokens", 7)
     grants = [engine.acquire([limit], tokens=1) for _ in range(3)]
-    assert engine.release(grants[0])
+    unit = 60_000_000 // 7  # one token of 7 a minute, in whole µs
+    assert engine.release(grants[2])  # the newest: logged, as older charges lie ahead
     raw = client.get(f"{redis_prefix}:{limit.key}")
     assert raw is not None
     whole, digits = raw.split(b".")
-    assert len(digits) == 45
-    rem, q, moved, moved_rem = int(digits[:10]), int(digits[10:20]), digits[20:35], digits[35:]
-    assert q == 7 and rem == (2 * 60_000_000) % 7
-    # One unit of 7 a minute given back (less the few µs since the admission).
-    assert 60_000_000 // 7 - 100_000 <= int(moved) <= 60_000_000 // 7
-    assert 0 <= int(moved_rem) < 7
+    assert len(digits) == 45 + 51
+    rem, q, moved = int(digits[:10]), int(digits[10:20]), int(digits[20:35])
+    assert q == 7 and rem == (2 * 60_000_000) % 7 and moved == unit
+    start, amount = digits[45:71], int(digits[71:86])
+    assert amount == unit and start == whole + digits[:10]  # it started where the TAT is now
     read = client.eval(
         "return string.format('%.3f', tonumber(redis.call('GET', KEYS[1])))",
         1,
         f"{redis_prefix}:{limit.key}",
     )
     assert abs(float(read) - int(whole)) <= 1
-    # The newest grant's refund still comes back whole: nothing has refilled it.
-    assert engine.release(grants[2])
+    # The oldest comes back whole too: the newer refund did not move its charge.
+    assert engine.release(grants[0])
     assert engine.acquire([limit], tokens=0).remaining[0] == 6
 
 

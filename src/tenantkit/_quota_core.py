@@ -53,9 +53,14 @@ def seconds_to_wait(level_q: int, q: int, cost: int, window: int, period: int, s
 
 
 Mark = tuple[int, int]
-"""What a refund needs of an admitted limit, scaled by its ``q`` in the backend's time
-unit: the bucket's ``charged`` just after the charge, and the admission's time plus
-the charge (see ``refund``)."""
+"""What a refund needs of an admitted limit: its bucket's ``charged`` just after and
+just before the charge, scaled by its ``q`` in the backend's time unit (see ``refund``)."""
+
+Refunds = tuple[tuple[int, int], ...]
+"""A bucket's log of refunds: ``(start, amount)`` by ascending start, scaled by ``q``."""
+
+MAX_LOGGED = 128
+"""Refunds a bucket logs at most; past it the oldest is dropped (see ``refund``)."""
 
 
 def refund(amount_q: int, ahead_q: int) -> int:
@@ -69,26 +74,51 @@ def refund(amount_q: int, ahead_q: int) -> int:
     more than was charged: ``amount_q`` is at most the charge.
 
     Where that end is now, whatever order grants settle in: refunds of *older*
-    grants since the admission have moved it back, by their sum; refunds of newer
-    ones have not. A bucket does not know which refund was whose, so the backends
-    take the later of two ends that are never later than the true one:
-
-    - ``charged - (charged_now - tat_now)``, with ``charged`` the first half of the
-      grant's ``Mark``: each bucket also keeps ``charged``, its TAT as if nothing had
-      been refunded (charges move both, a refund only the TAT, and once passed both
-      restart from now), so this moves the end back by *every* refund since;
-    - the admission's time plus the charge (the ``Mark``'s second half): older
-      refunds only give back what lies ahead of now, so the charge never starts
-      before its admission.
-
-    Exact when every refund since was of an older grant, or when the charge is
-    still wholly ahead of its admission's time; otherwise it may give back less than
-    the refill left (never more). A bucket reset since the admission (it was full)
-    makes both ends lie in the past: nothing comes back.
+    grants since the admission moved it back, refunds of newer ones did not. Each
+    bucket keeps ``charged``, its TAT as if nothing had been refunded (charges move
+    both, a refund only the TAT), so charges have fixed places on it: a grant's
+    ``Mark`` is ``charged`` just after and just before its charge. The bucket logs
+    each refund at the place its charge started, for as long as an older charge may
+    still be ahead of now (the refunded charge's own start is). A grant's end is then
+    its mark less ``charged - tat`` plus the logged refunds of newer grants
+    (``grant_end``): exact, in any order. Past ``MAX_LOGGED`` the oldest logged
+    refund is dropped and counts as an older one from then on, which can only give
+    back less. A bucket found full (its TAT passed) restarts: ``charged`` from now
+    if it had passed too, an empty log; the grants before it get nothing back.
     """
     if ahead_q <= 0:
         return 0
     return amount_q if amount_q < ahead_q else ahead_q
+
+
+def grant_end(mark: int, moved: int, log: Refunds) -> int:
+    """Where the charge ending at ``mark`` ends now: ``mark`` less ``moved`` (the
+    bucket's ``charged - tat``), plus the logged refunds of newer grants."""
+    end = mark - moved
+    for start, amount in log:
+        if start >= mark:
+            end += amount
+    return end
+
+
+def log_refund(log: Refunds, start: int, amount: int, moved: int, now: int) -> Refunds:
+    """Log a refund of ``amount`` of the charge that started at ``start``.
+
+    ``moved`` is the bucket's ``charged - tat`` after the refund. A logged charge
+    now starts at its place plus its own refund, less ``moved``, plus the newer
+    refunds; starts grow with places, so the refunds kept are those above the
+    newest whose charge starts at or before now (older charges have all ended).
+    """
+    entries = sorted((*log, (start, amount)))
+    kept: list[tuple[int, int]] = []
+    newer = 0
+    for place, back in reversed(entries):
+        if place + back - moved + newer <= now or len(kept) == MAX_LOGGED:
+            break
+        kept.append((place, back))
+        newer += back
+    kept.reverse()
+    return tuple(kept)
 
 
 class Outcome:

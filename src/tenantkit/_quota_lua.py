@@ -6,10 +6,13 @@ decide or adjust every limit of a request atomically in one call.
 
 from __future__ import annotations
 
-from ._quota_core import PERIOD_SECONDS
+from ._quota_core import MAX_LOGGED, PERIOD_SECONDS
 
 US = 1_000_000
 PERIOD_US = PERIOD_SECONDS * US
+
+LOGGED_DIGITS = 51
+"""Digits of one logged refund: where its charge started (16 and 10), its amount (15 and 10)."""
 
 MAX_DEBT_US = 2**49
 """The furthest a TAT may run ahead of now (about 17.8 years of debt, which no client
@@ -20,15 +23,16 @@ the year 2200 (``now`` is about 1.7e15 µs in 2024, and ``2^53`` is 9.0e15)."""
 # Bucket values: the exact TAT is ``tat + rem/q`` µs (0 <= rem < q), stored as the
 # string "<tat>" when rem is 0 and "<tat>.<rem><q>" otherwise, rem and the q it was
 # written under as 10 digits each (quotas are 32-bit). A bucket some refund has moved
-# back also keeps how far, ``rw + rr/q`` µs (its ``charged`` minus its TAT, see
-# ``_quota_core.refund``), as 15 and 10 more digits: "<tat>.<rem><q><rw><rr>". The
-# digits after the dot are
+# back also keeps how far, ``rw + rr/q`` µs (its ``charged`` minus its TAT), as 15
+# and 10 more digits, then its refund log, each refund as where its charge started
+# (16 and 10 digits) and its amount (15 and 10): "<tat>.<rem><q><rw><rr>[<sw><sr><bw><br>...]"
+# (see ``_quota_core.refund``). The digits after the dot are
 # integers, not a decimal fraction: the code before exact TATs read buckets with
 # tonumber(), and still reads such a value as a TAT within 1 µs of the truth, so a
 # rolling upgrade neither resets nor misreads a bucket; the code before this format
-# clamps the 20 (or 45) digits to q - 1 (within 1 µs too; it ignores the refunds).
-# Keys written before (a plain integer) are read with rem 0, and "<tat>.<rem>" (a rem
-# with other than 20 or 45 digits) as then: clamped to q - 1. A remainder written
+# clamps the digits to q - 1 (within 1 µs too; it ignores the refunds). Keys
+# written before (a plain integer) are read with rem 0, and "<tat>.<rem>" (a rem
+# of other lengths) as then: clamped to q - 1. A remainder written
 # under another q (a plan change) is rescaled to the reader's q and rounded up,
 # ceil(rem·q/q_old): every boundary a decision compares with is a multiple of 1/q
 # µs, so this decides as the exact TAT would, and as the memory backend does.
@@ -68,19 +72,22 @@ local function add(tat, rem, q, inc, irem)
   if rem >= q then tat, rem = tat + 1, rem - q end
   return tat, rem
 end
--- the bucket as tat, rem, rw, rr: its TAT, and how far refunds moved it back
+-- the bucket as tat, rem, rw, rr, log: its TAT, how far refunds moved it back and
+-- its refund log (as stored: LOGGED digits a refund; empty after a plan change)
 local function load(key, q)
   local v = redis.call('GET', key)
-  if not v then return 0, 0, 0, 0 end
+  if not v then return 0, 0, 0, 0, '' end
   local dot = string.find(v, '.', 1, true)
-  if dot == nil then return tonumber(v) or 0, 0, 0, 0 end
+  if dot == nil then return tonumber(v) or 0, 0, 0, 0, '' end
   local tat = tonumber(string.sub(v, 1, dot - 1)) or 0
-  local rem, written, rw, rr = 0, q, 0, 0
-  if #v - dot == 20 or #v - dot == 45 then
+  local rem, written, rw, rr, log = 0, q, 0, 0, ''
+  local n = #v - dot
+  if n == 20 or (n >= 45 and (n - 45) % LOGGED == 0) then
     rem = tonumber(string.sub(v, dot + 1, dot + 10)) or 0
     written = tonumber(string.sub(v, dot + 11, dot + 20)) or q
     rw = tonumber(string.sub(v, dot + 21, dot + 35)) or 0
-    rr = tonumber(string.sub(v, dot + 36)) or 0
+    rr = tonumber(string.sub(v, dot + 36, dot + 45)) or 0
+    if written == q then log = string.sub(v, dot + 46) end
   else
     rem = tonumber(string.sub(v, dot + 1)) or 0
   end
@@ -88,16 +95,17 @@ local function load(key, q)
   carry, rem = fit(rem, q, written)
   tat = tat + carry
   carry, rr = fit(rr, q, written)
-  return tat, rem, rw + carry, rr
+  return tat, rem, rw + carry, rr, log
 end
--- a TAT that has passed restarts at now, and so does charged (tat + r) if it passed too
-local function catch_up(tat, rem, rw, rr, now, q)
-  if tat >= now then return tat, rem, rw, rr end
+-- a bucket found full restarts: its TAT at now, charged (tat + r) too if it passed,
+-- and an empty log
+local function catch_up(tat, rem, rw, rr, log, now, q)
+  if tat >= now then return tat, rem, rw, rr, log end
   local s, sr = add(tat - now, rem, q, rw, rr)
-  if s < 0 then return now, 0, 0, 0 end
-  return now, 0, s, sr
+  if s < 0 then return now, 0, 0, 0, '' end
+  return now, 0, s, sr, ''
 end
-local function store(key, tat, rem, rw, rr, now, q)
+local function store(key, tat, rem, rw, rr, log, now, q)
   local s, sr = add(tat - now, rem, q, rw, rr)
   if s < 0 or (s == 0 and sr == 0) then
     redis.call('DEL', key)
@@ -106,8 +114,8 @@ local function store(key, tat, rem, rw, rr, now, q)
   if tat > now + MAX_DEBT then tat, rem = now + MAX_DEBT, 0 end
   if s > MAX_DEBT then rw, rr, s = now + MAX_DEBT - tat, 0, MAX_DEBT end
   local v = string.format('%.0f', tat)
-  if rw > 0 or rr > 0 then
-    v = v .. '.' .. string.format('%010.0f%010.0f%015.0f%010.0f', rem, q, rw, rr)
+  if rw > 0 or rr > 0 or log ~= '' then
+    v = v .. '.' .. string.format('%010.0f%010.0f%015.0f%010.0f', rem, q, rw, rr) .. log
   elseif rem > 0 then
     v = v .. '.' .. string.format('%010.0f%010.0f', rem, q)
   end
@@ -115,7 +123,7 @@ local function store(key, tat, rem, rw, rr, now, q)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-""".replace("MAX_DEBT", str(MAX_DEBT_US))
+""".replace("MAX_DEBT", str(MAX_DEBT_US)).replace("LOGGED", str(LOGGED_DIGITS))
 
 # KEYS: one bucket per limit. ARGV[1]: window µs; then per limit q, the charge (whole
 # µs and remainder) and the admission check's charge (the cost, or 1 unit if it is 0).
@@ -126,17 +134,17 @@ ACQUIRE_LUA = (
     _LUA_BUCKETS
     + """
 local window = tonumber(ARGV[1])
-local tats, rems, rws, rrs, stored, qs = {}, {}, {}, {}, {}, {}
+local tats, rems, rws, rrs, logs, stored, qs = {}, {}, {}, {}, {}, {}, {}
 local out = {1, now}
 for i = 1, #KEYS do
   local a = 5 * i - 3
   local o = 4 * i - 1
   local q = tonumber(ARGV[a])
   local key = KEYS[i]
-  local tat, rem, rw, rr = tats[key], rems[key], rws[key], rrs[key]
+  local tat, rem, rw, rr, log = tats[key], rems[key], rws[key], rrs[key], logs[key]
   if tat == nil then
-    tat, rem, rw, rr = load(key, q)
-    tat, rem, rw, rr = catch_up(tat, rem, rw, rr, now, q)
+    tat, rem, rw, rr, log = load(key, q)
+    tat, rem, rw, rr, log = catch_up(tat, rem, rw, rr, log, now, q)
   end
   if stored[key] == nil then stored[key] = {tat - now, rem, rw, rr} end
   out[o], out[o + 1], out[o + 2], out[o + 3] = tat - now, rem, rw, rr
@@ -146,7 +154,7 @@ for i = 1, #KEYS do
     local nt, nr = add(tat, rem, q, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
     if nt > now + window or (nt == now + window and nr > 0) then out[1] = 0 end
     tats[key], rems[key] = add(tat, rem, q, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]))
-    rws[key], rrs[key], qs[key] = rw, rr, q
+    rws[key], rrs[key], logs[key], qs[key] = rw, rr, log, q
     out[o], out[o + 1] = tats[key] - now, rems[key]
   end
 end
@@ -154,7 +162,7 @@ if out[1] == 1 then
   for key, tat in pairs(tats) do
     local was = stored[key]
     if tat ~= was[1] + now or rems[key] ~= was[2] then
-      store(key, tat, rems[key], rws[key], rrs[key], now, qs[key])
+      store(key, tat, rems[key], rws[key], rrs[key], logs[key], now, qs[key])
     end
   end
 else
@@ -169,43 +177,84 @@ return out
 
 # KEYS: one bucket per limit. ARGV[1]: grant stamp µs, ARGV[2]: ttl µs; then per
 # limit q, the sign of the delta, its size (whole µs and remainder) and, for a refund,
-# the grant's ``Mark`` (``charged`` after the charge, then the admission's time plus
-# the charge; whole µs and remainder each). A refund gives back at most what of the
-# charge is still ahead of now, its end taken as the later of ``charged`` less how far
-# refunds have moved the bucket back since and the second (see ``_quota_core.refund``).
+# the grant's ``Mark`` (``charged`` after and before the charge; whole µs and remainder
+# each). A refund gives back at most what of the charge is still ahead of now, and is
+# logged (see ``_quota_core.refund``).
 ADJUST_LUA = (
     _LUA_BUCKETS
     + """
+local function later(aw, ar, bw, br) return aw > bw or (aw == bw and ar > br) end
+-- the refund log as a list of {start whole, rem, amount whole, rem}, by ascending start
+local function entries(log)
+  local list = {}
+  for at = 1, #log, LOGGED do
+    list[#list + 1] = {
+      tonumber(string.sub(log, at, at + 15)), tonumber(string.sub(log, at + 16, at + 25)),
+      tonumber(string.sub(log, at + 26, at + 40)), tonumber(string.sub(log, at + 41, at + 50))}
+  end
+  return list
+end
+-- as _quota_core.log_refund: insert the refund, keep those above the newest whose
+-- charge starts at or before now (its place plus its refund less rw + rr/q, plus
+-- the newer refunds)
+local function log_refund(list, sw, sr, bw, br, rw, rr, now, q)
+  local at = #list + 1
+  while at > 1 and later(list[at - 1][1], list[at - 1][2], sw, sr) do at = at - 1 end
+  table.insert(list, at, {sw, sr, bw, br})
+  local kept, nw, nr = {}, 0, 0
+  for j = #list, 1, -1 do
+    local e = list[j]
+    local ew, er = e[1] - rw, e[2] - rr
+    if er < 0 then ew, er = ew - 1, er + q end
+    ew, er = add(ew, er, q, nw, nr)
+    ew, er = add(ew, er, q, e[3], e[4])
+    if not later(ew, er, now, 0) or #kept == MAX_LOGGED then break end
+    kept[#kept + 1] = string.format('%016.0f%010.0f%015.0f%010.0f', e[1], e[2], e[3], e[4])
+    nw, nr = add(nw, nr, q, e[3], e[4])
+  end
+  local out = {}
+  for j = #kept, 1, -1 do out[#out + 1] = kept[j] end
+  return table.concat(out)
+end
 local fresh = now - tonumber(ARGV[1]) <= tonumber(ARGV[2])
 for i = 1, #KEYS do
   local a = 8 * i - 5
   local q = tonumber(ARGV[a])
   local sign = tonumber(ARGV[a + 1])
   if q > 0 and sign ~= 0 and (sign > 0 or fresh) then
-    local tat, rem, rw, rr = load(KEYS[i], q)
+    local tat, rem, rw, rr, log = load(KEYS[i], q)
     local inc, irem = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
     if sign < 0 then
-      -- ahead: the later end, less now; an absent bucket is full (nothing ahead)
-      local aw, ar = tonumber(ARGV[a + 4]) - now - rw, tonumber(ARGV[a + 5]) - rr
+      -- as _quota_core.grant_end: the mark less rw + rr/q, plus the logged refunds
+      -- of newer grants (those whose charges started at or after it); then what of
+      -- it is ahead of now
+      local list = entries(log)
+      local mw, mr = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+      local aw, ar = mw - rw, mr - rr
       if ar < 0 then aw, ar = aw - 1, ar + q end
-      local fw, fr = tonumber(ARGV[a + 6]) - now, tonumber(ARGV[a + 7])
-      if fw > aw or (fw == aw and fr > ar) then aw, ar = fw, fr end
+      for _, e in ipairs(list) do
+        if not later(mw, mr, e[1], e[2]) then aw, ar = add(aw, ar, q, e[3], e[4]) end
+      end
+      aw = aw - now
       if aw < inc or (aw == inc and ar < irem) then inc, irem = aw, ar end
+      -- an absent bucket is full: nothing of the charge is ahead of now
       if (tat > now or (tat == now and rem > 0)) and (inc > 0 or (inc == 0 and irem > 0)) then
         tat, rem = tat - inc, rem - irem
         if rem < 0 then tat, rem = tat - 1, rem + q end
         rw, rr = add(rw, rr, q, inc, irem)
-        store(KEYS[i], tat, rem, rw, rr, now, q)
+        local sw, sr = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+        log = log_refund(list, sw, sr, inc, irem, rw, rr, now, q)
+        store(KEYS[i], tat, rem, rw, rr, log, now, q)
       end
     else
-      tat, rem, rw, rr = catch_up(tat, rem, rw, rr, now, q)
+      tat, rem, rw, rr, log = catch_up(tat, rem, rw, rr, log, now, q)
       tat, rem = add(tat, rem, q, inc, irem)
-      store(KEYS[i], tat, rem, rw, rr, now, q)
+      store(KEYS[i], tat, rem, rw, rr, log, now, q)
     end
   end
 end
 return 1
-"""
+""".replace("MAX_LOGGED", str(MAX_LOGGED)).replace("LOGGED", str(LOGGED_DIGITS))
 )
 
 

@@ -1,10 +1,10 @@
 """In-process GCRA buckets: O(1) per limit, bounded memory, no background thread.
 
 Each bucket is its theoretical arrival time (TAT) in nanoseconds of the engine's
-clock, kept exactly as ``(tat·q, q, charged·q)``: scaled by the quota ``q`` it was
-written under, so a charge never rounds (after a plan change it is rescaled to the
-new ``q``, rounded up, see ``_exact``). ``charged`` is where the TAT would be had
-nothing been refunded (see ``_quota_core.refund``). A limit of ``q`` per
+clock, kept exactly as ``(tat·q, q, charged·q, refunds)``: scaled by the quota ``q``
+it was written under, so a charge never rounds (after a plan change it is rescaled
+to the new ``q``, rounded up, see ``_exact``). ``charged`` and ``refunds`` place a
+later refund (see ``_quota_core.refund``). A limit of ``q`` per
 minute spends ``60/q`` seconds of TAT per unit and tolerates a TAT up to
 ``window`` ahead of now (``window`` = 60 s plus the configured burst seconds),
 which is a token bucket of ``q·window/60`` units refilled at ``q/60`` per
@@ -25,7 +25,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ._quota_core import PERIOD_SECONDS, Mark, Outcome, refund, seconds_to_full, units_left
+from ._quota_core import (
+    PERIOD_SECONDS,
+    Mark,
+    Outcome,
+    Refunds,
+    grant_end,
+    log_refund,
+    refund,
+    seconds_to_full,
+    units_left,
+)
 
 if TYPE_CHECKING:
     from .quotas import Limit
@@ -33,9 +43,9 @@ if TYPE_CHECKING:
 NS = 1_000_000_000
 PERIOD_NS = PERIOD_SECONDS * NS
 
-Entry = tuple[int, int, int]
-"""A bucket: ``(tat·q, q, charged·q)``, its exact TAT and its TAT without refunds, in
-ns scaled by the ``q`` they were written under."""
+Entry = tuple[int, int, int, Refunds]
+"""A bucket: ``(tat·q, q, charged·q, refunds)``, its exact TAT, its TAT without
+refunds and its refund log, in ns scaled by the ``q`` they were written under."""
 
 
 class MemoryBackend:
@@ -82,14 +92,17 @@ class MemoryBackend:
                 now_q = now * q
                 if prior is None:
                     base = charged = now_q
+                    log: Refunds = ()
                 else:  # _exact, inlined
-                    scaled, written, charged = prior
+                    scaled, written, charged, log = prior
                     if written != q:
-                        scaled = -(-scaled * q // written)
-                        charged = -(-charged * q // written)
-                    base = scaled if scaled > now_q else now_q
-                    if charged < now_q:
-                        charged = now_q
+                        scaled, charged, log = _exact(prior, q)
+                    if scaled < now_q:  # full: restart (see refund)
+                        base, log = now_q, ()
+                        if charged < now_q:
+                            charged = now_q
+                    else:
+                        base = scaled
                 charge = cost * PERIOD_NS
                 level = base - now_q + charge
                 over = (level if cost else level + PERIOD_NS) - window * q
@@ -97,9 +110,9 @@ class MemoryBackend:
                     wait = -(-over // (q * NS))
                     if wait > retry:
                         retry, blocker = wait, i
+                marks.append((charged + charge, charged))
                 charged += charge
-                marks.append((charged, now_q + charge))
-                staged[key] = (base + charge, q, charged)
+                staged[key] = (base + charge, q, charged, log)
                 left = (window * q - level) // PERIOD_NS
                 remaining.append(left if left > 0 else 0)
                 reset.append(-(-level // (q * NS)))
@@ -143,30 +156,38 @@ class MemoryBackend:
                 if delta < 0:
                     # An absent bucket is full: nothing of the charge is ahead of now.
                     if fresh and prior is not None:
-                        exact, written, charged = prior
+                        exact, written, charged, log = prior
                         if written != q:
-                            exact, charged = _exact(prior, q)
-                        end, floor = marks[i]
-                        end -= charged - exact  # moved back by every refund since
-                        back = refund(-delta * PERIOD_NS, (end if end > floor else floor) - now_q)
+                            exact, charged, log = _exact(prior, q)
+                        mark, start = marks[i]
+                        moved = charged - exact
+                        end = grant_end(mark, moved, log) if log else mark - moved
+                        back = refund(-delta * PERIOD_NS, end - now_q)
                         if back:
-                            tat[key] = (exact - back, q, charged)
+                            moved += back
+                            # (an empty log stays empty if the charge now starts by now)
+                            if log or start + back - moved > now_q:
+                                log = log_refund(log, start, back, moved, now_q)
+                            tat[key] = (exact - back, q, charged, log)
                     continue
                 if prior is None:
                     self._make_room(now)
                     self._ring.append(key)
                     base = charged = now_q
+                    log = ()
                 else:
-                    base, charged = _exact(prior, q)
-                    base, charged = max(base, now_q), max(charged, now_q)
-                tat[key] = (base + delta * PERIOD_NS, q, charged + delta * PERIOD_NS)
+                    base, charged, log = _exact(prior, q)
+                    if base < now_q:  # full: restart (see refund)
+                        base, charged, log = now_q, max(charged, now_q), ()
+                charge = delta * PERIOD_NS
+                tat[key] = (base + charge, q, charged + charge, log)
 
     def _make_room(self, now: int) -> None:
         """Drop or rotate the two oldest keys; evict past ``max_keys`` (lock held)."""
         ring, tat = self._ring, self._tat
         for _ in range(min(2, len(ring))):
             key = ring.popleft()
-            _, q, charged = tat[key]
+            _, q, charged, _ = tat[key]
             if charged <= now * q:  # full, and no refund can apply any more
                 del tat[key]
             else:
@@ -208,17 +229,18 @@ class MemoryBackend:
         """Nothing to release; the buckets stay valid."""
 
 
-def _exact(entry: Entry, q: int) -> tuple[int, int]:
-    """A stored TAT and its ``charged``, scaled by ``q``: rounded up if written under another.
+def _exact(entry: Entry, q: int) -> tuple[int, int, Refunds]:
+    """A stored TAT, ``charged`` and refund log, scaled by ``q``: rounded up if written
+    under another ``q``, and then without the log (its grants get no more back).
 
     After a plan change ``tat·q_old / q_old`` is rarely a multiple of ``1/q``; as every
     boundary a decision compares with is one, the ceiling decides exactly alike
     (as Redis does, see ``_quota_lua``).
     """
-    scaled, written, charged = entry
+    scaled, written, charged, log = entry
     if written == q:
-        return scaled, charged
-    return -(-scaled * q // written), -(-charged * q // written)
+        return scaled, charged, log
+    return -(-scaled * q // written), -(-charged * q // written), ()
 
 
 def _state(

@@ -306,7 +306,7 @@ class RedisBackend:
             args.append(q)
             args.append((delta > 0) - (delta < 0))
             args.extend(charge(abs(delta), q))
-            # The grant's mark (see _quota_core.refund), for a refund's cap.
+            # Where the grant's charge ends and starts (see _quota_core.refund).
             if delta < 0 and q > 0:
                 args.extend(divmod(marks[i][0], q))
                 args.extend(divmod(marks[i][1], q))
@@ -329,7 +329,8 @@ class RedisBackend:
             level = int(reply[at]) * q + int(reply[at + 1]) if q > 0 else 0
             levels.append(level)
             moved = int(reply[at + 2]) * q + int(reply[at + 3])
-            marks.append((now * q + level + moved, now * q + costs[i] * PERIOD_US))
+            mark = now * q + level + moved
+            marks.append((mark, mark - costs[i] * PERIOD_US))
             remaining.append(units_left(level, q, window, PERIOD_US))
             reset.append(seconds_to_full(level, q, US))
         retry, blocker = 0, -1
