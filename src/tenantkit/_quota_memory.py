@@ -93,7 +93,7 @@ class MemoryBackend:
                 if prior is None:
                     base = charged = now_q
                     log: Refunds = ()
-                else:  # _exact, inlined
+                else:  # _exact, inlined for an unchanged q
                     scaled, written, charged, log = prior
                     if written != q:
                         scaled, charged, log = _exact(prior, q)
