@@ -8,8 +8,8 @@ settles after a random (log-normal) time, so settles come in no particular order
 Every refund is compared with the exact one, from a model that keeps the bucket's
 charges as a queue (``tests/_queue_model.py``): what of the settling request's
 charge is still ahead of now. The engine never gives more (that would break the
-admission bound; the run checks it at every settle); it gives less only once a
-bucket has more refunds to keep than its log holds (``MAX_LOGGED``), as in the
+admission bound; the run checks it at every settle); it may give less only once
+a bucket has more refunds to keep than its log holds (``MAX_LOGGED``), as in the
 last mix, with hundreds of one tenant's requests in flight.
 """
 

@@ -345,6 +345,38 @@ def test_redis_decides_as_memory_does(
     memory_engine.close()
 
 
+@pytest.mark.parametrize("backend", [pytest.param("redis", marks=pytest.mark.redis)])
+def test_a_full_refund_log_merges_alike_on_redis_and_memory(
+    make_engine: EngineFactory, advance: Callable[[float], None]
+) -> None:
+    """300 reservations in flight, released in random order as time passes: past the
+    128 refunds a bucket logs, both backends merge the same ones and give back alike.
+    Dropping the oldest instead left 565,500 of 600,000 at the end."""
+    rng = random.Random(7)
+    redis_engine = make_engine()
+    memory_clock = FakeClock()
+    memory_engine = QuotaEngine(QuotaSettings(), clock=memory_clock)
+    budget = tokens_limit(600_000)
+    pairs = [
+        (
+            redis_engine.acquire([budget], tokens=1_000),
+            memory_engine.acquire([budget], tokens=1_000),
+        )
+        for _ in range(300)
+    ]
+    rng.shuffle(pairs)
+    for n, (on_redis, in_memory) in enumerate(pairs):
+        if n % 10 == 0:
+            advance(0.05)
+            memory_clock.now += 0.05
+        assert redis_engine.release(on_redis) and memory_engine.release(in_memory)
+        left = remaining_of(redis_engine, budget)
+        assert left == remaining_of(memory_engine, budget) <= 600_000
+    # Every reservation came back whole: the two closest merged are adjacent charges.
+    assert left == 600_000
+    memory_engine.close()
+
+
 def test_settle_and_release_apply_once(make_engine: EngineFactory, backend: str) -> None:
     """A grant is settled or released once; later calls do nothing and say so."""
     engine = make_engine()

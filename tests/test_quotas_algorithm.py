@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -177,6 +178,31 @@ def test_refunds_give_back_exactly_the_charge_still_ahead(
                 model.charge(now, None, used - grant.costs[0])
             elif fresh:
                 model.refund(now, grant, grant.costs[0] - used)
+        assert engine_tat(engine, limit, now) == model.tat(now)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hundreds_in_flight_settle_exactly_past_the_log_size(seed: int) -> None:
+    """300 reservations in flight (more than the 128 refunds a bucket logs), settled
+    in random order as time passes: the bucket still is the exact queue of charges
+    (merging the two closest logged refunds loses nothing when they are adjacent)."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    engine = engine_on(clock)
+    limit = budget(600_000)
+    model = QueueModel(600_000)
+    grants = []
+    for _ in range(300):
+        grant = engine.acquire([limit], tokens=1_000)
+        model.charge(Fraction(clock.ms, 1000), grant, 1_000)
+        grants.append(grant)
+    rng.shuffle(grants)
+    for grant in grants:
+        clock.ms += rng.randint(0, 20)
+        now = Fraction(clock.ms, 1000)
+        used = rng.randint(0, 1_000)
+        engine.settle(grant, used)
+        model.refund(now, grant, 1_000 - used)
         assert engine_tat(engine, limit, now) == model.tat(now)
 
 

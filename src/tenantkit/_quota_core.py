@@ -60,7 +60,7 @@ Refunds = tuple[tuple[int, int], ...]
 """A bucket's log of refunds: ``(start, amount)`` by ascending start, scaled by ``q``."""
 
 MAX_LOGGED = 128
-"""Refunds a bucket logs at most; past it the oldest is dropped (see ``refund``)."""
+"""Refunds a bucket logs at most; past it the two closest merge (see ``refund``)."""
 
 
 def refund(amount_q: int, ahead_q: int) -> int:
@@ -81,9 +81,10 @@ def refund(amount_q: int, ahead_q: int) -> int:
     each refund at the place its charge started, for as long as an older charge may
     still be ahead of now (the refunded charge's own start is). A grant's end is then
     its mark less ``charged - tat`` plus the logged refunds of newer grants
-    (``grant_end``): exact, in any order. Past ``MAX_LOGGED`` the oldest logged
-    refund is dropped and counts as an older one from then on, which can only give
-    back less. A bucket found full (its TAT passed) restarts: ``charged`` from now
+    (``grant_end``): exact, in any order. Past ``MAX_LOGGED`` the two closest
+    logged refunds merge into the lower place: the grants between them, if any,
+    count the upper one as older from then on, which can only give back less.
+    A bucket found full (its TAT passed) restarts: ``charged`` from now
     if it had passed too, an empty log; the grants before it get nothing back.
     """
     if ahead_q <= 0:
@@ -113,11 +114,16 @@ def log_refund(log: Refunds, start: int, amount: int, moved: int, now: int) -> R
     kept: list[tuple[int, int]] = []
     newer = 0
     for place, back in reversed(entries):
-        if place + back - moved + newer <= now or len(kept) == MAX_LOGGED:
+        if place + back - moved + newer <= now:
             break
         kept.append((place, back))
         newer += back
     kept.reverse()
+    if len(kept) > MAX_LOGGED:
+        # Merge the two closest into the lower place: only the grants between them
+        # (none if their charges were adjacent) then count the upper refund as older.
+        at = min(range(1, len(kept)), key=lambda j: kept[j][0] - kept[j - 1][0])
+        kept[at - 1 : at + 1] = [(kept[at - 1][0], kept[at - 1][1] + kept[at][1])]
     return tuple(kept)
 
 

@@ -201,19 +201,35 @@ local function log_refund(list, sw, sr, bw, br, rw, rr, now, q)
   local at = #list + 1
   while at > 1 and later(list[at - 1][1], list[at - 1][2], sw, sr) do at = at - 1 end
   table.insert(list, at, {sw, sr, bw, br})
-  local kept, nw, nr = {}, 0, 0
+  local first, nw, nr = #list + 1, 0, 0
   for j = #list, 1, -1 do
     local e = list[j]
     local ew, er = e[1] - rw, e[2] - rr
     if er < 0 then ew, er = ew - 1, er + q end
     ew, er = add(ew, er, q, nw, nr)
     ew, er = add(ew, er, q, e[3], e[4])
-    if not later(ew, er, now, 0) or #kept == MAX_LOGGED then break end
-    kept[#kept + 1] = string.format('%016.0f%010.0f%015.0f%010.0f', e[1], e[2], e[3], e[4])
-    nw, nr = add(nw, nr, q, e[3], e[4])
+    if not later(ew, er, now, 0) then break end
+    first, nw, nr = j, add(nw, nr, q, e[3], e[4])
+  end
+  local kept = {}
+  for j = first, #list do kept[#kept + 1] = list[j] end
+  if #kept > MAX_LOGGED then
+    -- merge the two closest into the lower place (the first such pair, as min() does)
+    local at, gw, gr = 0, 0, 0
+    for j = 2, #kept do
+      local dw, dr = kept[j][1] - kept[j - 1][1], kept[j][2] - kept[j - 1][2]
+      if dr < 0 then dw, dr = dw - 1, dr + q end
+      if at == 0 or later(gw, gr, dw, dr) then at, gw, gr = j, dw, dr end
+    end
+    local low, high = kept[at - 1], kept[at]
+    low[3], low[4] = add(low[3], low[4], q, high[3], high[4])
+    table.remove(kept, at)
   end
   local out = {}
-  for j = #kept, 1, -1 do out[#out + 1] = kept[j] end
+  for j = 1, #kept do
+    local e = kept[j]
+    out[j] = string.format('%016.0f%010.0f%015.0f%010.0f', e[1], e[2], e[3], e[4])
+  end
   return table.concat(out)
 end
 local fresh = now - tonumber(ARGV[1]) <= tonumber(ARGV[2])
