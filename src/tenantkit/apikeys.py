@@ -87,8 +87,7 @@ INVALID_KEY: Final = "invalid API key"
 class _Entry:
     """What the cache holds per key hash, with the identity its record grants.
 
-    Records are immutable, so the identity is built once per cached entry
-    instead of once per request.
+    Records are immutable, so the identity is built once per cached entry, not per request.
     """
 
     hash: str
@@ -129,7 +128,7 @@ class APIKeyStore:
             raise ConfigurationError("api_key_environment must be 'live' or 'test'")
         self.engine = engine
         self.environment: Environment = environment
-        self._secret = secret.encode()
+        self._keyed = hmac.new(secret.encode(), digestmod=sha256)
         self._now = now
         self._cache: VersionedCache[str, _Entry] = VersionedCache(
             version_of=lambda entry: 0 if entry.record.revoked_at is None else 1,
@@ -311,8 +310,9 @@ class APIKeyStore:
         self._cache.clear()
 
     def _digest(self, key: str) -> str:
-        # hmac.digest is the one-shot C path: the same HMAC without a Python HMAC object.
-        return hmac.digest(self._secret, key.encode(), sha256).hex()
+        mac = self._keyed.copy()  # keyed once: a copy skips hashing the secret into its pads
+        mac.update(key.encode())
+        return mac.hexdigest()
 
     def _load(self, digest: str) -> _Entry | None:
         with _storage_errors(), Session(self.engine) as session:
