@@ -350,8 +350,9 @@ class QuotaEngine:
             self._stats.storage_errors += 1
             self._log_failure(exc, "the token reservation stays as estimated")
         finally:
-            # Even a call that failed or timed out may have refunded: forget the levels.
-            self._backend.forget_denial(_refunded(grant.limits, deltas))
+            if self._redis is not None:  # memory caches no denials: nothing to forget
+                # Even a call that failed or timed out may have refunded: forget the levels.
+                self._backend.forget_denial(_refunded(grant.limits, deltas))
 
     async def _adjust_async(self, grant: Grant, deltas: list[int]) -> None:
         if not any(deltas):
