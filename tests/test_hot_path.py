@@ -24,7 +24,7 @@ from tenantkit._db import make_engine
 from tenantkit._keyformat import _PAIRS, _base62_int, _checksum, generate_key
 from tenantkit._quota_limits import limit_set_for, limits_for
 from tenantkit._ratelimit_headers import UNKNOWN, HeaderRenderer
-from tenantkit._request import parse_json_object
+from tenantkit._request import _DECODER, _decode_object, parse_json_object
 from tenantkit.apikeys import MISS, APIKeyStore
 from tenantkit.asgi import TenantKitMiddleware, _edit_headers
 from tenantkit.errors import (
@@ -287,6 +287,10 @@ def reference_parse(body: bytes) -> object:
         b'{"\\ud800": 1}',
         b'{"a": "\\\\ud800 an escaped backslash"}',
         '{"a": "\ud83d\ude00"}'.encode("utf-16", "surrogatepass"),
+        b'{"a": 1} \t\r\n',
+        b'{"a": 1} x',
+        b'{"a": 1}{}',
+        b'{"a": 1}\xc2\xa0',
     ],
 )
 def test_json_fast_path_matches_json_loads(body: bytes) -> None:
@@ -298,6 +302,26 @@ def test_json_fast_path_matches_json_loads(body: bytes) -> None:
         assert isinstance(expected, type) or not isinstance(expected, dict)
         return
     assert got == expected
+
+
+def decoded(decode: Any, text: str) -> object:
+    try:
+        return decode(text)
+    except ValueError as exc:
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *["{}", '{"a": 1} \t\r\n', '{"a": 1} x', '{"a": 1}\n\n{}', '{"a": 1}\xa0', '{"a": 1'],
+        *['{"a" 1}', '{"a": [1,]}', '{"a": {"b": }}', '{"a": 1, "a": 2}', '{"a": NaN}'],
+        '{"a": {"b": [true, null, "\\u00e9", -1.5e3]}}',
+    ],
+)
+def test_direct_scan_answers_as_the_decoder(text: str) -> None:
+    """``_decode_object`` gives what ``_DECODER.decode`` gives: the same value or error message."""
+    assert decoded(_decode_object, text) == decoded(_DECODER.decode, text)
 
 
 @pytest.mark.parametrize(

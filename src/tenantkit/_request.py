@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
+from json.scanner import make_scanner
 from typing import Any
 
 from .errors import PROBLEM_CONTENT_TYPE, BadRequest, HTTPError
@@ -40,6 +41,26 @@ def _no_constant(name: str) -> Any:
 # and a downstream parser could read differently (a name twice, NaN, lone
 # surrogates) is refused rather than guessed at.
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_no_constant)
+# json builds its own scanner from the decoder alike (typeshed types the argument as a scanner).
+_SCAN = make_scanner(_DECODER)  # type: ignore[arg-type]
+_JSON_WHITESPACE = " \t\n\r"
+
+
+def _decode_object(text: str) -> Any:
+    """``_DECODER.decode(text)`` for a text opening with ``{``: the same value or error.
+
+    It calls the C scanner directly; ``decode`` and ``raw_decode`` are two Python
+    wrappers around it that cost more than scanning a small body.
+    """
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration as exc:  # a value missing inside, turned into raw_decode's error
+        raise json.JSONDecodeError("Expecting value", text, exc.value) from None
+    if end != len(text):
+        rest = text[end:].lstrip(_JSON_WHITESPACE)
+        if rest:
+            raise json.JSONDecodeError("Extra data", text, len(text) - len(rest))
+    return value
 
 
 def request_id_from(value: str | None) -> str:
@@ -73,9 +94,10 @@ def parse_json_object(body: bytes) -> Mapping[str, Any]:
         if body[:1] == b"{" and (len(body) < 2 or body[1]):
             # json.detect_encoding reads this body as UTF-8: skip its pure-Python sniffing.
             text = body.decode("utf-8")
+            value = _decode_object(text)
         else:
             text = body.decode(json.detect_encoding(body))
-        value = _DECODER.decode(text)
+            value = _DECODER.decode(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from exc
     except ValueError as exc:  # a name twice, NaN, or an integer past int()'s digit limit
