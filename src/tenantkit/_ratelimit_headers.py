@@ -69,11 +69,10 @@ class HeaderRenderer:
         else:
             prefixes = limits.item_prefixes  # type: ignore[attr-defined]
         headers = [(RATELIMIT_POLICY, policy)]
-        items = [
-            f"{prefixes[i]}{left};t={reset[i]}"
-            for i, left in enumerate(remaining)
-            if left != UNKNOWN
-        ]
+        items = []
+        for i, left in enumerate(remaining):  # a loop: a comprehension is a call per request
+            if left != UNKNOWN:
+                items.append(f"{prefixes[i]}{left};t={reset[i]}")
         if items:
             headers.append((RATELIMIT, ", ".join(items)))
         if self.openai:

@@ -77,9 +77,7 @@ class TenantKitMiddleware:
             kind = message["type"]
             if kind == "http.response.start":
                 admission.status = message["status"]
-                extra = [
-                    (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in admission.headers
-                ]
+                extra = _encode_headers(admission.headers)
                 stamp = (self._rid_key, request_id.encode("latin-1"))
                 reported = _edit_headers(message, self._token_key, extra, stamp)
                 if reported is not None:
@@ -188,6 +186,25 @@ def _edit_headers(
         out.append(stamp)
     message["headers"] = out
     return reported
+
+
+# The admissions' header names (the rate-limit dialects': a handful) as ASGI wants them,
+# encoded once rather than per response; bounded in case an app adds its own.
+_ENCODED_NAMES: dict[str, bytes] = {}
+_ENCODED_NAMES_MAX = 256
+
+
+def _encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Encode headers for an ASGI message: lower-case latin-1 names, latin-1 values."""
+    encoded = []
+    for name, value in headers:
+        key = _ENCODED_NAMES.get(name)
+        if key is None:
+            key = name.lower().encode("latin-1")
+            if len(_ENCODED_NAMES) < _ENCODED_NAMES_MAX:
+                _ENCODED_NAMES[name] = key
+        encoded.append((key, value.encode("latin-1")))
+    return encoded
 
 
 def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
