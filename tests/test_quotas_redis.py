@@ -188,6 +188,22 @@ def test_buckets_expire_by_themselves(
     assert 0 < ttl <= 6_001
 
 
+def test_refunds_do_not_keep_a_bucket_past_the_reservation_ttl(
+    engine: QuotaEngine, client: redis.Redis, redis_prefix: str
+) -> None:
+    """Reserving a whole bucket and releasing it at once, 20 times, moves its TAT
+    without refunds (charged) 1,000 s ahead; the key still expires within the
+    reservation ttl (120 s): every grant it could still refund is void by then.
+    It used to live until charged passed."""
+    budget = Limit("tenant-tokens", "{acme}:tokens", "tokens", 600)
+    held = engine.acquire([budget], tokens=100)  # 10 s of the bucket stay charged
+    for _ in range(20):
+        assert engine.release(engine.acquire([budget], tokens=500))
+    assert 10_000 < client.pttl(f"{redis_prefix}:{budget.key}") <= 121_000
+    assert engine.release(held)  # still refunded within the ttl: the bucket is full again
+    assert engine.acquire([budget], tokens=0).remaining == [600]
+
+
 def test_async_path_uses_the_async_client(engine: QuotaEngine) -> None:
     """acquire_async never touches the blocking client."""
 

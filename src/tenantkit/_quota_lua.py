@@ -105,7 +105,10 @@ local function catch_up(tat, rem, rw, rr, log, now, q)
   if s < 0 then return now, 0, 0, 0, '' end
   return now, 0, s, sr, ''
 end
-local function store(key, tat, rem, rw, rr, log, now, q)
+-- kept until the TAT passes, and charged too unless every refund it could still
+-- need is void by then: each refundable admission writes, so ``keep`` (the
+-- reservation ttl) after the last write every grant before it is stale
+local function store(key, tat, rem, rw, rr, log, now, q, keep)
   local s, sr = add(tat - now, rem, q, rw, rr)
   if s < 0 or (s == 0 and sr == 0) then
     redis.call('DEL', key)
@@ -119,13 +122,16 @@ local function store(key, tat, rem, rw, rr, log, now, q)
   elseif rem > 0 then
     v = v .. '.' .. string.format('%010.0f%010.0f', rem, q)
   end
+  if s > keep then s = keep end
+  if tat - now > s then s = tat - now end
   redis.call('SET', key, v, 'PX', math.ceil(s / 1000) + 1)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """.replace("MAX_DEBT", str(MAX_DEBT_US)).replace("LOGGED", str(LOGGED_DIGITS))
 
-# KEYS: one bucket per limit. ARGV[1]: window µs; then per limit q, the charge (whole
+# KEYS: one bucket per limit. ARGV[1]: window µs, ARGV[2]: the reservation ttl µs; then
+# per limit q, the charge (whole
 # µs and remainder) and the admission check's charge (the cost, or 1 unit if it is 0).
 # Returns {admitted, now µs, then per limit its level (whole µs and remainder) and how
 # far refunds moved it back (the same)}: after the charge if admitted, before it (as
@@ -133,11 +139,11 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 ACQUIRE_LUA = (
     _LUA_BUCKETS
     + """
-local window = tonumber(ARGV[1])
+local window, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tats, rems, rws, rrs, logs, stored, qs = {}, {}, {}, {}, {}, {}, {}
 local out = {1, now}
 for i = 1, #KEYS do
-  local a = 5 * i - 3
+  local a = 5 * i - 2
   local o = 4 * i - 1
   local q = tonumber(ARGV[a])
   local key = KEYS[i]
@@ -162,7 +168,7 @@ if out[1] == 1 then
   for key, tat in pairs(tats) do
     local was = stored[key]
     if tat ~= was[1] + now or rems[key] ~= was[2] then
-      store(key, tat, rems[key], rws[key], rrs[key], logs[key], now, qs[key])
+      store(key, tat, rems[key], rws[key], rrs[key], logs[key], now, qs[key], keep)
     end
   end
 else
@@ -232,7 +238,8 @@ local function log_refund(list, sw, sr, bw, br, rw, rr, now, q)
   end
   return table.concat(out)
 end
-local fresh = now - tonumber(ARGV[1]) <= tonumber(ARGV[2])
+local keep = tonumber(ARGV[2])
+local fresh = now - tonumber(ARGV[1]) <= keep
 for i = 1, #KEYS do
   local a = 8 * i - 5
   local q = tonumber(ARGV[a])
@@ -260,12 +267,12 @@ for i = 1, #KEYS do
         rw, rr = add(rw, rr, q, inc, irem)
         local sw, sr = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
         log = log_refund(list, sw, sr, inc, irem, rw, rr, now, q)
-        store(KEYS[i], tat, rem, rw, rr, log, now, q)
+        store(KEYS[i], tat, rem, rw, rr, log, now, q, keep)
       end
     else
       tat, rem, rw, rr, log = catch_up(tat, rem, rw, rr, log, now, q)
       tat, rem = add(tat, rem, q, inc, irem)
-      store(KEYS[i], tat, rem, rw, rr, log, now, q)
+      store(KEYS[i], tat, rem, rw, rr, log, now, q, keep)
     end
   end
 end

@@ -34,6 +34,7 @@ from .errors import ConfigurationError, StorageError
 
 if TYPE_CHECKING:
     from .quotas import Limit
+    from .settings import QuotaSettings
 
 POOL_SIZE = 16
 """Connections per client. A few in flight keep the event loop's latency under the
@@ -73,9 +74,8 @@ class RedisBackend:
     def __init__(
         self,
         uri: str,
+        settings: QuotaSettings,
         *,
-        burst_seconds: float,
-        timeout: float,
         key_prefix: str,
         options: dict[str, Any] | None = None,
     ) -> None:
@@ -89,8 +89,9 @@ class RedisBackend:
         if "{" in key_prefix or "}" in key_prefix:
             raise ConfigurationError("the quota key prefix must not contain '{' or '}'")
         self._uri = uri
-        self._window = PERIOD_US + round(burst_seconds * US)
-        self._timeout = timeout
+        self._window = PERIOD_US + round(settings.burst_seconds * US)
+        self._ttl = round(settings.reservation_ttl_seconds * US)
+        timeout = self._timeout = settings.timeout_seconds
         self._prefix = key_prefix + ":"
         options = dict(options or {})
         self._pool_size = int(options.pop("max_connections", POOL_SIZE))
@@ -278,7 +279,7 @@ class RedisBackend:
     ) -> tuple[list[str], list[int]]:
         prefix = self._prefix
         keys = [prefix + limit.key for limit in limits]
-        args = [self._window]
+        args = [self._window, self._ttl]
         for limit, cost in zip(limits, costs, strict=True):
             q = limit.per_minute
             charged = charge(cost, q)
@@ -306,8 +307,7 @@ class RedisBackend:
             args.append(q)
             args.append((delta > 0) - (delta < 0))
             args.extend(charge(abs(delta), q))
-            # Where the grant's charge ends and starts (see _quota_core.refund).
-            if delta < 0 and q > 0:
+            if delta < 0 and q > 0:  # where its charge ends and starts (_quota_core.refund)
                 args.extend(divmod(marks[i][0], q))
                 args.extend(divmod(marks[i][1], q))
             else:

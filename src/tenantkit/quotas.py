@@ -91,11 +91,7 @@ class QuotaEngine:
             from ._quota_redis import RedisBackend
 
             self._redis = RedisBackend(
-                uri,
-                burst_seconds=burst,
-                timeout=settings.timeout_seconds,
-                key_prefix=key_prefix,
-                options=dict(storage_options or {}),
+                uri, settings, key_prefix=key_prefix, options=dict(storage_options or {})
             )
             self._backend = self._redis
         self._renderer = HeaderRenderer(
