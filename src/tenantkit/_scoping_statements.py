@@ -188,14 +188,36 @@ def guard_dml(stmt: Update | Delete, tenant_id: str, params: Any) -> Update | De
     Loader criteria do not reach ORM bulk UPDATE by primary key (a list of
     parameter dicts), so the target's criterion is added to WHERE explicitly.
     """
-    table = stmt.table
-    if not is_scoped_table(base_table(table)):
+    found = _dml_scope(stmt.table)
+    if found is None:
         return stmt
+    scoped, links = found
     if isinstance(stmt, Update):
+        _refuse_tenant_change(_set_keys(stmt))
         for row in [params] if isinstance(params, Mapping) else params or []:
             if isinstance(row, Mapping):
                 _refuse_tenant_change(row)
-    return stmt.where(table.c[TENANT_COLUMN] == tenant_id)
+    return stmt.where(*links, scoped.c[TENANT_COLUMN] == tenant_id)
+
+
+def _dml_scope(table: Any) -> tuple[Any, list[Any]] | None:
+    """Return the scoped table holding an ORM DML target's tenant_id, and the joins to it.
+
+    A joined-inheritance subclass's own table has no tenant_id: its rows
+    belong to the tenant of the parent rows they extend. The tenant criterion
+    on the parent table then needs the inherit conditions, or UPDATE ... FROM
+    the parent matches every tenant's subclass rows.
+    """
+    if is_scoped_table(base_table(table)):
+        return table, []
+    mapper = table._annotations.get("parentmapper")
+    links: list[Any] = []
+    while mapper is not None and not is_scoped_table(mapper.local_table):
+        if mapper.inherit_condition is None:
+            return None
+        links.append(mapper.inherit_condition)
+        mapper = mapper.inherits
+    return None if mapper is None else (mapper.local_table, links)
 
 
 def _is_core_ref(table: Any, holder: ClauseElement, orm: bool) -> bool:
