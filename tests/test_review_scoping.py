@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Select, column, func, insert, literal, literal_column, select, table
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 from sqlalchemy.sql import quoted_name
 
 import test_scoping
 from tenantkit.context import bound_tenant
 from tenantkit.errors import CrossTenantError
 from tenantkit.scoping import is_scoped_table
-from test_scoping import A, Team
+from test_scoping import A, Summary, Team
 
 # The SQLite database of test_scoping: teams "red" (tenant A) and "blue" (tenant B).
 engine = test_scoping.engine
@@ -84,3 +84,16 @@ def test_operators_and_plain_unquoted_names_still_pass(maker: sessionmaker[Sessi
         assert s.scalars(select(Team.name).where(Team.name.op("LIKE")("r%"))).all() == ["red"]
         plain = column(quoted_name("name", quote=False))
         assert s.scalars(select(plain).select_from(Team)).all() == ["red"]
+
+
+def test_star_select_with_an_unsafe_column_property_mapped(maker: sessionmaker[Session]) -> None:
+    """select(literal_column('*')) runs, and still meets the refusal of Summary, once it is mapped.
+
+    With any raw-Table column_property configured, every ORM statement asks
+    SQLAlchemy for its mappers, which raised AttributeError for a '*' column.
+    """
+    configure_mappers()  # Summary (a raw-Table column_property) is now known
+    with bound_tenant(A), maker() as s:
+        assert len(s.execute(select(literal_column("*")).select_from(Team)).all()) == 1
+        with pytest.raises(CrossTenantError, match=r"Summary\.teams is a column_property"):
+            s.execute(select(literal_column("*"), Summary)).all()

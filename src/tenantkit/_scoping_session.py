@@ -155,7 +155,12 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
 
 
 def _refuse_unsafe_properties(state: ORMExecuteState) -> None:
-    for mapper in state.all_mappers:
+    try:
+        mappers = list(state.all_mappers)
+    except AttributeError:  # SQLAlchemy cannot describe some columns, e.g. literal_column("*")
+        columns = getattr(state.statement, "_raw_columns", ())
+        mappers = [m for c in columns if (m := c._annotations.get("parentmapper")) is not None]
+    for mapper in mappers:
         names = unsafe_properties.get(mapper)
         if names:
             raise CrossTenantError(
