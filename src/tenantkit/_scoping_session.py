@@ -34,6 +34,7 @@ from .errors import CrossTenantError, NoTenantError
 
 OWNER_KEY = "tenantkit.tenant_id"
 UNSCOPED_KEY = "tenantkit.unscoped"
+UNVERIFIED_KEY = "tenantkit.unverified"
 SETTING = "app.tenant_id"
 
 _rls_verified: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
@@ -64,14 +65,17 @@ class TenantSession(Session):
     def close(self) -> None:
         super().close()
         self.info.pop(OWNER_KEY, None)
+        self.info.pop(UNVERIFIED_KEY, None)
 
     def reset(self) -> None:
         super().reset()
         self.info.pop(OWNER_KEY, None)
+        self.info.pop(UNVERIFIED_KEY, None)
 
     def invalidate(self) -> None:
         super().invalidate()
         self.info.pop(OWNER_KEY, None)
+        self.info.pop(UNVERIFIED_KEY, None)
 
     # The legacy bulk API writes without flush events or do_orm_execute.
     def bulk_save_objects(self, *args: Any, **kw: Any) -> None:
@@ -207,6 +211,7 @@ def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
             )
     if tenant_id is None:
         return
+    unverified = session.info.get(UNVERIFIED_KEY)
     for obj in (*session.dirty, *session.deleted):
         if not _scoped(obj):
             continue
@@ -216,6 +221,34 @@ def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
             raise CrossTenantError(
                 f"{type(obj).__name__} of tenant {owner!r} cannot be changed by {tenant_id!r}"
             )
+        if unverified is not None and (state := inspect(obj)) in unverified:
+            _verify_attached(session, obj, tenant_id)
+            unverified.discard(state)
+
+
+def _detached_to_persistent(session: Session, instance: Any) -> None:
+    # An object attached with an identity (add() of a detached object,
+    # merge(load=False)) was not loaded under this session: its tenant_id is
+    # whatever the caller set, while the flush's UPDATE/DELETE is keyed by
+    # primary key alone. It is checked against the database before its first write.
+    # States, not objects: a mapped dataclass with eq=True is unhashable.
+    if _scoped(instance):
+        session.info.setdefault(UNVERIFIED_KEY, weakref.WeakSet()).add(inspect(instance))
+
+
+def _verify_attached(session: Session, obj: Any, tenant_id: str) -> None:
+    state = inspect(obj)
+    mapper = state.mapper
+    keys = [mapper.get_property_by_column(c).class_attribute for c in mapper.primary_key]
+    stmt = select(func.count()).select_from(mapper.class_)
+    stmt = stmt.where(*(k == v for k, v in zip(keys, state.identity or (), strict=True)))
+    with session.no_autoflush:
+        found = session.scalar(stmt)
+    if not found:
+        raise CrossTenantError(
+            f"{type(obj).__name__} {state.identity!r} was attached to this session but is "
+            f"not a row of tenant {tenant_id!r}; load it through the session to change it"
+        )
 
 
 def _before_attach(session: Session, instance: Any) -> None:
@@ -272,3 +305,4 @@ event.listen(TenantSession, "do_orm_execute", _do_orm_execute)
 event.listen(TenantSession, "before_flush", _before_flush)
 event.listen(TenantSession, "after_begin", _after_begin)
 event.listen(TenantSession, "before_attach", _before_attach)
+event.listen(TenantSession, "detached_to_persistent", _detached_to_persistent)
