@@ -7,13 +7,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Select, column, func, insert, literal, literal_column, select, table
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 from sqlalchemy.sql import quoted_name
 
 import test_scoping
+from tenantkit._db import make_engine
 from tenantkit.context import bound_tenant
 from tenantkit.errors import CrossTenantError
-from tenantkit.scoping import is_scoped_table
+from tenantkit.scoping import is_scoped_table, tenant_sessionmaker
 from test_scoping import A, Summary, Team
 
 # The SQLite database of test_scoping: teams "red" (tenant A) and "blue" (tenant B).
@@ -97,3 +99,26 @@ def test_star_select_with_an_unsafe_column_property_mapped(maker: sessionmaker[S
         assert len(s.execute(select(literal_column("*")).select_from(Team)).all()) == 1
         with pytest.raises(CrossTenantError, match=r"Summary\.teams is a column_property"):
             s.execute(select(literal_column("*"), Summary)).all()
+
+
+def test_quote_false_is_refused_after_the_quoted_twin_ran(engine: Engine) -> None:
+    """quoted_name(x, quote=True) then (x, quote=False), which share a cache key: still refused.
+
+    The statement-survey memo is process-wide while each engine compiles
+    afresh, so a memoised verdict for the quoted twin let the unquoted SQL run.
+    """
+    sql = "name FROM sc_teams WHERE 'twin' = 'twin'"  # used by no other test
+    quoted = select(column(quoted_name(sql, quote=True)))
+    unquoted = select(column(quoted_name(sql, quote=False)))
+    second = make_engine(str(engine.url))  # its own compiled cache
+    try:
+        with bound_tenant(A), tenant_sessionmaker(engine)() as s:
+            s.execute(quoted).all()  # SQLite reads the unknown "identifier" as a string
+        with (
+            bound_tenant(A),
+            tenant_sessionmaker(second)() as s,
+            pytest.raises(CrossTenantError, match="quoted_name"),
+        ):
+            s.execute(unquoted).all()
+    finally:
+        second.dispose()

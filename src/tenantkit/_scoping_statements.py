@@ -24,6 +24,7 @@ from sqlalchemy.sql.elements import (
     ColumnElement,
     TextClause,
     UnaryExpression,
+    _truncated_label,
     quoted_name,
 )
 from sqlalchemy.sql.expression import Alias, Join, Select, TableClause, TextualSelect
@@ -59,6 +60,9 @@ class Findings:
 
     raw_sql: str | None = None
     core: bool = False
+    # a name that is SQL only when unquoted: quoted_name(x, quote=True) and
+    # (x, quote=False) share a cache key, so its verdict cannot be memoised
+    quote_sensitive: bool = False
     inserts: list[Insert] = field(default_factory=list)
     options: set[Any] = field(default_factory=set)
 
@@ -89,6 +93,13 @@ def survey(stmt: ClauseElement, *, orm: bool) -> Findings:
         raw = _raw_decoration(elem)
         if raw is not None:
             found.raw_sql = raw
+        name = getattr(elem, "name", None)
+        if (
+            isinstance(name, quoted_name)
+            and not isinstance(name, _truncated_label)  # generated labels
+            and not _IDENTIFIER.fullmatch(name)
+        ):
+            found.quote_sensitive = True
         if isinstance(elem, Insert):
             found.inserts.append(elem)
         elif isinstance(elem, Update) and is_scoped_table(base_table(elem.table)):
@@ -150,7 +161,7 @@ def survey_cached(stmt: ClauseElement, *, orm: bool) -> Findings:
     if hit is not None:
         return Findings(raw_sql=hit[0])
     found = survey(stmt, orm=orm)
-    if not found.core and not found.inserts:
+    if not found.core and not found.inserts and not found.quote_sensitive:
         if len(_SURVEYS) >= _SURVEYS_MAX:
             with contextlib.suppress(RuntimeError, KeyError, StopIteration):  # another thread
                 _SURVEYS.pop(next(iter(_SURVEYS)))
