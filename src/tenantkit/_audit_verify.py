@@ -120,12 +120,22 @@ class _Walk:
             self.seq, self.hash = entry.seq, entry.hash
             self.checked += 1
         head = read_head(self.conn, self.tenant_id)
+        if head is None and self.seq > 0:
+            # Writers create the head before their first entry and nothing removes it.
+            return self.result(
+                "deleted", self.seq + 1, "the chain head is missing: the tail cannot be checked"
+            )
         if head is not None and head[0] > self.seq:
             return self.result(
                 "deleted", self.seq + 1, f"entries {self.seq + 1}..{head[0]} are missing"
             )
         if head is not None and head[0] == self.seq and head[1] != self.hash:
             return self.result("edited", self.seq, "the chain head does not match this entry")
+        beyond = max((seq for seq in self.anchors if seq > self.seq), default=None)
+        if beyond is not None:
+            return self.result(
+                "deleted", self.seq + 1, f"entries {self.seq + 1}..{beyond} are missing (anchored)"
+            )
         return self.result()
 
     def _broken(
