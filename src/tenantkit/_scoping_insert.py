@@ -7,6 +7,7 @@ Rows are stamped with the session's tenant; a row, an upsert or an
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +29,7 @@ def check_insert(insert: Insert, tenant_id: str, params: Any) -> tuple[Insert, A
         return insert, params
     insert = _guard_upsert(insert, tenant_id)
     if insert._select_names is not None:
-        _check_from_select(insert, tenant_id)
+        _check_from_select(insert, tenant_id, params)
         return insert, params
     if insert._multi_values:
         for rows in insert._multi_values:
@@ -54,6 +55,32 @@ def check_insert(insert: Insert, tenant_id: str, params: Any) -> tuple[Insert, A
 
 
 _MISSING = object()
+# The names SQLAlchemy compiles a tenant_id value's bind to: "tenant_id" in
+# VALUES, "tenant_id_m0" in multi-row VALUES, "tenant_id_1" for a criterion.
+_TENANT_BIND = re.compile(rf"{TENANT_COLUMN}(?:_m?\d+)?")
+
+
+def check_params(params: Any, tenant_id: str) -> None:
+    """Refuse execution parameters that would replace a tenant_id bind with another tenant.
+
+    ``session.execute(stmt, {"tenant_id_1": "other"})`` replaces the bound
+    value of that compiled name: the tenant criterion or a checked VALUES.
+    """
+    for row in [params] if isinstance(params, Mapping) else params or []:
+        if not isinstance(row, Mapping):
+            continue
+        for key, value in row.items():
+            name = key if isinstance(key, str) else getattr(key, "key", None)
+            if (
+                isinstance(name, str)
+                and name.startswith(TENANT_COLUMN)
+                and _TENANT_BIND.fullmatch(name)
+                and value != tenant_id
+            ):
+                raise CrossTenantError(
+                    f"the execution parameter {name!r} would replace the tenant "
+                    f"{tenant_id!r} bound in this statement"
+                )
 
 
 def _guard_upsert(insert: Insert, tenant_id: str) -> Insert:
@@ -106,7 +133,7 @@ def _stamp(row: Any, tenant_id: str) -> dict[str, Any]:
     return dict(row)
 
 
-def _check_from_select(insert: Insert, tenant_id: str) -> None:
+def _check_from_select(insert: Insert, tenant_id: str, params: Any) -> None:
     names = insert._select_names or []
     if TENANT_COLUMN not in names:
         raise CrossTenantError(
@@ -118,6 +145,10 @@ def _check_from_select(insert: Insert, tenant_id: str) -> None:
     column = list(source.selected_columns)[names.index(TENANT_COLUMN)]
     column = getattr(column, "element", column)  # a label
     if isinstance(column, BindParameter):
+        if params:  # any of them may name this bind and replace the checked value
+            raise CrossTenantError(
+                "INSERT ... FROM SELECT of a literal tenant_id takes no execution parameters"
+            )
         _check_value(column, tenant_id, required=True)
         return
     table = getattr(column, "table", None)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_lo
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from . import context
-from ._scoping_insert import check_insert
+from ._scoping_insert import check_insert, check_params
 from ._scoping_models import (
     TENANT_COLUMN,
     TenantScoped,
@@ -152,7 +152,9 @@ def _do_orm_execute(state: ORMExecuteState) -> None:
         state.parameters = params
     for nested in found.inserts:
         if nested is not state.statement:
-            check_insert(nested, tenant_id, None)
+            check_insert(nested, tenant_id, state.parameters)
+    if state.parameters:
+        check_params(state.parameters, tenant_id)
     if state.is_orm_statement and (state.is_select or state.is_update or state.is_delete):
         stmt = _with_criteria(stmt, tenant_id)
     state.statement = stmt
