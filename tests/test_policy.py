@@ -94,6 +94,30 @@ def test_builtin_tools_are_named_by_type() -> None:
 
 
 @pytest.mark.parametrize(
+    "tool",
+    [
+        {"type": "function", "function": {"name": "search"}, "name": "shell"},
+        {"name": "shell", "function": {"name": "search"}},
+    ],
+    ids=["function-first", "name-first"],
+)
+def test_a_tool_named_in_both_shapes_is_checked_under_both(tool: dict[str, Any]) -> None:
+    """An entry with function.name and name is allowed only if both are: an app may read either."""
+    with pytest.raises(PolicyDenied) as caught:
+        Policy().check(tenant(tools=("search",)), chat(tools=[tool]))
+    assert caught.value.extra == {"reason": "tool_not_allowed", "tool": "shell"}
+    body = chat()
+    body["functions"] = [{"name": "shell", "function": {"name": "search"}}]
+    with pytest.raises(PolicyDenied):
+        Policy().check(tenant(tools=("search",)), body)
+    Policy().check(tenant(tools=("search", "shell")), chat(tools=[tool]))
+    with pytest.raises(UnprocessableEntity) as bad:
+        Policy().check(tenant(tools=("search",)), chat(tools=[{**tool, "name": 5}]))
+    assert bad.value.extra["errors"][0]["field"] == "tools[0].name"
+    Policy().check(tenant(tools=("search",)), chat(tools=[{**tool, "name": None}]))  # absent
+
+
+@pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"model": "m", "tools": {"name": "x"}}, "tools"),

@@ -106,7 +106,7 @@ def _allowed_function_tools(body: Mapping[str, Any], allowed: tuple[str, ...]) -
         if type(entry) is not dict:
             return False
         function = entry.get("function")
-        if type(function) is not dict:
+        if type(function) is not dict or entry.get("name") is not None:
             return False
         name = function.get("name")
         if type(name) is not str or name not in allowed or not name:
@@ -142,6 +142,18 @@ def _scan_tools(body: Mapping[str, Any]) -> tuple[list[str], list[dict[str, str]
                 errors.append(_error(*where))
             else:
                 names.append(name)
+            if (
+                isinstance(entry, dict | Mapping)
+                and entry.get("name") is not None
+                and entry.get("function") is not None
+            ):
+                # Named twice ({"function": {"name": a}, "name": b}): an app reading
+                # either shape must find an allowed tool, so both names are checked.
+                alias, where = _tool_entry({"name": entry["name"]}, f"{field}[{i}]")
+                if alias is None:
+                    errors.append(_error(*where))
+                elif alias != name:
+                    names.append(alias)
     return names, errors
 
 
