@@ -433,6 +433,21 @@ def test_zero_quota_denies(make_engine: EngineFactory) -> None:
     assert caught.value.headers["Retry-After"] == "60"
 
 
+@pytest.mark.parametrize("unit", ["requests", "tokens"])
+def test_zero_quota_resets_in_a_minute_not_now(make_engine: EngineFactory, unit: str) -> None:
+    """A quota of 0 never refills: every reset header says 60 s, as Retry-After, never 0."""
+    engine = make_engine(openai_headers=True, legacy_headers=True)
+    limit = Limit("tenant-" + unit, "{acme}:zero-" + unit, unit, 0)  # type: ignore[arg-type]
+    for _ in range(2):  # the second may be answered from the Redis deny cache
+        with pytest.raises(QuotaExceeded) as caught:
+            engine.acquire([limit], tokens=0)
+        headers = caught.value.headers
+        assert headers["Retry-After"] == "60"
+        assert headers["RateLimit"] == f'"tenant-{unit}";r=0;t=60'
+        assert headers[f"x-ratelimit-reset-{unit}"] == "1m0s"
+        assert headers["X-RateLimit-Reset"] == "60"
+
+
 def test_quota_exceeded_problem(make_engine: EngineFactory) -> None:
     """A 429 names the limit, carries Retry-After and the rate-limit headers."""
     engine = make_engine()

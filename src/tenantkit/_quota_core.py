@@ -34,8 +34,14 @@ def units_left(level_q: int, q: int, window: int, period: int) -> int:
 
 
 def seconds_to_full(level_q: int, q: int, second: int) -> int:
-    """Whole seconds (rounded up) until the bucket is full again; ``second`` in time units."""
-    if q <= 0 or level_q <= 0:
+    """Whole seconds (rounded up) until the bucket is full again; ``second`` in time units.
+
+    A quota of 0 never refills: it says a minute, as its ``Retry-After`` does, not
+    "now" (which would send a client that trusts it straight back).
+    """
+    if q <= 0:
+        return PERIOD_SECONDS
+    if level_q <= 0:
         return 0
     return -(-level_q // (q * second))
 
