@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from tests.test_quotas_adapters import (
     key_for,
     make,
     remaining_tokens,
+    wsgi_call,
 )
 
 from tenantkit import context
@@ -183,3 +184,31 @@ def test_finish_without_a_status_settles(make: Callable[..., Any]) -> None:
     admission.context.meter.used = 50
     kit.finish(admission)
     assert remaining_tokens(kit, "acme", 50_000) == 50_000 - 50
+
+
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
+@pytest.mark.parametrize(
+    ("values", "used"), [(("junk", "40"), None), (("40", "junk"), 40), (("40", "70"), 40)]
+)
+async def test_a_repeated_token_header_settles_alike_on_both_adapters(
+    make: Callable[..., Any], adapter: str, values: tuple[str, str], used: int | None
+) -> None:
+    """The token header given twice: its first line decides on ASGI and WSGI alike (junk: none)."""
+    kit = make(quota_tokens_per_minute=50_000)
+    lines = [(TOKEN_HEADER, value) for value in values]
+    if adapter == "wsgi":
+
+        def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            start_response("200 OK", lines)
+            return [b"ok"]
+
+        result, started = wsgi_call(kit, wsgi, key_for(kit))
+        list(result)
+        result.close()
+        assert TOKEN_HEADER not in dict(started[0][1])
+    else:
+        start = {**START, "headers": [(n.lower().encode(), v.encode()) for n, v in lines]}
+        sent = await call(kit, replying(start, LAST), key_for(kit))
+        assert TOKEN_HEADER.lower().encode() not in dict(sent[0]["headers"])
+    expected = 50_000 - (ESTIMATE if used is None else used)
+    assert remaining_tokens(kit, "acme", 50_000) == expected

@@ -128,13 +128,17 @@ class TenantKitWSGIMiddleware:
             replaced = {name.lower() for name, _ in added}
             replaced.add(rid_key)
             out: list[tuple[str, str]] = []
+            reported: str | None = None
             for name, value in headers:
                 key = name.lower()
                 if key == token_header:
-                    meter = admission.context.meter
-                    meter.used = parse_reported_tokens(value, meter.used)
+                    if reported is None:  # the first line decides, as on the ASGI adapter
+                        reported = value
                 elif key not in replaced:
                     out.append((name, value))
+            if reported is not None:
+                meter = admission.context.meter
+                meter.used = parse_reported_tokens(reported, meter.used)
             out.extend(added)
             out.append(stamp)
             return start_response(status, out, exc_info)
