@@ -40,6 +40,7 @@ from .errors import (
     TenantSuspended,
     Unauthorized,
     UnprocessableEntity,
+    UnsupportedMediaType,
     ValidationError,
 )
 from .identity import IdentityChain, build_chain, encode_token
@@ -114,6 +115,7 @@ __all__ = [
     "Unauthorized",
     "UnprocessableEntity",
     "UnscopedEvent",
+    "UnsupportedMediaType",
     "ValidationError",
     "__version__",
     "async_tenant_sessionmaker",

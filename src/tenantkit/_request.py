@@ -6,11 +6,18 @@ import json
 import os
 import re
 import sys
+import zlib
 from collections.abc import Iterable, Mapping
 from json.scanner import make_scanner
 from typing import Any
 
-from .errors import PROBLEM_CONTENT_TYPE, BadRequest, HTTPError
+from .errors import (
+    PROBLEM_CONTENT_TYPE,
+    BadRequest,
+    HTTPError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from .types import Decision
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -88,6 +95,52 @@ def path_matches(path: str, prefixes: Iterable[str]) -> bool:
         elif path == base or path.startswith(base + "/"):
             return True
     return False
+
+
+# The request content codings the policy can read through, as zlib's wbits.
+_CODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+ACCEPTED_ENCODINGS = "gzip, deflate"
+
+
+def decode_body(body: bytes, coding: str | None, limit: int) -> bytes:
+    """Undo a request's ``Content-Encoding`` so the policy reads the JSON it carries.
+
+    ``gzip`` (``x-gzip``) and ``deflate`` (zlib) are inflated to at most ``limit``
+    bytes (413 beyond: a small body must not inflate without bound); ``identity``
+    or none is the body itself. Any other coding, or more than one, is a 415
+    naming those accepted; a body that is not what it says is a 400. The app is
+    still given the body as sent.
+    """
+    if not coding:
+        return body
+    layers = [name for name in coding.replace(" ", "").lower().split(",") if name != "identity"]
+    if not layers:
+        return body
+    wbits = _CODINGS.get(layers[0]) if len(layers) == 1 else None
+    if wbits is None:
+        raise UnsupportedMediaType(
+            f"the body's content coding {coding[:40]!r} is not supported; use {ACCEPTED_ENCODINGS}",
+            headers={"Accept-Encoding": ACCEPTED_ENCODINGS},
+        )
+    chunks: list[bytes] = []
+    size = 0
+    while True:  # a gzip body may hold several members, one after another
+        inflater = zlib.decompressobj(wbits)
+        try:
+            chunk = inflater.decompress(body, limit + 1 - size)
+        except zlib.error as exc:
+            raise BadRequest(f"the body is not valid {layers[0]}: {exc}") from exc
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the decoded body exceeds {limit} bytes", limit=limit)
+        chunks.append(chunk)
+        if not inflater.eof:
+            raise BadRequest(f"the body is not valid {layers[0]}: it is truncated")
+        body = inflater.unused_data
+        if not body:
+            return b"".join(chunks)
+        if wbits != 31:
+            raise BadRequest(f"the body is not valid {layers[0]}: data follows its end")
 
 
 def parse_json_object(body: bytes) -> Mapping[str, Any]:

@@ -20,6 +20,7 @@ The tree::
         │   └── TenantNotFound         404
         ├── Conflict                   409
         ├── PayloadTooLarge            413
+        ├── UnsupportedMediaType       415  a request body in an unknown coding
         ├── UnprocessableEntity        422
         ├── QuotaExceeded              429  with Retry-After
         └── ServiceUnavailable         503  a backing service is down
@@ -151,6 +152,10 @@ class Conflict(HTTPError):
 
 class PayloadTooLarge(HTTPError):
     status, title, slug = 413, "Payload Too Large", "payload-too-large"
+
+
+class UnsupportedMediaType(HTTPError):
+    status, title, slug = 415, "Unsupported Media Type", "unsupported-media-type"
 
 
 class UnprocessableEntity(HTTPError):

@@ -23,7 +23,7 @@ from ._db import make_engine
 from ._kit_hooks import CallCounter, DenialHook, RejectHook
 from ._quota_limits import LimitSet, limit_set_for
 from ._ratelimit_headers import RATELIMIT_POLICY
-from ._request import parse_json_object, path_matches, problem_decision
+from ._request import decode_body, parse_json_object, path_matches, problem_decision
 from .apikeys import APIKeyStore
 from .context import TenantContext, TokenMeter
 from .errors import (
@@ -359,7 +359,8 @@ class TenantKit:
     def _check_policy(self, request: RequestInfo, tenant: TenantConfig, body: bytes | None) -> int:
         if body is None or not self.reads_body(request):
             return 0
-        document = parse_json_object(body)
+        coding = request.headers.get("content-encoding")
+        document = parse_json_object(decode_body(body, coding, self.settings.max_body_bytes))
         self.policy.check(tenant, document)
         return estimate_tokens(document, self.settings.quota.default_token_estimate)
 
