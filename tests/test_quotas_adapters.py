@@ -497,6 +497,33 @@ class _CloseRaises:
         raise RuntimeError("close failed")
 
 
+def _reporting_stream(
+    environ: dict[str, Any], start_response: Callable[..., Any]
+) -> Iterator[bytes]:
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+    for used in (1_000, 2_000, 3_000):
+        context.report_tokens(used)
+        yield b"data: chunk\n\n"
+
+
+@pytest.mark.parametrize("reads", [0, 1, 3, None])
+def test_wsgi_reported_tokens_are_charged_even_if_the_client_leaves(
+    make: Callable[..., Any], reads: int | None
+) -> None:
+    """A stream closed before its end settles to the tokens reported so far, not to 0."""
+    kit = make(quota_tokens_per_minute=50_000)
+    result, _ = wsgi_call(kit, _reporting_stream, key_for(kit))
+    chunks = iter(result)
+    for _ in range(3 if reads is None else reads):
+        next(chunks)
+    if reads is None:
+        assert list(chunks) == []
+    result.close()
+    charged = {0: 0, 1: 1_000, 3: 3_000, None: 3_000}[reads]  # 0: nothing reported, released
+    assert remaining_tokens(kit, "acme", 50_000) == 50_000 - charged
+    assert context.get_context() is None
+
+
 @pytest.mark.parametrize(("reads", "failed"), [(None, False), (1, True)])
 def test_wsgi_close_raising_after_the_whole_body_keeps_the_reservation(
     make: Callable[..., Any], reads: int | None, failed: bool

@@ -212,3 +212,40 @@ async def test_a_repeated_token_header_settles_alike_on_both_adapters(
         assert TOKEN_HEADER.lower().encode() not in dict(sent[0]["headers"])
     expected = 50_000 - (ESTIMATE if used is None else used)
     assert remaining_tokens(kit, "acme", 50_000) == expected
+
+
+def reporting(used: int, *replies: Message, fail: bool = False) -> Callable[..., Any]:
+    """An app that reports ``used`` tokens, sends ``replies``, then raises if ``fail``."""
+    reply = replying(*replies)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        context.report_tokens(used)
+        await reply(scope, receive, send)
+        if fail:
+            raise RuntimeError("the stream broke")
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("app", "raises"),
+    [
+        (reporting(3_000, START, PART), False),  # the client left mid-stream
+        (reporting(3_000, START, PART, fail=True), True),  # the stream broke mid-body
+        (reporting(3_000, fail=True), True),  # the app raised before starting
+        (reporting(3_000, START, {**LAST, "more_body": False}), False),
+    ],
+    ids=["left-mid-body", "raised-mid-body", "raised-unstarted", "whole"],
+)
+async def test_a_reported_count_is_charged_even_if_the_response_fails(
+    make: Callable[..., Any], app: Any, raises: bool
+) -> None:
+    """Tokens the app reported were used: an unfinished response settles to them, not to 0
+    (else a client could stream a completion and leave before its last chunk, for free)."""
+    kit = make(quota_tokens_per_minute=50_000)
+    if raises:
+        with pytest.raises(RuntimeError):
+            await call(kit, app, key_for(kit))
+    else:
+        await call(kit, app, key_for(kit))
+    assert remaining_tokens(kit, "acme", 50_000) == 50_000 - 3_000

@@ -105,7 +105,8 @@ class TenantKitMiddleware:
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
             # A response never started or never finished (the client left, or the app
-            # returned early) served nothing: the reservation goes back.
+            # returned early) served nothing: the reservation goes back (a reported count
+            # stands, see Admission.released).
             # (A websocket sends no http.response: its tokens stand as reported.)
             failed = not complete if scope["type"] == "http" else disconnected
         finally:

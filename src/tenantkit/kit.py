@@ -75,14 +75,16 @@ class Admission:
         """Return whether ``finish`` refunds the reservation rather than settling it.
 
         So on a failure (the adapters count a response that never started or
-        never finished as one), and on a server error (5xx) the app reported
-        no tokens for: Flask turns a raising view into a 500 response, and
+        never finished as one), and on a server error (5xx), when the app
+        reported no tokens: Flask turns a raising view into a 500 response, and
         that request must not keep its estimate charged any more than on ASGI.
+        A reported count was used whatever became of the response: it is
+        settled (else a client could read a streamed completion and leave
+        before its last chunk, for free).
         """
-        if failed:
-            return True
-        server_error = self.status is not None and self.status >= 500
-        return server_error and self.context.meter.used is None
+        if self.context.meter.used is not None:
+            return False
+        return failed or (self.status is not None and self.status >= 500)
 
 
 def _limited(exc: HTTPError, identity: Identity, limits: LimitSet) -> None:
