@@ -448,6 +448,21 @@ def test_zero_quota_resets_in_a_minute_not_now(make_engine: EngineFactory, unit:
         assert headers["X-RateLimit-Reset"] == "60"
 
 
+def test_a_huge_settle_caps_the_debt_alike_on_both_backends(make_engine: EngineFactory) -> None:
+    """An absurd reported count puts the bucket at most 2^49 µs (~17.8 years) in debt on
+    either backend, so every reset stays a valid structured-field integer (15 digits)."""
+    engine = make_engine(openai_headers=True)
+    budget = tokens_limit(60)
+    engine.settle(engine.acquire([budget], tokens=1), 10**18 - 1)
+    with pytest.raises(QuotaExceeded) as caught:
+        engine.acquire([budget], tokens=1)
+    cap = -(-(2**49) // 1_000_000)  # 562,949,954 s
+    headers = caught.value.headers
+    reset = int(headers["RateLimit"].rpartition(";t=")[2])
+    assert cap - 5 <= reset <= cap
+    assert cap - 65 <= int(headers["Retry-After"]) <= cap
+
+
 def test_quota_exceeded_problem(make_engine: EngineFactory) -> None:
     """A 429 names the limit, carries Retry-After and the rate-limit headers."""
     engine = make_engine()

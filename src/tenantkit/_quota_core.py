@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 PERIOD_SECONDS = 60
 """Every quota is per minute: ``q`` units refill evenly over this many seconds."""
 
+MAX_DEBT_US = 2**49
+"""The furthest a TAT may run ahead of now, in µs (about 17.8 years of debt, which no
+client outlives), on both backends: Redis for its doubles (see ``_quota_lua``), memory
+so that it decides alike and every reset stays a 15-digit structured-field integer."""
+
 # Exact GCRA arithmetic, shared by the backends so that they answer alike. A unit of
 # a limit of ``q`` per minute spends ``period/q`` time units of TAT, which is rarely
 # a whole number of nanoseconds (memory) or microseconds (Redis): rounding each

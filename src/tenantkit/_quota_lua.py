@@ -6,7 +6,7 @@ decide or adjust every limit of a request atomically in one call.
 
 from __future__ import annotations
 
-from ._quota_core import MAX_LOGGED, PERIOD_SECONDS
+from ._quota_core import MAX_DEBT_US, MAX_LOGGED, PERIOD_SECONDS
 
 US = 1_000_000
 PERIOD_US = PERIOD_SECONDS * US
@@ -14,11 +14,10 @@ PERIOD_US = PERIOD_SECONDS * US
 LOGGED_DIGITS = 51
 """Digits of one logged refund: where its charge started (16 and 10), its amount (15 and 10)."""
 
-MAX_DEBT_US = 2**49
-"""The furthest a TAT may run ahead of now (about 17.8 years of debt, which no client
-outlives). Lua numbers are doubles, exact for integers below 2^53; with this cap
-every value the scripts compute stays below ``now + 2·MAX_DEBT_US < 2^53`` until
-the year 2200 (``now`` is about 1.7e15 µs in 2024, and ``2^53`` is 9.0e15)."""
+# MAX_DEBT_US caps how far a TAT runs ahead of now. Lua numbers are doubles, exact for
+# integers below 2^53; with this cap every value the scripts compute stays below
+# ``now + 2·MAX_DEBT_US < 2^53`` until the year 2200 (``now`` is about 1.7e15 µs in
+# 2024, and ``2^53`` is 9.0e15).
 
 # Bucket values: the exact TAT is ``tat + rem/q`` µs (0 <= rem < q), stored as the
 # string "<tat>" when rem is 0 and "<tat>.<rem><q>" otherwise, rem and the q it was

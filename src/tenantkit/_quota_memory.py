@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._quota_core import (
+    MAX_DEBT_US,
     PERIOD_SECONDS,
     Mark,
     Outcome,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 NS = 1_000_000_000
 PERIOD_NS = PERIOD_SECONDS * NS
+MAX_DEBT_NS = MAX_DEBT_US * 1_000
 
 Entry = tuple[int, int, int, Refunds]
 """A bucket: ``(tat·q, q, charged·q, refunds)``, its exact TAT, its TAT without
@@ -180,7 +182,8 @@ class MemoryBackend:
                     if base < now_q:  # full: restart (see refund)
                         base, charged, log = now_q, max(charged, now_q), ()
                 charge = delta * PERIOD_NS
-                tat[key] = (base + charge, q, charged + charge, log)
+                cap = now_q + MAX_DEBT_NS * q  # as on Redis: a debt of at most MAX_DEBT_US
+                tat[key] = (min(base + charge, cap), q, min(charged + charge, cap), log)
 
     def _make_room(self, now: int) -> None:
         """Drop or rotate the two oldest keys; evict past ``max_keys`` (lock held)."""
