@@ -192,6 +192,20 @@ def test_estimate_reads_newer_budget_fields() -> None:
     assert estimate_tokens({"max_output_tokens": 9, "input": "abcd"}, default=1000) == 10
 
 
+def test_every_budget_field_given_is_read() -> None:
+    """Several completion budgets: the largest is reserved (an app may honour any), each
+    must be valid."""
+    body = {"max_tokens": 1, "max_completion_tokens": 5_000, "max_output_tokens": 7}
+    assert estimate_tokens(body, default=10) == 5_000
+    bad = {"model": "m", "max_tokens": 100, "max_completion_tokens": -5}
+    with pytest.raises(UnprocessableEntity) as caught:
+        estimate_tokens(bad, default=10)
+    assert [e["field"] for e in caught.value.extra["errors"]] == ["max_completion_tokens"]
+    with pytest.raises(UnprocessableEntity) as caught:
+        Policy().check(tenant(models=("n",)), bad)
+    assert [e["field"] for e in caught.value.extra["errors"]] == ["max_completion_tokens"]
+
+
 @pytest.mark.parametrize("value", [-1, "100", 1.5, True])
 def test_invalid_max_tokens_is_422(value: Any) -> None:
     """A max_tokens that is not a non-negative integer cannot size a reservation."""

@@ -81,12 +81,10 @@ def shape_errors(
             errors.append(_error("model", "model must be a non-empty string"))
     if tools:
         errors += _scan_tools(body)[1]
-    for field in COMPLETION_FIELDS:  # the first one given is the budget, as in the estimate
+    for field in COMPLETION_FIELDS:  # every one given sizes the estimate: each is read
         value = body.get(field)
-        if value is not None:
-            if type(value) is not int or value < 0:
-                errors.append(_budget_error(field))
-            break
+        if value is not None and (type(value) is not int or value < 0):
+            errors.append(_budget_error(field))
     return errors
 
 
@@ -186,8 +184,8 @@ def estimate_tokens(body: Mapping[str, Any], default: int) -> int:
 
     The prompt is ``ceil(characters / 4)`` over the text of ``messages``,
     ``prompt``, ``input``, ``system`` and ``instructions`` (plus 4 per message and
-    the declared tools); the completion budget is ``max_tokens`` (or
-    ``max_completion_tokens`` / ``max_output_tokens``), else ``default``.
+    the declared tools); the completion budget is the largest of ``max_tokens``,
+    ``max_completion_tokens`` and ``max_output_tokens`` given, else ``default``.
     """
     if not isinstance(body, dict | Mapping):
         return default
@@ -239,14 +237,20 @@ def _compact_json(value: object) -> str:
 
 
 def _completion_budget(body: Mapping[str, Any], default: int) -> int:
+    """The largest budget given (the app may honour any of them), else ``default``."""
+    budget = -1
+    errors = []
     for field in COMPLETION_FIELDS:
         value = body.get(field)
         if value is None:
             continue
         if type(value) is not int or value < 0:
-            raise _unprocessable([_budget_error(field)])
-        return value
-    return default
+            errors.append(_budget_error(field))
+        elif value > budget:
+            budget = value
+    if errors:
+        raise _unprocessable(errors)
+    return default if budget < 0 else budget
 
 
 def _budget_error(field: str) -> dict[str, str]:
