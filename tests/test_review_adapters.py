@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tenantkit import context
 from tenantkit.asgi import TenantKitMiddleware
 from tenantkit.wsgi import TenantKitWSGIMiddleware
 
@@ -135,3 +137,63 @@ def test_a_body_that_cannot_be_decoded_is_a_clear_4xx(
     if status == 415:
         assert response.headers["accept-encoding"] == "gzip, deflate"
     assert post(kit, doc("gpt-4o-mini"), key(kit)).status_code == 200
+
+
+class _DroppedStream(io.RawIOBase):
+    """A request body whose client goes away after a few bytes, as a socket does."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.sent:
+            raise ConnectionResetError("connection reset by peer")
+        self.sent = True
+        buffer[:4] = b'{"mo'
+        return 4
+
+
+@pytest.mark.parametrize("terminated", [False, True], ids=["content-length", "chunked"])
+def test_wsgi_client_gone_during_the_body_is_a_400_not_an_exception(
+    kit: Any, terminated: bool
+) -> None:
+    """A socket error while reading the body is a 400 problem (as werkzeug's ClientDisconnected),
+    not an exception the server turns into a 500; the app never runs, nothing is charged."""
+    called: list[bool] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        called.append(True)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": CHAT,
+        "HTTP_X_API_KEY": key(kit)["X-API-Key"],
+        "wsgi.input": io.BufferedReader(_DroppedStream()),
+        "wsgi.url_scheme": "http",
+    }
+    if terminated:
+        environ["wsgi.input_terminated"] = True
+    else:
+        environ["CONTENT_LENGTH"] = "100"
+    started: list[str] = []
+    result = TenantKitWSGIMiddleware(app, kit)(
+        environ, lambda status, headers, exc_info=None: started.append(status)
+    )
+    payload = json.loads(b"".join(result))
+    assert started == ["400 Bad Request"]
+    assert payload["status"] == 400
+    assert not called
+    assert context.get_context() is None
+    follow_up = post_wsgi(kit, doc("gpt-4o-mini"))
+    assert follow_up.headers["ratelimit"].startswith('"tenant-requests";r=9;')
+
+
+def post_wsgi(kit: Any, payload: bytes) -> httpx.Response:
+    transport = httpx.WSGITransport(app=TenantKitWSGIMiddleware(wsgi_echo, kit))
+    with httpx.Client(transport=transport, base_url="http://test") as client:
+        return client.post(CHAT, content=payload, headers=key(kit))

@@ -239,21 +239,26 @@ def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
     Without a length the body is read to its end only from a stream the server
     marks ``wsgi.input_terminated`` (a dechunked body), else it is empty. A
     length that is no decimal number is a 400: where the body ends is unknown
-    (RFC 9112, section 6.3; an ASGI server refuses such a request itself).
+    (RFC 9112, section 6.3; an ASGI server refuses such a request itself). So is a
+    body the client stopped sending (a socket error while reading it).
     """
     declared: str = environ.get("CONTENT_LENGTH") or ""
     stream = environ["wsgi.input"]
-    if declared:
-        length = content_length(declared)
-        if length is None:
-            raise BadRequest("the Content-Length header is not a decimal number")
-        if length > limit:
-            raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
-        body: bytes = stream.read(length)
-    elif environ.get("wsgi.input_terminated"):
-        body = _read_to_end(stream, limit)
-    else:
-        body = b""
+    try:
+        if declared:
+            length = content_length(declared)
+            if length is None:
+                raise BadRequest("the Content-Length header is not a decimal number")
+            if length > limit:
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes", limit=limit)
+            body: bytes = stream.read(length)
+        elif environ.get("wsgi.input_terminated"):
+            body = _read_to_end(stream, limit)
+        else:
+            body = b""
+    except (OSError, ValueError) as exc:  # the client went away mid-body (a closed socket)
+        # A 400, as werkzeug's ClientDisconnected: not an exception the server turns into a 500.
+        raise BadRequest("the request body could not be read: the client disconnected") from exc
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     return body
