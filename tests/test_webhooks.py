@@ -502,3 +502,37 @@ def test_a_delivery_signed_by_localstripe_itself_is_accepted(
         thread.join()
     assert ours.tenant_id == tenant and ours.handled
     assert ("status", tenant, "suspended") in store.calls
+
+
+@pytest.mark.parametrize("kind", ["customer.subscription.updated", "customer.subscription.deleted"])
+def test_a_stranger_customers_event_never_changes_a_tenant_with_its_own_customer(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    prices: dict[str, str],
+    store: TenantStore,
+    kind: str,
+) -> None:
+    """An unknown customer's subscription whose metadata names a billed tenant is ignored."""
+    tenant, _sub_id = _subscribed(local_stripe, engine, prices)
+    client = local_stripe.client()
+    stranger = client.v1.customers.create(params={"metadata": {"tenant_id": tenant}}).id
+    method = add_card(client)
+    client.v1.payment_methods.attach(method, params={"customer": stranger})
+    settings: Any = {"invoice_settings": {"default_payment_method": method}}
+    client.v1.customers.update(stranger, params=settings)
+    params: Any = {
+        "customer": stranger,
+        "items": [{"price": prices["pro"]}],
+        "metadata": {"tenant_id": tenant},
+    }
+    sub_id = client.v1.subscriptions.create(params=params).id
+    if kind == "customer.subscription.updated":
+        client.v1.subscriptions.update(sub_id, params={"metadata": {"note": "x"}})
+    else:
+        client.v1.subscriptions.cancel(sub_id)
+    result = _deliver(hooks, _latest(local_stripe, kind, sub_id))
+    assert not result.handled and result.tenant_id is None
+    assert store.calls == []
+    account = _account(engine, tenant)
+    assert account is not None and account.status == "none" and account.plan is None

@@ -289,9 +289,14 @@ def _tenant_of(session: Session, obj: dict[str, Any]) -> str | None:
             return tenant
     metadata = obj.get("metadata") or {}
     tenant_id = metadata.get("tenant_id") if isinstance(metadata, dict) else None
-    if isinstance(tenant_id, str) and TENANT_ID_PATTERN.fullmatch(tenant_id):
-        return tenant_id
-    return None
+    if not isinstance(tenant_id, str) or TENANT_ID_PATTERN.fullmatch(tenant_id) is None:
+        return None
+    # Metadata only links a customer made outside tenantkit (Checkout, the Dashboard):
+    # a tenant with a customer of its own is never changed by another customer's event.
+    own = session.scalar(
+        select(BillingAccount.stripe_customer_id).where(BillingAccount.tenant_id == tenant_id)
+    )
+    return tenant_id if own is None else None
 
 
 def _price_id(subscription: dict[str, Any]) -> str | None:
