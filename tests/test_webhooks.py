@@ -536,3 +536,30 @@ def test_a_stranger_customers_event_never_changes_a_tenant_with_its_own_customer
     assert store.calls == []
     account = _account(engine, tenant)
     assert account is not None and account.status == "none" and account.plan is None
+
+
+def test_an_update_of_a_replaced_subscription_changes_nothing(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    plans: Plans,
+    store: TenantStore,
+) -> None:
+    """A late update of the tenant's old, canceled subscription leaves the new one in charge."""
+    tenant = tenant_id()
+    client = local_stripe.client()
+    billing = StripeBilling(client, sessions(engine), plans=plans)
+    billing.ensure_customer(tenant)
+    billing.set_payment_method(tenant, add_card(client))
+    old = billing.subscribe(tenant, "starter").stripe_subscription_id
+    assert old is not None
+    client.v1.subscriptions.update(old, params={"metadata": {"note": "x"}})
+    late = _latest(local_stripe, "customer.subscription.updated", old)
+    billing.cancel(tenant)
+    new = billing.subscribe(tenant, "pro").stripe_subscription_id
+    assert new is not None and new != old
+    _deliver(hooks, late)
+    account = _account(engine, tenant)
+    assert account is not None
+    assert (account.plan, account.stripe_subscription_id, account.status) == ("pro", new, "active")
+    assert store.calls == []

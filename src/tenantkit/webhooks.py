@@ -225,13 +225,12 @@ class StripeWebhooks:
                 changes["billing_status"] = account.status = "active"
         elif kind == "invoice.payment_failed":
             changes["billing_status"] = account.status = "past_due"
+        elif account.stripe_subscription_id not in (None, obj.get("id")):
+            # An update or deletion of a subscription the tenant replaced changes nothing.
+            return changes
         elif kind == "customer.subscription.updated":
             changes.update(self._subscription_updated(account, obj))
-        elif kind == "customer.subscription.deleted" and account.stripe_subscription_id in (
-            None,
-            obj.get("id"),
-        ):
-            # A deletion of a subscription the tenant already replaced changes nothing.
+        elif kind == "customer.subscription.deleted":
             account.stripe_subscription_id = None
             account.stripe_subscription_item_id = None
             changes["billing_status"] = account.status = "canceled"
