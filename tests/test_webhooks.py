@@ -563,3 +563,44 @@ def test_an_update_of_a_replaced_subscription_changes_nothing(
     assert account is not None
     assert (account.plan, account.stripe_subscription_id, account.status) == ("pro", new, "active")
     assert store.calls == []
+
+
+def test_a_failed_invoice_of_a_replaced_subscription_changes_nothing(
+    hooks: StripeWebhooks,
+    local_stripe: LocalStripe,
+    engine: Engine,
+    plans: Plans,
+    store: TenantStore,
+) -> None:
+    """A payment failure on the old subscription's invoice leaves the paid new one active."""
+    tenant = tenant_id()
+    client = local_stripe.client()
+    billing = StripeBilling(client, sessions(engine), plans=plans)
+    billing.ensure_customer(tenant)
+    billing.set_payment_method(tenant, add_card(client))
+    old = billing.subscribe(tenant, "starter").stripe_subscription_id
+    assert old is not None
+    paid = _latest(local_stripe, "invoice.payment_succeeded", old)
+    billing.cancel(tenant)
+    new = billing.subscribe(tenant, "pro").stripe_subscription_id
+    invoice = client.v1.invoices.retrieve(paid["data"]["object"]["id"]).to_dict()
+    assert invoice["subscription"] == old
+    for shape in ("subscription", "parent"):
+        obj = {**invoice, "status": "open"}
+        if shape == "parent":  # the shape of API versions from 2025-03-31 on
+            obj.pop("subscription")
+            obj["parent"] = {"subscription_details": {"subscription": old}}
+        failed = {
+            "id": f"evt_failed_{old}_{shape}",
+            "object": "event",
+            "type": "invoice.payment_failed",
+            "created": int(time.time()),
+            "livemode": False,
+            "data": {"object": obj},
+        }
+        result = _deliver(hooks, failed)
+        assert result.tenant_id == tenant and result.changes == {}, shape
+    account = _account(engine, tenant)
+    assert account is not None
+    assert (account.plan, account.stripe_subscription_id, account.status) == ("pro", new, "active")
+    assert store.calls == []

@@ -220,14 +220,18 @@ class StripeWebhooks:
 
     def _apply(self, account: BillingAccount, kind: str, obj: dict[str, Any]) -> dict[str, str]:
         changes: dict[str, str] = {}
+        if kind.startswith("customer.subscription."):
+            subscription = obj.get("id")
+        else:  # an invoice; one outside any subscription (None) is the tenant's as well
+            subscription = _invoice_subscription(obj) or account.stripe_subscription_id
+        if account.stripe_subscription_id not in (None, subscription):
+            # An event of a subscription the tenant has since replaced changes nothing.
+            return changes
         if kind in ("invoice.paid", "invoice.payment_succeeded"):
             if account.status in ("past_due", "none"):
                 changes["billing_status"] = account.status = "active"
         elif kind == "invoice.payment_failed":
             changes["billing_status"] = account.status = "past_due"
-        elif account.stripe_subscription_id not in (None, obj.get("id")):
-            # An update or deletion of a subscription the tenant replaced changes nothing.
-            return changes
         elif kind == "customer.subscription.updated":
             changes.update(self._subscription_updated(account, obj))
         elif kind == "customer.subscription.deleted":
@@ -296,6 +300,18 @@ def _tenant_of(session: Session, obj: dict[str, Any]) -> str | None:
         select(BillingAccount.stripe_customer_id).where(BillingAccount.tenant_id == tenant_id)
     )
     return tenant_id if own is None else None
+
+
+def _invoice_subscription(invoice: dict[str, Any]) -> str | None:
+    """The subscription an invoice bills: ``subscription``, or ``parent`` from API 2025-03-31."""
+    ref = invoice.get("subscription")
+    if ref is None:
+        parent = invoice.get("parent")
+        details = parent.get("subscription_details") if isinstance(parent, dict) else None
+        ref = details.get("subscription") if isinstance(details, dict) else None
+    if isinstance(ref, dict):
+        ref = ref.get("id")
+    return ref if isinstance(ref, str) else None
 
 
 def _price_id(subscription: dict[str, Any]) -> str | None:
