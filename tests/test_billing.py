@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import stripe
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, update
 from tests.stripe_local.dbs import engine_for, sessions, tenant_id
 from tests.stripe_local.fixtures import (
     LocalStripe,
@@ -97,6 +97,29 @@ def test_a_lost_write_does_not_create_a_second_customer(
         session.execute(delete(BillingAccount).where(BillingAccount.tenant_id == tenant))
     assert billing.ensure_customer(tenant) == first
     assert _customers_of(local_stripe, tenant) == [first]
+
+
+def test_a_lost_write_does_not_create_a_second_subscription(
+    billing: StripeBilling, local_stripe: LocalStripe, engine: Engine
+) -> None:
+    """If our subscription write is lost after Stripe answered, the retry adopts that one."""
+    tenant = tenant_id()
+    billing.set_payment_method(tenant, add_card(local_stripe.client()))
+    first = billing.subscribe(tenant, "starter")
+    with sessions(engine)() as session, session.begin():
+        session.execute(
+            update(BillingAccount)
+            .where(BillingAccount.tenant_id == tenant)
+            .values(stripe_subscription_id=None, stripe_subscription_item_id=None, status="none")
+        )
+    again = billing.subscribe(tenant, "starter")
+    assert again.stripe_subscription_id == first.stripe_subscription_id
+    assert again.status == "active"
+    listed = local_stripe.client().v1.subscriptions.list(
+        params={"customer": first.stripe_customer_id or ""}
+    )
+    live = [s.id for s in listed.data if s.status != "canceled"]
+    assert live == [first.stripe_subscription_id]
 
 
 def test_subscribe_then_change_plan(

@@ -39,6 +39,9 @@ logger = logging.getLogger("tenantkit.billing")
 
 SessionFactory = Callable[[], Session]
 
+# Subscription states in which Stripe charges the customer (or is trying to).
+_BILLED = ("active", "trialing", "past_due", "unpaid")
+
 
 def make_client(
     api_key: str, *, api_base: str | None = None, max_network_retries: int = 2
@@ -141,6 +144,8 @@ class StripeBilling:
         A plan without a Stripe price that costs nothing (Free) cancels any
         subscription; any other plan needs ``stripe_price_id`` in settings.
         Plan changes are prorated (Stripe's default ``proration_behavior``).
+        Without a subscription on record, a live one Stripe holds for this
+        tenant (made by a call whose write here was lost) is reused, not doubled.
         """
         tenant = validate_tenant_id(tenant_id)
         if not isinstance(plan, str) or plan not in self.plans:
@@ -161,6 +166,9 @@ class StripeBilling:
         try:
             if state is not None and state.stripe_subscription_id and state.status != "canceled":
                 sub = self._change_price(tenant, state.stripe_subscription_id, target)
+            elif (found := self._unrecorded_subscription(tenant, customer)) is not None:
+                # Stripe made it but our write was lost: a retry must not bill twice.
+                sub = self._change_price(tenant, found.id, target, found["items"].data[0].id)
             else:
                 sub = self._client.v1.subscriptions.create(
                     params={
@@ -185,10 +193,25 @@ class StripeBilling:
         """Cancel the tenant's subscription now (the webhook then suspends the tenant)."""
         return self._cancel(validate_tenant_id(tenant_id), new_plan=None)
 
-    def _change_price(self, tenant: str, subscription_id: str, target: Plan) -> Any:
-        with self._sessionmaker() as session:
-            row = session.get(BillingAccount, tenant)
-            item_id = row.stripe_subscription_item_id if row is not None else None
+    def _unrecorded_subscription(self, tenant: str, customer: str) -> Any:
+        """Return a subscription Stripe bills ``customer`` for this tenant, or ``None``."""
+        listed = self._client.v1.subscriptions.list(params={"customer": customer, "limit": 100})
+        for sub in listed.auto_paging_iter():
+            data = sub.to_dict()
+            if (
+                data.get("status") in _BILLED
+                and (data.get("metadata") or {}).get("tenant_id") == tenant
+            ):
+                return sub
+        return None
+
+    def _change_price(
+        self, tenant: str, subscription_id: str, target: Plan, item_id: str | None = None
+    ) -> Any:
+        if item_id is None:
+            with self._sessionmaker() as session:
+                row = session.get(BillingAccount, tenant)
+                item_id = row.stripe_subscription_item_id if row is not None else None
         if item_id is None:
             current = self._client.v1.subscriptions.retrieve(subscription_id)
             item_id = current["items"].data[0].id
