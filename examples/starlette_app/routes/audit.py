@@ -1,4 +1,9 @@
-"""The tenant's audit trail (ADMIN): who changed what, from tenantkit's tamper-evident log."""
+"""The tenant's audit trail (ADMIN): who changed what, from tenantkit's tamper-evident log.
+
+A deleted tenant's trail is kept (compliance records outlive the tenant), under
+its id. A tenant created later under the same id reads only what happened
+since its own creation, never its predecessor's entries.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tenantkit import audit
-from tenantkit.context import current_tenant_id
+from tenantkit.context import current_tenant
 
 from ..auth import require_tenant_admin
 from ..openapi import PAGE_QUERY, list_of, operation
@@ -53,13 +58,17 @@ async def audit_log(request: Request) -> Response:
     start, end = query_time(request, "start"), query_time(request, "end")
     if start is not None and end is not None and end <= start:
         raise invalid([{"field": "end", "message": "must be after start"}])
+    tenant = current_tenant()
+    born = tenant.created_at
+    if born is not None and (start is None or start < born):
+        start = born  # entries before it belong to a deleted tenant of the same id
     limit = query_int(request, "limit", 50, low=1, high=200)
     cursor = request.query_params.get("cursor")
     engine = services(request).db.engine
     found = await run_sync(
         lambda: audit.query(
             engine,
-            current_tenant_id(),
+            tenant.id,
             start=start,
             end=end,
             limit=limit,

@@ -1,0 +1,89 @@
+"""Adversarial review of the Starlette example: isolation and audit defects, pinned over HTTP.
+
+One app process (SQLite, in-memory counters, credentials required) serves
+every test here; each test makes its own tenants with unique ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _server import Server, serve_module
+
+ADMIN_TOKEN = "e2e-admin-adversarial"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The app with cheap password hashing and no trusted tenant header."""
+    workdir: Path = tmp_path_factory.mktemp("starlette-adversarial")
+    env = {
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "JWT_SECRET": "e2e-jwt-secret-adversarial-" + "a" * 32,
+        "DATABASE_URL": f"sqlite:///{workdir / 'app.db'}",
+        "ARGON2_MEMORY_KIB": "8192",
+        "ARGON2_TIME_COST": "1",
+        "SIGNUPS_PER_MINUTE": "1000",
+        "OUTBOX_POLL_SECONDS": "0.1",
+    }
+    with serve_module("examples.starlette_app", env=env, cwd=workdir) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    """One keep-alive client for the module."""
+    with httpx.Client(base_url=server.url, timeout=15) as c:
+        yield c
+
+
+def signup(client: httpx.Client, tenant_id: str, email: str) -> dict[str, str]:
+    """Sign up ``tenant_id`` with an ADMIN ``email``; return that ADMIN's auth header."""
+    response = client.post(
+        "/onboarding",
+        json={
+            "tenant_name": f"Adversarial {tenant_id}",
+            "tenant_id": tenant_id,
+            "email": email,
+            "password": "adversarial-pass",
+        },
+    )
+    assert response.status_code == 201, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """Assert an RFC 9457 problem document with ``status``; return it."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert {"type", "title", "status", "detail"} <= body.keys()
+    assert body["status"] == status
+    return body
+
+
+def test_recreated_tenant_does_not_read_the_deleted_tenants_audit_trail(
+    client: httpx.Client,
+) -> None:
+    """Whoever signs up under a deleted tenant's id sees none of that tenant's audit entries."""
+    tenant_id = f"adv-{uuid.uuid4().hex[:10]}"
+    first = signup(client, tenant_id, "ceo@first.example")
+    task = client.post("/tasks", headers=first, json={"title": "first tenant's secret"})
+    assert task.status_code == 201, task.text
+    assert client.delete(f"/admin/tenants/{tenant_id}", headers=ADMIN).status_code == 204
+
+    second = signup(client, tenant_id, "owner@second.example")
+    response = client.get("/api/audit", headers=second, params={"limit": 200})
+    assert response.status_code == 200, response.text
+    entries = response.json()["items"]
+    assert entries, "the second tenant's own signup is audited"
+    assert "first.example" not in response.text
+    assert all(e["action"] not in ("task.created", "tenant.deleted") for e in entries)
+    assert {e["actor"] for e in entries} == {"signup:owner@second.example"}
