@@ -5,6 +5,7 @@ The middleware stack, outermost first::
     RequestLogMiddleware   per-tenant analytics (admitted and rejected requests)
     UnknownPaths           404 for paths no route serves, before any credential is asked
     TenantKitMiddleware    resolve → tenant → policy → quotas → (app) → settle tokens
+    RefuseStaleTokens      401 for a user token minted before its tenant (a deleted namesake's)
     CaptureContext         hands the admitted context to the request log
     CatchUnexpected        a defect's 500, rendered where it still gets X-Request-ID
     router                 the routes of routes/
@@ -31,7 +32,7 @@ from tenantkit.kit import TenantKit
 from tenantkit.quotas import QuotaEngine
 
 from .analytics import Analytics, CaptureContext, RequestLogMiddleware
-from .auth import Passwords
+from .auth import Passwords, RefuseStaleTokens
 from .config import AppConfig
 from .db import Database, prepare
 from .invalidation import Invalidations
@@ -116,6 +117,7 @@ def create_app(config: AppConfig | None = None) -> Starlette:
             Middleware(RequestLogMiddleware, analytics=analytics),
             Middleware(UnknownPaths),
             Middleware(TenantKitMiddleware, kit=kit),
+            Middleware(RefuseStaleTokens),
             Middleware(CaptureContext),
             Middleware(CatchUnexpected),
         ],

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tenantkit.context import current_identity
+from tenantkit.context import current_identity, get_context, report_tokens
 from tenantkit.errors import Forbidden, Unauthorized
 from tenantkit.quotas import Limit, QuotaEngine
-from tenantkit.types import Identity
+from tenantkit.types import Identity, TenantConfig
+
+from .problems import problem
 
 ADMIN = "ADMIN"
 MEMBER = "MEMBER"
@@ -116,3 +120,37 @@ async def throttle_login(
         Limit("login-client", f"login-client:{client or 'unknown'}", "requests", per_minute * 10),
     ]
     await quotas.acquire_async(limits, tokens=0)
+
+
+def issued_before(identity: Identity, tenant: TenantConfig) -> bool:
+    """Return whether a user token was minted before its tenant was created.
+
+    A deleted tenant's id can be taken again (``POST /onboarding`` is public);
+    its users' tokens name the same id under the same secret and would open
+    the new tenant until they expire. ``iat`` counts whole seconds, so a token
+    of the second of creation passes.
+    """
+    iat = identity.claims.get("iat")
+    if identity.source != "jwt" or tenant.created_at is None:
+        return False
+    if isinstance(iat, bool) or not isinstance(iat, int | float):
+        return False
+    return iat < math.floor(tenant.created_at.timestamp())
+
+
+class RefuseStaleTokens:
+    """Inside tenantkit's middleware: 401 for a token of a deleted namesake of the tenant."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = get_context() if scope["type"] == "http" else None
+        if ctx is None or not issued_before(ctx.identity, ctx.tenant):
+            await self.app(scope, receive, send)
+            return
+        report_tokens(0)
+        reason = "token issued before its tenant was created"
+        challenge = f'Bearer error="invalid_token", error_description="{reason}"'
+        error = Unauthorized(reason, headers={"WWW-Authenticate": challenge})
+        await problem(error, Request(scope, receive))(scope, receive, send)

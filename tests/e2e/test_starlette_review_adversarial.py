@@ -6,16 +6,19 @@ every test here; each test makes its own tenants with unique ids.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from _server import Server, serve_module
 
 ADMIN_TOKEN = "e2e-admin-adversarial"
+JWT_SECRET = "e2e-jwt-secret-adversarial-" + "a" * 32
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 PROBLEM = "application/problem+json"
 
@@ -26,7 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     workdir: Path = tmp_path_factory.mktemp("starlette-adversarial")
     env = {
         "ADMIN_TOKEN": ADMIN_TOKEN,
-        "JWT_SECRET": "e2e-jwt-secret-adversarial-" + "a" * 32,
+        "JWT_SECRET": JWT_SECRET,
         "DATABASE_URL": f"sqlite:///{workdir / 'app.db'}",
         "ARGON2_MEMORY_KIB": "8192",
         "ARGON2_TIME_COST": "1",
@@ -87,3 +90,29 @@ def test_recreated_tenant_does_not_read_the_deleted_tenants_audit_trail(
     assert "first.example" not in response.text
     assert all(e["action"] not in ("task.created", "tenant.deleted") for e in entries)
     assert {e["actor"] for e in entries} == {"signup:owner@second.example"}
+
+
+def test_token_of_a_deleted_tenant_does_not_open_its_recreated_namesake(
+    client: httpx.Client,
+) -> None:
+    """An ADMIN token minted before a tenant id was re-created is 401 on every tenant route."""
+    tenant_id = f"adv-{uuid.uuid4().hex[:10]}"
+    signup(client, tenant_id, "ceo@first.example")
+    assert client.delete(f"/admin/tenants/{tenant_id}", headers=ADMIN).status_code == 204
+    # A token of the first tenant's ADMIN, signed as the app signs them, issued a minute ago.
+    now = int(time.time())
+    claims = {"sub": str(uuid.uuid4()), "tenant_id": tenant_id, "role": "ADMIN"}
+    old = jwt.encode({**claims, "iat": now - 60, "exp": now + 600}, JWT_SECRET, "HS256")
+    stale = {"Authorization": f"Bearer {old}"}
+    second = signup(client, tenant_id, "owner@second.example")
+    created = client.post("/tasks", headers=second, json={"title": "second tenant's own"})
+    assert created.status_code == 201, created.text
+
+    for path in ("/tasks", "/api/users", "/api/audit", "/api/analytics/requests"):
+        refused = client.get(path, headers=stale)
+        assert_problem(refused, 401)
+        assert "invalid_token" in refused.headers["WWW-Authenticate"]
+        assert refused.headers["X-Request-ID"]
+    assert_problem(client.get(f"/tasks/{created.json()['task_id']}", headers=stale), 401)
+    analytics = client.get("/api/analytics/requests", headers=second).json()
+    assert "401" not in analytics["by_status"]  # not logged as the new tenant's request
