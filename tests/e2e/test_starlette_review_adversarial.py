@@ -116,3 +116,14 @@ def test_token_of_a_deleted_tenant_does_not_open_its_recreated_namesake(
     assert_problem(client.get(f"/tasks/{created.json()['task_id']}", headers=stale), 401)
     analytics = client.get("/api/analytics/requests", headers=second).json()
     assert "401" not in analytics["by_status"]  # not logged as the new tenant's request
+
+
+def test_tenant_update_names_the_version_field_it_was_given(client: httpx.Client) -> None:
+    """A version past the stored integer range is a 422 naming ``version``, the body's field."""
+    tenant_id = f"adv-{uuid.uuid4().hex[:10]}"
+    assert client.post("/admin/tenants", headers=ADMIN, json={"tenant_id": tenant_id}).is_success
+    response = client.put(
+        f"/admin/tenants/{tenant_id}", headers=ADMIN, json={"version": 2**40, "name": "x"}
+    )
+    assert assert_problem(response, 422)["fields"] == ["version"]
+    assert client.get(f"/admin/tenants/{tenant_id}", headers=ADMIN).json()["name"] == tenant_id

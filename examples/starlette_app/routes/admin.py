@@ -73,7 +73,10 @@ CREATE_TENANT = Body(
     )
 )
 UPDATE_TENANT = Body(
-    (*_TENANT_FIELDS, Field("version", "integer", minimum=1, description="expected version")),
+    (
+        *_TENANT_FIELDS,
+        Field("version", "integer", minimum=1, maximum=MAX_LIMIT, description="expected version"),
+    ),
     min_fields=1,
 )
 CREATE_KEY = Body(
