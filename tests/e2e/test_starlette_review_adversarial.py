@@ -127,3 +127,32 @@ def test_tenant_update_names_the_version_field_it_was_given(client: httpx.Client
     )
     assert assert_problem(response, 422)["fields"] == ["version"]
     assert client.get(f"/admin/tenants/{tenant_id}", headers=ADMIN).json()["name"] == tenant_id
+
+
+def test_tenant_update_audits_the_stored_values_not_a_cached_copy(tmp_path: Path) -> None:
+    """Two processes: a change's audit entry has the stored before-value, not a stale cached one."""
+    env = {
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "JWT_SECRET": JWT_SECRET,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}",
+        "CACHE_TTL_SECONDS": "3600",  # only the other process's write makes the copy stale
+    }
+    tenant_id = f"adv-{uuid.uuid4().hex[:10]}"
+    with (
+        serve_module("examples.starlette_app", env=env, cwd=tmp_path) as first,
+        serve_module("examples.starlette_app", env=env, cwd=tmp_path) as second,
+        httpx.Client(base_url=first.url, timeout=15) as one,
+        httpx.Client(base_url=second.url, timeout=15) as two,
+    ):
+        created = one.post("/admin/tenants", headers=ADMIN, json={"tenant_id": tenant_id})
+        assert created.status_code == 201, created.text
+        key = {"X-API-Key": created.json()["api_key"]["key"]}
+        assert one.get(f"/admin/tenants/{tenant_id}", headers=ADMIN).json()["plan"] == "free"
+        to_pro = two.put(f"/admin/tenants/{tenant_id}", headers=ADMIN, json={"plan": "pro"})
+        assert to_pro.status_code == 200, to_pro.text
+        back = one.put(f"/admin/tenants/{tenant_id}", headers=ADMIN, json={"plan": "free"})
+        assert (back.status_code, back.json()["plan"], back.json()["version"]) == (200, "free", 3)
+
+        entries = one.get("/api/audit", headers=key, params={"action": "tenant.updated"})
+        changes = [e["changes"] for e in entries.json()["items"]]
+    assert changes == [{"plan": ["pro", "free"]}, {"plan": ["free", "pro"]}]

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from tenantkit.apikeys import IssuedKey, api_key_to_dict
 from tenantkit.audit import AuditLog
 from tenantkit.context import bound_tenant
-from tenantkit.errors import NotFound
+from tenantkit.errors import Conflict, NotFound
 from tenantkit.tenants import tenant_to_dict
 from tenantkit.types import TENANT_ID_PATTERN, TenantConfig
 
@@ -29,6 +29,8 @@ from ..validation import Body, Field, invalid, query_int, read_json
 
 #: Quotas and key limits are stored as 32-bit integers.
 MAX_LIMIT = 2**31 - 1
+#: Compare-and-set rounds of an update without a version before giving up with 409.
+_UPDATE_ATTEMPTS = 5
 _NAMES = Field("name", "string", min_length=1, max_length=200)
 _TENANT_FIELDS = (
     _NAMES,
@@ -198,8 +200,7 @@ async def update_tenant(request: Request) -> Response:
         raise invalid([{"field": "body", "message": "give a field to change besides version"}])
 
     def work() -> TenantConfig:
-        before = tenant_to_dict(s.kit.tenants.get(tenant_id))
-        config = s.kit.tenants.update(tenant_id, expected_version=expected, **data)
+        before, config = _update(s, tenant_id, expected, data)
         after = tenant_to_dict(config)
         changes = {k: [before[k], after[k]] for k in data if before[k] != after[k]}
         _audit(
@@ -216,6 +217,29 @@ async def update_tenant(request: Request) -> Response:
     updated = await run_sync(work)
     await s.invalidations.tenant_changed(tenant_id)
     return json(tenant_to_dict(updated))
+
+
+def _update(
+    s: Services, tenant_id: str, expected: int | None, data: dict[str, Any]
+) -> tuple[dict[str, Any], TenantConfig]:
+    """Apply ``data``; return the stored values it replaced (for the audit) and the result.
+
+    The before-values are read from the database, not this process's cache
+    (another process may have changed the tenant since), and the write is a
+    compare-and-set on their version, so no change slips in between.
+    """
+    for attempt in range(_UPDATE_ATTEMPTS):
+        s.kit.tenants.invalidate(tenant_id)
+        before = s.kit.tenants.get(tenant_id)
+        version = before.version if expected is None else expected
+        try:
+            config = s.kit.tenants.update(tenant_id, expected_version=version, **data)
+        except Conflict:
+            if expected is not None or attempt == _UPDATE_ATTEMPTS - 1:
+                raise
+            continue
+        return tenant_to_dict(before), config
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 @operation(
