@@ -125,6 +125,8 @@ class Field:
         return value
 
     def _check_string(self, value: str, path: str, errors: list[dict[str, str]]) -> str | None:
+        # Check what is stored: some characters grow when lower-cased ("İ" → "i̇").
+        value = value.lower() if self.lower else value
         if self.min_length is not None and len(value) < self.min_length:
             errors.append({"field": path, "message": f"must be at least {self.min_length} long"})
         elif self.max_length is not None and len(value) > self.max_length:
@@ -134,7 +136,7 @@ class Field:
         elif self.enum is not None and value not in self.enum:
             errors.append({"field": path, "message": f"must be one of {', '.join(self.enum)}"})
         else:
-            return value.lower() if self.lower else value
+            return value
         return None
 
     def _check_integer(self, value: float, path: str, errors: list[dict[str, str]]) -> float | None:

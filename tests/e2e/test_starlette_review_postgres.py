@@ -96,3 +96,25 @@ def test_unstorable_text_is_a_client_error_on_postgres(server: Server) -> None:
             assert response.status_code == status, (path, response.text)
         for path in ("/api/users/a%00b", "/tasks/a%00b"):
             assert client.delete(path, headers={**header, **user}).status_code < 500
+
+
+def test_an_email_that_grows_when_lower_cased_is_a_422_on_postgres(server: Server) -> None:
+    """A 254-character email longer once lower-cased ('İ' → 'i̇') is a 422, not a 500."""
+    domain = f"{'a' * 63}.{'b' * 63}.{'c' * 61}"
+    email = f"{'İ' * 64}@{domain}"
+    assert len(email) == 254 < len(email.lower())
+    with httpx.Client(base_url=server.url, timeout=15) as client:
+        tenant = f"grow-{uuid.uuid4().hex[:8]}"
+        assert client.post("/admin/tenants", headers=ADMIN, json={"tenant_id": tenant}).is_success
+        header = {"X-Tenant-ID": tenant}
+        member = {"email": email, "name": "x", "password": "longenough", "role": "MEMBER"}
+        for path, headers, body in (
+            ("/api/users", header, {"email": email, "name": "x"}),
+            ("/api/members", header, member),
+            ("/onboarding", {}, {"tenant_name": "Grow", "email": email, "password": "longenough"}),
+        ):
+            response = client.post(path, headers=headers, json=body)
+            assert response.status_code == 422, (path, response.text)
+            assert response.json()["fields"] == ["email"]
+        assert client.get("/api/users", headers=header).json()["items"] == []
+        assert client.get("/admin/tenants/grow", headers=ADMIN).status_code == 404
