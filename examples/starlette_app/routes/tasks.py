@@ -70,8 +70,10 @@ def _respond(s: Services, body: Any, status: int = 200, location: str | None = N
     return JSONResponse(body, status, headers=headers, background=BackgroundTask(s.outbox.kick))
 
 
-def _task(session: Session, task_id: str) -> Task:
-    task = session.get(Task, task_id) if is_id(task_id) else None
+def _task(session: Session, task_id: str, *, lock: bool = False) -> Task:
+    # A change locks the row first: a concurrent change then waits, and compares
+    # against (and records the change from) the committed values, not stale ones.
+    task = session.get(Task, task_id, with_for_update=lock) if is_id(task_id) else None
     if task is None:
         raise NotFound(f"task {task_id!r} not found")
     return task
@@ -180,7 +182,7 @@ async def update_task(request: Request) -> Response:
 
     def work(session: Session) -> dict[str, Any]:
         _check_still_a_user(session, identity)
-        task = _task(session, task_id)
+        task = _task(session, task_id, lock=True)
         if not _may_update(identity, task):
             raise Forbidden("MEMBERs may update only their own tasks", reason="not_owner")
         if "assigned_to" in data:
@@ -211,7 +213,7 @@ async def delete_task(request: Request) -> Response:
 
     def work(session: Session) -> None:
         _check_still_a_user(session, identity)
-        task = _task(session, task_id)
+        task = _task(session, task_id, lock=True)
         emit(session, "TaskDeleted", task)
         session.delete(task)
 
