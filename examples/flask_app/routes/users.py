@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from tenantkit.context import current_tenant
 from tenantkit.errors import Conflict, Forbidden, NotFound
 
 from .. import schemas
@@ -18,6 +19,7 @@ from ..context import db, now
 from ..models import Invitation, Membership, Project, User
 from ..pagination import decode_cursor, encode_cursor, filtered_page
 from ..serialize import member_dict, page
+from ..usage_view import enforce, seats
 from .invitations import check_projects
 
 bp = Blueprint("users", __name__)
@@ -64,10 +66,11 @@ def list_users(org_id: str, query: dict[str, Any]) -> ResponseReturnValue:
     auth="admin",
     tag="users",
     body=schemas.USER_UPDATE,
-    responses=(401, 403, 404, 409, 422),
+    responses=(401, 402, 403, 404, 409, 422),
     response="Member",
     description="Send the version you read; a stale version is a 409. Only an owner "
-    "grants or changes the owner role; the last owner cannot be demoted or suspended.",
+    "grants or changes the owner role; the last owner cannot be demoted or suspended. "
+    "Reactivating a suspended member takes a seat: past the plan's users, 402.",
 )
 def update_user(org_id: str, user_id: str, body: dict[str, Any]) -> ResponseReturnValue:
     session = db()
@@ -92,6 +95,8 @@ def update_user(org_id: str, user_id: str, body: dict[str, Any]) -> ResponseRetu
     )
     if losing_owner and _active_owners(session) <= 1:
         raise Conflict("an organization keeps at least one active owner")
+    if body.get("status") == "active" and member.status == "suspended":
+        enforce(current_tenant(), "users", seats(session) + 1)  # a suspended member holds no seat
     if "projects" in body:
         check_projects(session, body["projects"])
     for name in ("role", "projects", "status"):

@@ -1,0 +1,45 @@
+"""Review of the Flask example's membership rules: plan seats, owners and the audit trail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.e2e._flask_server import FakeClock, Served, add_member, make_config, onboard, serve
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """A fresh app per test."""
+    with serve(make_config(tmp_path), FakeClock()) as running:
+        yield running
+
+
+def member_of(served: Served, org_id: str, token: str, email_part: str) -> dict:
+    """Return the member whose email contains ``email_part``, as the owner lists it."""
+    items = served.client(token).get(f"/organizations/{org_id}/users").json()["items"]
+    found: dict = next(m for m in items if email_part in m["email"])
+    return found
+
+
+def test_reactivating_a_member_past_the_plan_seats_is_402(served: Served) -> None:
+    """A suspended member frees a seat; taking it back when the plan is full is a 402."""
+    org = onboard(served, plan="free")  # 3 seats
+    owner = served.client(org.token)
+    add_member(served, org, email=f"first@{org.id}.example.com")
+    add_member(served, org, email=f"second@{org.id}.example.com")
+    first = member_of(served, org.id, org.token, "first@")
+    path = f"/organizations/{org.id}/users/{first['user_id']}"
+    suspended = owner.put(path, json={"status": "suspended", "version": first["version"]})
+    assert suspended.status_code == 200, suspended.text
+    add_member(served, org, email=f"third@{org.id}.example.com")  # takes the freed seat
+
+    back = owner.put(path, json={"status": "active", "version": suspended.json()["version"]})
+
+    assert back.status_code == 402, back.text
+    assert back.headers["content-type"] == "application/problem+json"
+    assert back.json()["limit"] == 3 and back.json()["upgrade_to"] == "starter"
+    usage = owner.get(f"/organizations/{org.id}").json()["usage"]
+    assert usage["users"] == 3
+    assert member_of(served, org.id, org.token, "first@")["status"] == "suspended"
