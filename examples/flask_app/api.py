@@ -98,6 +98,7 @@ def endpoint(
         @functools.wraps(view)
         def guarded(**kwargs: Any) -> ResponseReturnValue:
             _authorize(operation, kwargs.get(ORG_ARG))
+            _refuse_unstorable_ids(kwargs)
             if query is not None:
                 kwargs["query"] = query.parse_query(request.args)
             if body is not None:
@@ -155,6 +156,23 @@ def _authorize(op: Operation, org_id: str | None) -> None:
             reason="role",
             role=member.role,
         )
+
+
+def _refuse_unstorable_ids(path_args: dict[str, Any]) -> None:
+    """404 for a path id no row can hold (NUL, a lone surrogate); PostgreSQL cannot compare it."""
+    for name, value in path_args.items():
+        if isinstance(value, str) and not _storable(value):
+            raise NotFound(f"{name.removesuffix('_id')} not found")
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _platform_admin() -> None:

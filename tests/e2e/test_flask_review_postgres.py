@@ -1,0 +1,53 @@
+"""Review of the Flask example on PostgreSQL: input PostgreSQL refuses never becomes a 500."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL
+from tests.e2e._flask_server import FakeClock, Served, make_config, onboard, serve
+
+from tenantkit.rls import drop_app_role
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def served(postgres_url: URL, tmp_path: Path) -> Iterator[Served]:
+    """The app on PostgreSQL with row-level security, as its own role (dropped afterwards)."""
+    role = f"tk_flask_{uuid.uuid4().hex[:10]}"
+    config = make_config(
+        tmp_path,
+        database_url=postgres_url.render_as_string(hide_password=False),
+        database_app_role=role,
+    )
+    try:
+        with serve(config, FakeClock()) as running:
+            yield running
+    finally:
+        owner = create_engine(postgres_url)
+        with owner.begin() as conn:
+            drop_app_role(conn, role)
+        owner.dispose()
+
+
+@pytest.mark.parametrize("raw_id", ["%00", "usr_%00x"])
+def test_ids_holding_nul_are_404_not_500(served: Served, raw_id: str) -> None:
+    """A path id PostgreSQL cannot compare (a NUL byte) names nothing: 404, never a 500."""
+    org = onboard(served, plan="pro")
+    owner = served.client(org.token)
+    calls = [
+        ("GET", f"/organizations/{org.id}/projects/{raw_id}", None),
+        ("PUT", f"/organizations/{org.id}/projects/{raw_id}", {"name": "x", "version": 1}),
+        ("PUT", f"/organizations/{org.id}/users/{raw_id}", {"role": "admin", "version": 1}),
+        ("DELETE", f"/organizations/{org.id}/users/{raw_id}", None),
+        ("DELETE", f"/organizations/{org.id}/api-keys/{raw_id}", None),
+    ]
+    for method, path, body in calls:
+        response = owner.request(method, path, json=body)
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
