@@ -233,6 +233,11 @@ def _string_problem(f: Field, value: str) -> str | None:
     """Return what is wrong with a string value, or ``None``."""
     if "\x00" in value:
         return "must not contain NUL characters"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # an unpaired surrogate (JSON "\\ud800"): no database stores it
+            return "must not contain unpaired surrogates"
     if f.min_length is not None and len(value) < f.min_length:
         return f"must be at least {f.min_length} characters"
     if f.max_length is not None and len(value) > f.max_length:
