@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from examples.flask_app.routes import users as users_routes
 from tests.e2e._flask_server import FakeClock, Served, add_member, make_config, onboard, serve
 
 
@@ -43,3 +45,46 @@ def test_reactivating_a_member_past_the_plan_seats_is_402(served: Served) -> Non
     usage = owner.get(f"/organizations/{org.id}").json()["usage"]
     assert usage["users"] == 3
     assert member_of(served, org.id, org.token, "first@")["status"] == "suspended"
+
+
+def test_two_owners_demoting_each_other_at_once_leave_one_owner(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each owner demotes the other; both read "two owners" first: one wins, the other is 409."""
+    org = onboard(served, plan="pro")
+    second_token = add_member(served, org, role="admin", email=f"second@{org.id}.example.com")
+    second = member_of(served, org.id, org.token, "second@")
+    promoted = served.client(org.token).put(
+        f"/organizations/{org.id}/users/{second['user_id']}",
+        json={"role": "owner", "version": second["version"]},
+    )
+    assert promoted.status_code == 200, promoted.text
+    first = member_of(served, org.id, org.token, "owner@")
+    counted = users_routes._active_owners
+    inner: list[int] = []
+
+    def count_then_let_the_other_in(session: Any) -> int:
+        # The first request has counted two owners; the second one runs to completion
+        # before the first writes: the interleaving of two simultaneous requests.
+        owners = counted(session)
+        if not inner:
+            inner.append(0)
+            response = served.client(second_token).put(
+                f"/organizations/{org.id}/users/{first['user_id']}",
+                json={"role": "admin", "version": first["version"]},
+            )
+            inner[0] = response.status_code
+        return owners
+
+    monkeypatch.setattr(users_routes, "_active_owners", count_then_let_the_other_in)
+    outer = served.client(org.token).put(
+        f"/organizations/{org.id}/users/{second['user_id']}",
+        json={"role": "admin", "version": promoted.json()["version"]},
+    )
+
+    assert sorted([inner[0], outer.status_code]) == [200, 409], outer.text
+    roles = {
+        m["email"]: m["role"]
+        for m in served.client(second_token).get(f"/organizations/{org.id}/users").json()["items"]
+    }
+    assert sorted(roles.values()) == ["admin", "owner"]

@@ -8,6 +8,7 @@ from flask import Blueprint, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.exc import StaleDataError
 
 from tenantkit.context import current_tenant
@@ -16,7 +17,7 @@ from tenantkit.errors import Conflict, Forbidden, NotFound
 from .. import schemas
 from ..api import endpoint
 from ..context import db, now
-from ..models import Invitation, Membership, Project, User
+from ..models import Invitation, Membership, Organization, Project, User
 from ..pagination import decode_cursor, encode_cursor, filtered_page
 from ..serialize import member_dict, page
 from ..usage_view import enforce, seats
@@ -95,6 +96,8 @@ def update_user(org_id: str, user_id: str, body: dict[str, Any]) -> ResponseRetu
     )
     if losing_owner and _active_owners(session) <= 1:
         raise Conflict("an organization keeps at least one active owner")
+    if touches_owner:
+        _lock_owners(g.org)
     if body.get("status") == "active" and member.status == "suspended":
         enforce(current_tenant(), "users", seats(session) + 1)  # a suspended member holds no seat
     if "projects" in body:
@@ -116,6 +119,17 @@ def _active_owners(session: Session) -> int:
         select(Membership.id).where(Membership.role == "owner", Membership.status == "active")
     )
     return len(list(owners))
+
+
+def _lock_owners(org: Organization) -> None:
+    """Make this change of the owners also write the organization row, under its version.
+
+    Two owners demoting each other at once both count two owners; without a
+    common row both commits pass and no owner is left. The organization's
+    version check lets the first commit win and turns the second into a 409.
+    """
+    org.updated_at = now()
+    flag_modified(org, "updated_at")  # written even when the clock has not moved
 
 
 def _stale(current: int | None) -> Conflict:
@@ -146,6 +160,7 @@ def remove_user(org_id: str, user_id: str) -> ResponseReturnValue:
             raise Forbidden("only an owner can remove an owner", reason="role")
         if member.status == "active" and _active_owners(session) <= 1:
             raise Conflict("an organization keeps at least one active owner")
+        _lock_owners(g.org)
     moment = now()
     for invitation in session.scalars(
         select(Invitation).where(Invitation.user_id == user_id, Invitation.accepted_at.is_(None))
