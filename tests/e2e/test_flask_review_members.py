@@ -88,3 +88,32 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(
         for m in served.client(second_token).get(f"/organizations/{org.id}/users").json()["items"]
     }
     assert sorted(roles.values()) == ["admin", "owner"]
+
+
+def test_owner_id_follows_the_owners(served: Served) -> None:
+    """Once the first owner is demoted or removed, owner_id names an owner who still is one."""
+    org = onboard(served, plan="pro")
+    second_token = add_member(served, org, role="admin", email=f"second@{org.id}.example.com")
+    third_token = add_member(served, org, role="admin", email=f"third@{org.id}.example.com")
+    second, third = (member_of(served, org.id, org.token, f"{n}@") for n in ("second", "third"))
+    owner = served.client(org.token)
+    for member in (second, third):
+        promoted = owner.put(
+            f"/organizations/{org.id}/users/{member['user_id']}",
+            json={"role": "owner", "version": member["version"]},
+        )
+        assert promoted.status_code == 200, promoted.text
+    first = member_of(served, org.id, org.token, "owner@")
+
+    demoted = served.client(second_token).put(
+        f"/organizations/{org.id}/users/{org.owner_id}",
+        json={"role": "member", "version": first["version"]},
+    )
+    assert demoted.status_code == 200, demoted.text
+    now_owner = served.client(second_token).get(f"/organizations/{org.id}").json()["owner_id"]
+    assert now_owner in {second["user_id"], third["user_id"]}
+
+    removed = served.client(third_token).delete(f"/organizations/{org.id}/users/{now_owner}")
+    assert removed.status_code == 204, removed.text
+    after = served.client(third_token).get(f"/organizations/{org.id}").json()["owner_id"]
+    assert after == third["user_id"]

@@ -96,8 +96,6 @@ def update_user(org_id: str, user_id: str, body: dict[str, Any]) -> ResponseRetu
     )
     if losing_owner and _active_owners(session) <= 1:
         raise Conflict("an organization keeps at least one active owner")
-    if touches_owner:
-        _lock_owners(g.org)
     if body.get("status") == "active" and member.status == "suspended":
         enforce(current_tenant(), "users", seats(session) + 1)  # a suspended member holds no seat
     if "projects" in body:
@@ -106,6 +104,8 @@ def update_user(org_id: str, user_id: str, body: dict[str, Any]) -> ResponseRetu
         if name in body:
             setattr(member, name, body[name])
     member.updated_at = now()
+    if touches_owner:
+        _owners_changed(session, g.org)
     try:
         session.commit()
     except StaleDataError as exc:  # changed by someone else between our read and write
@@ -121,13 +121,22 @@ def _active_owners(session: Session) -> int:
     return len(list(owners))
 
 
-def _lock_owners(org: Organization) -> None:
-    """Make this change of the owners also write the organization row, under its version.
+def _owners_changed(session: Session, org: Organization) -> None:
+    """Point ``owner_id`` at an active owner and write the organization row, under its version.
 
     Two owners demoting each other at once both count two owners; without a
     common row both commits pass and no owner is left. The organization's
     version check lets the first commit win and turns the second into a 409.
     """
+    owners = list(
+        session.scalars(  # autoflush: sees the change being made
+            select(Membership.user_id)
+            .where(Membership.role == "owner", Membership.status == "active")
+            .order_by(Membership.id)
+        )
+    )
+    if owners and org.owner_id not in owners:
+        org.owner_id = owners[0]
     org.updated_at = now()
     flag_modified(org, "updated_at")  # written even when the clock has not moved
 
@@ -160,7 +169,6 @@ def remove_user(org_id: str, user_id: str) -> ResponseReturnValue:
             raise Forbidden("only an owner can remove an owner", reason="role")
         if member.status == "active" and _active_owners(session) <= 1:
             raise Conflict("an organization keeps at least one active owner")
-        _lock_owners(g.org)
     moment = now()
     for invitation in session.scalars(
         select(Invitation).where(Invitation.user_id == user_id, Invitation.accepted_at.is_(None))
@@ -171,5 +179,7 @@ def remove_user(org_id: str, user_id: str) -> ResponseReturnValue:
         if len(team) != len(project.team):
             project.team, project.updated_at = team, moment
     session.delete(member)
+    if member.role == "owner":
+        _owners_changed(session, g.org)
     session.commit()
     return "", 204
