@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, g, jsonify
 from flask.typing import ResponseReturnValue
 
+from tenantkit import audit
+from tenantkit.context import bound_tenant
 from tenantkit.errors import UnprocessableEntity
 from tenantkit.tenants import tenant_to_dict
 
@@ -14,9 +16,11 @@ from .. import schemas
 from ..api import endpoint
 from ..context import platform
 from ..jobs import purge_audit
+from ..org_changes import record_changes
 from ..serialize import page
 
 bp = Blueprint("admin", __name__)
+PLATFORM_ACTOR = "platform:admin"
 
 
 @bp.get("/admin/organizations")
@@ -39,14 +43,24 @@ def list_organizations(query: dict[str, Any]) -> ResponseReturnValue:
     auth="platform",
     tag="admin",
     body=schemas.ADMIN_ORG_UPDATE,
-    responses=(401, 404, 422),
+    responses=(401, 404, 409, 422),
     response="Tenant",
     description="A suspended organization's requests get 403 at once.",
 )
 def update_organization(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
     if not body:
         raise UnprocessableEntity("send status or plan")
-    updated = platform().kit.tenants.update(org_id, **body)
+    p = platform()
+    p.kit.tenants.invalidate(org_id)  # read what is stored: the entry below diffs against it
+    before = p.kit.tenants.get(org_id)
+    updated = p.kit.tenants.update(org_id, expected_version=before.version, **body)
+    with (
+        bound_tenant(updated, request_id=g.get("request_id")),
+        audit.acting_as(PLATFORM_ACTOR),
+        p.sessions() as session,
+    ):
+        record_changes(session, before, updated)
+        session.commit()
     return jsonify(tenant_to_dict(updated))
 
 

@@ -21,6 +21,7 @@ from ..api import endpoint
 from ..context import db, now, platform
 from ..members import issue_token
 from ..models import Membership, Organization, User
+from ..org_changes import record_changes
 from ..security import new_id
 from ..serialize import created, iso, settings_dict, user_dict
 from ..usage_view import current_usage, project_count, seats
@@ -135,7 +136,9 @@ def change_plan(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
     if p.billing is not None:
         p.billing.change_plan(tenant.id, target.name)  # the tenant's plan follows Stripe
     elif target.name != tenant.plan:
-        p.kit.tenants.update(tenant.id, expected_version=tenant.version, plan=target.name)
+        updated = p.kit.tenants.update(tenant.id, expected_version=tenant.version, plan=target.name)
+        record_changes(session, tenant, updated)
+        session.commit()
     return jsonify(_organization(session, g.org))
 
 
