@@ -12,6 +12,7 @@ from tenantkit.errors import UnprocessableEntity
 
 T = TypeVar("T")
 K = TypeVar("K", str, int)
+MAX_KEY = 2**31 - 1  # the largest INTEGER key (PostgreSQL's int4) a cursor continues after
 
 
 def encode_cursor(after: str | int) -> str:
@@ -29,10 +30,21 @@ def decode_cursor(cursor: str | None, kind: type[K]) -> K | None:
         after = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))["after"]
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeEncodeError):
         after = None
-    if isinstance(after, bool) or not isinstance(after, kind):
+    if isinstance(after, bool) or not isinstance(after, kind) or not _comparable(after):
         raise UnprocessableEntity("cursor is not valid", field="cursor")
     found: K = after
     return found
+
+
+def _comparable(after: str | int) -> bool:
+    """Return whether every database can compare a column with ``after``."""
+    if isinstance(after, int):
+        return abs(after) <= MAX_KEY  # past an INTEGER column: an error, not "no rows"
+    try:
+        after.encode("utf-8")  # refuses an unpaired surrogate
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in after  # PostgreSQL refuses NUL in text
 
 
 def filtered_page(

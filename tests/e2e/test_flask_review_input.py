@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +89,25 @@ def test_unpaired_surrogates_in_strings_are_422_naming_the_field(served: Served)
         "/auth/token", json={"email": "lone@example.com", "password": "12345678"}
     )
     assert listed.status_code == 401  # the refused onboarding created no account
+
+
+def forged_cursor(after: object) -> str:
+    """Return a cursor in the app's own format, continuing after ``after``."""
+    raw = json.dumps({"after": after}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("route", "after"),
+    [("users", 10**30), ("users", -(2**63)), ("users", 2**63), ("projects", "\ud800")],
+)
+def test_forged_cursors_past_what_a_column_holds_are_422(
+    served: Served, route: str, after: object
+) -> None:
+    """A cursor whose key no column can hold (huge integer, lone surrogate) is a 422, not a 500."""
+    org = onboard(served)
+    response = served.client(org.token).get(
+        f"/organizations/{org.id}/{route}", params={"cursor": forged_cursor(after)}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "cursor"

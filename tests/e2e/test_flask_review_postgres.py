@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +53,18 @@ def test_ids_holding_nul_are_404_not_500(served: Served, raw_id: str) -> None:
         response = owner.request(method, path, json=body)
         assert response.status_code == 404, (method, path, response.text)
         assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(("route", "after"), [("users", 2**31), ("projects", "prj_\u0000")])
+def test_forged_cursors_postgresql_cannot_compare_are_422(
+    served: Served, route: str, after: object
+) -> None:
+    """A cursor past an INTEGER column or holding NUL is a 422 on PostgreSQL, never a 500."""
+    org = onboard(served)
+    raw = json.dumps({"after": after}).encode()
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    response = served.client(org.token).get(
+        f"/organizations/{org.id}/{route}", params={"cursor": cursor}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "cursor"
