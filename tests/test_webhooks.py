@@ -29,7 +29,12 @@ from tenantkit.billing import BillingAccount, StripeBilling, StripeWebhookEvent
 from tenantkit.errors import ConfigurationError
 from tenantkit.plans import Plans
 from tenantkit.tenants import TenantStore as TenantStore_
-from tenantkit.webhooks import SIGNATURE_HEADER, StripeWebhooks, WebhookRejected
+from tenantkit.webhooks import (
+    SIGNATURE_HEADER,
+    StripeWebhooks,
+    WebhookInProgress,
+    WebhookRejected,
+)
 
 SECRET = "whsec_tenantkit_test"
 
@@ -259,22 +264,56 @@ def test_bad_deliveries_are_400_and_change_nothing(
     _assert_nothing_changed(engine, store, tenant, before)
 
 
-def test_a_replayed_event_is_refused_and_applied_once(
+def test_a_repeated_delivery_succeeds_and_changes_nothing(
     hooks: StripeWebhooks,
     local_stripe: LocalStripe,
     engine: Engine,
     prices: dict[str, str],
     store: TenantStore,
 ) -> None:
-    """The same event id, freshly signed again, is a 400 'replayed'; its effect happens once."""
+    """The same event id, freshly signed again: a success marked duplicate; applied once.
+
+    Stripe retries any non-2xx answer for three days and then disables the
+    endpoint, so an event applied before must not be refused.
+    """
     tenant, sub_id = _subscribed(local_stripe, engine, prices)
     local_stripe.client().v1.subscriptions.cancel(sub_id)
     event = _latest(local_stripe, "customer.subscription.deleted", sub_id)
-    _deliver(hooks, event)
-    with pytest.raises(WebhookRejected) as info:
-        _deliver(hooks, event, at=int(time.time()) + 1)
-    assert info.value.to_problem()["reason"] == "replayed"
+    first = _deliver(hooks, event)
+    assert (first.handled, first.duplicate) == (True, False)
+    before = _recorded(engine)
+    again = _deliver(hooks, event, at=int(time.time()) + 1)
+    assert (again.event_id, again.handled, again.duplicate, again.changes) == (
+        event["id"],
+        False,
+        True,
+        {},
+    )
     assert store.calls.count(("status", tenant, "suspended")) == 1
+    assert _recorded(engine) == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[1, 2]",
+        json.dumps({"id": "evt_" + "x" * 300, "type": "invoice.paid", "data": {"object": {}}}),
+        json.dumps({"id": "evt_1", "type": "x" * 101, "data": {"object": {}}}),
+        json.dumps(
+            {"id": "evt_1", "type": "invoice.paid", "created": 10**30, "data": {"object": {}}}
+        ),
+    ],
+    ids=["json-list", "long-id", "long-type", "huge-created"],
+)
+def test_a_signed_body_no_event_column_holds_is_a_400(
+    hooks: StripeWebhooks, engine: Engine, body: str
+) -> None:
+    """Signed with our secret but not an event we can record: 400 bad_payload, nothing kept."""
+    before = _recorded(engine)
+    with pytest.raises(WebhookRejected) as info:
+        hooks.handle(body.encode(), sign(body, SECRET, int(time.time())))
+    assert info.value.to_problem()["reason"] == "bad_payload"
+    assert _recorded(engine) == before
 
 
 def test_concurrent_duplicate_deliveries_apply_once(
@@ -284,7 +323,7 @@ def test_concurrent_duplicate_deliveries_apply_once(
     prices: dict[str, str],
     store: TenantStore,
 ) -> None:
-    """Four simultaneous deliveries of one event: one is applied, three are refused."""
+    """Four simultaneous deliveries of one event: one applies it, the others change nothing."""
     tenant, sub_id = _subscribed(local_stripe, engine, prices)
     local_stripe.client().v1.subscriptions.cancel(sub_id)
     event = _latest(local_stripe, "customer.subscription.deleted", sub_id)
@@ -294,17 +333,18 @@ def test_concurrent_duplicate_deliveries_apply_once(
     def deliver() -> None:
         barrier.wait()
         try:
-            _deliver(hooks, event)
-            outcomes.append("applied")
-        except WebhookRejected as exc:
-            outcomes.append(str(exc.to_problem()["reason"]))
+            result = _deliver(hooks, event)
+            outcomes.append("duplicate" if result.duplicate else "applied")
+        except WebhookInProgress:
+            outcomes.append("in_progress")
 
     threads = [threading.Thread(target=deliver) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(outcomes) == ["applied", "replayed", "replayed", "replayed"]
+    assert outcomes.count("applied") == 1
+    assert set(outcomes) <= {"applied", "duplicate", "in_progress"} and len(outcomes) == 4
     assert store.calls.count(("status", tenant, "suspended")) == 1
 
 
@@ -341,8 +381,8 @@ def test_other_event_types_are_recorded_and_ignored(
     _tenant, sub_id = _subscribed(local_stripe, engine, prices)
     event = _latest(local_stripe, "customer.subscription.created", sub_id)
     assert not _deliver(hooks, event).handled
-    with pytest.raises(WebhookRejected):
-        _deliver(hooks, event)
+    again = _deliver(hooks, event)
+    assert (again.handled, again.duplicate) == (False, True)
 
 
 @pytest.mark.parametrize(
@@ -425,8 +465,11 @@ def test_a_delivery_that_died_midway_does_not_block_the_retry(
                 received_at=utcnow() - timedelta(minutes=4),
             )
         )
-    with pytest.raises(WebhookRejected):
-        _deliver(hooks, event)  # the first delivery may still be running
+    with pytest.raises(WebhookInProgress) as info:
+        _deliver(hooks, event)  # the first delivery may still be running: Stripe retries a 409
+    assert (info.value.status, info.value.to_problem()["reason"]) == (409, "in_progress")
+    assert info.value.headers["Retry-After"] == "5"
+    assert ("status", tenant, "suspended") not in store.calls
     with sessions(engine)() as session, session.begin():
         row = session.get(StripeWebhookEvent, event["id"])
         assert row is not None

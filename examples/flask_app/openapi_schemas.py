@@ -202,7 +202,9 @@ RESPONSES: dict[str, dict[str, Any]] = {
         amount_due=MONEY,
         stripe={"type": "object", "required": ["configured"]},
     ),
-    "WebhookResult": obj(received=BOOLEAN, event_id=STRING, type=STRING, handled=BOOLEAN),
+    "WebhookResult": obj(
+        received=BOOLEAN, event_id=STRING, type=STRING, handled=BOOLEAN, duplicate=BOOLEAN
+    ),
     "TOTPEnrolment": obj(secret=STRING, otpauth_uri=STRING),
     "TOTPStatus": obj(mfa_enabled=BOOLEAN),
     "Tenant": TENANT,

@@ -6,8 +6,15 @@
 - a missing or forged signature (``stripe.Webhook.construct_event``);
 - a stale one (signed more than ``tolerance`` seconds ago, 300 by default,
   at most 900) or one signed in the future (beyond ``max_clock_skew``);
-- a replay: event ids are kept for good in ``tenantkit_stripe_webhook_events``,
-  far beyond Stripe's three days of retries.
+- a body that is not a Stripe event (``bad_payload``).
+
+An event id is applied once: ids are kept for good in
+``tenantkit_stripe_webhook_events``, far beyond Stripe's three days of
+retries. A later delivery of an event already applied is answered as a
+success that changes nothing (``WebhookResult.duplicate``), as Stripe asks:
+a non-2xx answer would make it retry for three days and then disable the
+endpoint. A delivery while another is still applying the same event is a
+``WebhookInProgress`` (409), which Stripe retries.
 
 Accepted events update the tenant's ``BillingAccount`` and call the injected
 callbacks: ``on_plan_change(tenant_id, plan)``, ``on_status_change(tenant_id,
@@ -35,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from ._billing_models import BillingAccount, StripeWebhookEvent
 from ._usage_models import insert_or_ignore, table_of
-from .errors import BadRequest, ConfigurationError
+from .errors import BadRequest, ConfigurationError, Conflict
 from .plans import DEFAULT_PLANS, Plans
 from .types import TENANT_ID_PATTERN
 
@@ -43,6 +50,7 @@ logger = logging.getLogger("tenantkit.billing")
 
 SIGNATURE_HEADER = "Stripe-Signature"
 MAX_TOLERANCE = 900
+MAX_ID_LENGTH, MAX_TYPE_LENGTH = 255, 100  # the event table's columns
 PROCESSING_TIMEOUT = timedelta(minutes=5)
 HANDLED_TYPES = (
     "invoice.paid",
@@ -62,9 +70,15 @@ class TenantUpdater(Protocol):
 
 
 class WebhookRejected(BadRequest):
-    """A webhook that is not processed: forged, stale, from the future or replayed."""
+    """A webhook that is not processed: forged, stale, from the future or no event."""
 
     title, slug = "Webhook Rejected", "webhook-rejected"
+
+
+class WebhookInProgress(Conflict):
+    """A delivery of an event that another delivery is applying right now (retried)."""
+
+    title, slug = "Webhook In Progress", "webhook-in-progress"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +90,7 @@ class WebhookResult:
     tenant_id: str | None
     handled: bool
     changes: dict[str, str] = field(default_factory=dict)
+    duplicate: bool = False  # an event already applied: this delivery changed nothing
 
 
 class StripeWebhooks:
@@ -116,19 +131,28 @@ class StripeWebhooks:
         self._clock = clock
 
     def handle(self, body: bytes | str, signature: str | None) -> WebhookResult:
-        """Verify and apply one delivery; raise ``WebhookRejected`` (400) if refused."""
-        event = self._verify(body, signature).to_dict()
+        """Verify and apply one delivery; raise ``WebhookRejected`` (400) if refused.
+
+        An event applied before gives a result with ``duplicate`` set, changing
+        nothing; one being applied right now raises ``WebhookInProgress`` (409).
+        """
         try:
+            event = self._verify(body, signature).to_dict()
             event_id, kind = str(event["id"]), str(event["type"])
             obj: dict[str, Any] = dict(event["data"]["object"])
             created = int(event.get("created") or 0)
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            if not (0 < len(event_id) <= MAX_ID_LENGTH and 0 < len(kind) <= MAX_TYPE_LENGTH):
+                raise ValueError("an event id or type longer than its column")
+            if not 0 <= created < 2**53:
+                raise ValueError("created is a Unix time")
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise WebhookRejected(
                 "webhook body is not a Stripe event", reason="bad_payload"
             ) from exc
         with self._sessionmaker() as session:
             tenant = _tenant_of(session, obj)
-        self._claim(event_id, kind, tenant, created)
+        if self._claim(event_id, kind, tenant, created):
+            return WebhookResult(event_id, kind, tenant, False, duplicate=True)
         try:
             outcome, changes = self._apply_event(tenant, kind, obj, created)
             # Outside our transaction: the host's store may share a SQLite file with us.
@@ -144,8 +168,13 @@ class StripeWebhooks:
             )
         return WebhookResult(event_id, kind, tenant, outcome == "handled", changes)
 
-    def _claim(self, event_id: str, kind: str, tenant: str | None, created: int) -> None:
-        """Record the event id once; a second delivery is a replay unless the first died."""
+    def _claim(self, event_id: str, kind: str, tenant: str | None, created: int) -> bool:
+        """Record the event id once; return whether it was applied before (a duplicate).
+
+        A delivery while another applies the event is a ``WebhookInProgress``,
+        unless that other one has been at it past ``PROCESSING_TIMEOUT`` (its
+        process died): then this one takes the event over.
+        """
         now = datetime.fromtimestamp(self._clock(), UTC)
         values = {
             "id": event_id,
@@ -157,7 +186,12 @@ class StripeWebhooks:
         }
         with self._sessionmaker() as session, session.begin():
             if insert_or_ignore(session, table_of(StripeWebhookEvent), values, ("id",)):
-                return
+                return False
+            outcome = session.execute(
+                select(StripeWebhookEvent.outcome).where(StripeWebhookEvent.id == event_id)
+            ).scalar()
+            if outcome is not None and outcome != "processing":
+                return True
             # A delivery whose process died mid-way must not block Stripe's retries for good.
             result = session.execute(
                 update(StripeWebhookEvent)
@@ -170,8 +204,12 @@ class StripeWebhooks:
                 .execution_options(synchronize_session=False)
             )
             if getattr(result, "rowcount", 0) == 1:
-                return
-        raise WebhookRejected(f"event {event_id} was already processed", reason="replayed")
+                return False
+        raise WebhookInProgress(
+            f"event {event_id} is being applied by another delivery; retry later",
+            reason="in_progress",
+            headers={"Retry-After": "5"},
+        )
 
     def _unclaim(self, event_id: str) -> None:
         with self._sessionmaker() as session, session.begin():
@@ -213,7 +251,7 @@ class StripeWebhooks:
             raise WebhookRejected(
                 "webhook signature does not match", reason="bad_signature"
             ) from exc
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # e.g. a JSON list
             raise WebhookRejected(
                 "webhook body is not a Stripe event", reason="bad_payload"
             ) from exc

@@ -109,7 +109,7 @@ def test_customer_subscription_plan_change_and_meter_events(
 def test_webhooks_are_verified_and_a_canceled_subscription_suspends(
     served: Served, local_stripe: LocalStripe
 ) -> None:
-    """Forged or replayed: 400, nothing changes; a real deletion suspends the organization."""
+    """Forged: 400, nothing changes; a real deletion suspends; a repeat is a 200 duplicate."""
     org = onboard(served, plan="starter")
     owner = served.client(org.token)
     owner.post(
@@ -133,9 +133,9 @@ def test_webhooks_are_verified_and_a_canceled_subscription_suspends(
     assert owner.get(f"/organizations/{org.id}").status_code == 200
 
     status, body = deliver(served, event)
-    assert (status, body["handled"]) == (200, True)
+    assert (status, body["handled"], body["duplicate"]) == (200, True, False)
     replay_status, replay = deliver(served, event)
-    assert (replay_status, replay["reason"]) == (400, "replayed")
+    assert (replay_status, replay["handled"], replay["duplicate"]) == (200, False, True)
     suspended = owner.get(f"/organizations/{org.id}")
     assert (suspended.status_code, suspended.json()["reason"]) == (403, "suspended")
 

@@ -77,9 +77,13 @@ def payment_method(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
     "Receive a Stripe event (Stripe-Signature verified)",
     auth="public",
     tag="billing",
-    responses=(400,),
+    responses=(400, 409),
     response="WebhookResult",
-    description="A missing, forged, stale or replayed signature is a 400 and changes nothing.",
+    description=(
+        "A missing, forged or stale signature is a 400 and changes nothing. An event"
+        " applied before is a 200 with duplicate true that changes nothing; one that"
+        " another delivery is applying right now is a 409 (Stripe retries it)."
+    ),
 )
 def stripe_webhook() -> ResponseReturnValue:
     result = platform().webhooks.handle(
@@ -91,5 +95,6 @@ def stripe_webhook() -> ResponseReturnValue:
             "event_id": result.event_id,
             "type": result.type,
             "handled": result.handled,
+            "duplicate": result.duplicate,
         }
     )
