@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ._db import utcnow
 from ._stores import storage_errors
+from ._tenant_incarnation import register_counter
 from ._usage_alerts import UsageAlerts
 from ._usage_cycle import cycle_bounds, cycle_of
 from .context import no_tenant
@@ -85,6 +86,7 @@ class ApiCallCounter:
             )
             self._thread.start()
         atexit.register(self.close)
+        register_counter(self)
 
     def add(self, tenant_id: str, calls: int = 1) -> None:
         """Count ``calls`` API calls for ``tenant_id`` (no database write)."""
@@ -135,6 +137,16 @@ class ApiCallCounter:
         count = self._cached_count(key)
         assert count is not None  # the base was just stored
         return count
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drop a deleted tenant's buffered calls and cached count (its id may come back)."""
+        with self._lock:
+            for key in [k for k in self._pending if k[0] == tenant_id]:
+                self._pending_total -= self._pending.pop(key)
+            for idem in [i for i, chunk in self._retry.items() if chunk[0] == tenant_id]:
+                del self._retry[idem]
+            for key in [k for k in self._base if k[0] == tenant_id]:
+                del self._base[key]
 
     def check_nowait(self, tenant: TenantConfig, now: datetime | None = None) -> bool:
         """``check`` from memory only; return ``False`` (nothing checked) if a store read is due."""

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from ._billing_meter import MeterSync, SyncProgress, SyncResult
 from ._billing_models import BillingAccount, BillingState, StripeWebhookEvent
 from ._stripe_errors import translate
+from ._tenant_incarnation import created_at_of, incarnation_marker, predates
 from ._usage_models import insert_or_ignore, table_of
 from .errors import ConfigurationError, NotFound, UnprocessableEntity
 from .plans import DEFAULT_PLANS, Plan, Plans
@@ -86,18 +87,23 @@ class StripeBilling:
     ) -> str:
         """Return the tenant's Stripe customer id, creating the customer once.
 
-        Creation carries the idempotency key ``tenantkit-customer-<tenant>``,
+        Creation carries the idempotency key ``tenantkit-customer-<tenant>-<marker>``,
         so a retry after a crash between Stripe's answer and our write (within
-        Stripe's 24-hour key lifetime) gets the same customer back.
+        Stripe's 24-hour key lifetime) gets the same customer back. The marker
+        is the tenant's creation time (see ``_tenant_incarnation``): a tenant
+        re-created under a deleted tenant's id never gets its namesake's customer.
         """
         tenant = validate_tenant_id(tenant_id)
         existing = self.account(tenant)
         if existing is not None and existing.stripe_customer_id:
             return existing.stripe_customer_id
+        metadata = self._metadata(tenant)
+        marker = metadata.get("tenant_created")
+        key = f"tenantkit-customer-{tenant}" + (f"-{marker}" if marker else "")
         try:
             customer = self._client.v1.customers.create(
-                params={"metadata": {"tenant_id": tenant}, "description": f"tenant {tenant}"},
-                options={"idempotency_key": f"tenantkit-customer-{tenant}"},
+                params={"metadata": metadata, "description": f"tenant {tenant}"},
+                options={"idempotency_key": key},
             )
             if email is not None or name is not None:
                 details: Any = {k: v for k, v in (("email", email), ("name", name)) if v}
@@ -174,7 +180,7 @@ class StripeBilling:
                     params={
                         "customer": customer,
                         "items": [{"price": target.stripe_price_id}],
-                        "metadata": {"tenant_id": tenant, "plan": target.name},
+                        "metadata": {**self._metadata(tenant), "plan": target.name},
                     }
                 )
         except stripe.StripeError as exc:
@@ -194,16 +200,35 @@ class StripeBilling:
         return self._cancel(validate_tenant_id(tenant_id), new_plan=None)
 
     def _unrecorded_subscription(self, tenant: str, customer: str) -> Any:
-        """Return a subscription Stripe bills ``customer`` for this tenant, or ``None``."""
+        """Return a subscription Stripe bills ``customer`` for this tenant, or ``None``.
+
+        Never one of a deleted namesake: its incarnation marker must be this
+        tenant's, and one without a marker must not predate the tenant.
+        """
+        with self._sessionmaker() as session:
+            born = created_at_of(session, tenant)
         listed = self._client.v1.subscriptions.list(params={"customer": customer, "limit": 100})
         for sub in listed.auto_paging_iter():
             data = sub.to_dict()
-            if (
-                data.get("status") in _BILLED
-                and (data.get("metadata") or {}).get("tenant_id") == tenant
-            ):
-                return sub
+            metadata = data.get("metadata") or {}
+            if data.get("status") not in _BILLED or metadata.get("tenant_id") != tenant:
+                continue
+            if born is not None:
+                marker = metadata.get("tenant_created")
+                if marker is not None and marker != incarnation_marker(born):
+                    continue
+                if marker is None and predates(data.get("created"), born):
+                    continue
+            return sub
         return None
+
+    def _metadata(self, tenant: str) -> dict[str, str]:
+        """Return the metadata tying a Stripe object to this incarnation of the tenant id."""
+        with self._sessionmaker() as session:
+            born = created_at_of(session, tenant)
+        if born is None:
+            return {"tenant_id": tenant}
+        return {"tenant_id": tenant, "tenant_created": incarnation_marker(born)}
 
     def _change_price(
         self, tenant: str, subscription_id: str, target: Plan, item_id: str | None = None
@@ -217,7 +242,7 @@ class StripeBilling:
             item_id = current["items"].data[0].id
         params: Any = {
             "items": [{"id": item_id, "price": target.stripe_price_id}],
-            "metadata": {"tenant_id": tenant, "plan": target.name},
+            "metadata": {**self._metadata(tenant), "plan": target.name},
         }
         return self._client.v1.subscriptions.update(subscription_id, params=params)
 

@@ -34,6 +34,7 @@ from ._stores import (
 )
 from ._stores import MAX_PAGE_SIZE as MAX_PAGE_SIZE
 from ._stores import check_limit as check_limit
+from ._tenant_incarnation import purge_tenant_billing
 from .errors import Conflict, StorageError, TenantNotFound, ValidationError
 from .settings import CacheSettings
 from .types import Page, TenantConfig, TenantStatus, validate_tenant_id
@@ -252,7 +253,7 @@ class TenantStore:
         return config
 
     def delete(self, tenant_id: str) -> int:
-        """Delete a tenant and its API keys; return how many keys went with it.
+        """Delete a tenant, its API keys, billing account and usage; return how many keys went.
 
         Both go in one transaction, and every API key store in this process
         forgets the keys at once, so they fail verification from the next
@@ -274,6 +275,7 @@ class TenantStore:
                     digests = delete_tenant_keys(
                         session.connection(), tenant_id, if_table_exists=True
                     )
+                    purge_tenant_billing(session.connection(), tenant_id)
         finally:
             _caches.invalidate([tenant_id])
         # After the commit: a verification that read a key before it was

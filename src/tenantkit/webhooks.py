@@ -37,10 +37,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import stripe
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.orm import Session
 
 from ._billing_models import BillingAccount, StripeWebhookEvent
+from ._tenant_incarnation import created_at_of, incarnation_marker, predates
 from ._usage_models import insert_or_ignore, table_of
 from .errors import BadRequest, ConfigurationError, Conflict
 from .plans import DEFAULT_PLANS, Plans
@@ -337,7 +338,24 @@ def _tenant_of(session: Session, obj: dict[str, Any]) -> str | None:
     own = session.scalar(
         select(BillingAccount.stripe_customer_id).where(BillingAccount.tenant_id == tenant_id)
     )
-    return tenant_id if own is None else None
+    if own is not None or _of_a_namesake(session, tenant_id, obj, metadata):
+        return None
+    return tenant_id
+
+
+def _of_a_namesake(
+    session: Session, tenant_id: str, obj: dict[str, Any], metadata: dict[str, Any]
+) -> bool:
+    """Return whether ``obj`` is not the tenant's: it is deleted, or this is a later one."""
+    if not inspect(session.connection()).has_table("tenantkit_tenants"):
+        return False  # no tenants here to tell incarnations apart
+    born = created_at_of(session, tenant_id)
+    if born is None:
+        return True
+    marker = metadata.get("tenant_created")
+    if marker is not None:
+        return bool(marker != incarnation_marker(born))
+    return predates(obj.get("created"), born)
 
 
 def _invoice_subscription(invoice: dict[str, Any]) -> str | None:
