@@ -3,7 +3,8 @@
 Writes go straight to the database; reads go through a TTL + LRU
 cache. An update or delete made through any store is seen by the next ``get``
 of every store in this process; other processes see it once their cached
-entry expires. Deleting a tenant deletes its API keys in the same transaction.
+entry expires. Deleting a tenant deletes its API keys, billing account and usage
+in the same transaction.
 """
 
 from __future__ import annotations
