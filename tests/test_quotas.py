@@ -681,3 +681,97 @@ def test_malformed_redis_uri_is_a_configuration_error(uri: str) -> None:
     """A Redis URI no request could use fails at start-up, not as a 500 per request."""
     with pytest.raises(ConfigurationError):
         QuotaEngine(QuotaSettings(storage_uri=uri))
+
+
+def test_precheck_charges_nothing(make_engine: EngineFactory) -> None:
+    """A precheck that admits charges nothing: a quota of 2 still admits 2 after many."""
+    engine = make_engine()
+    limits = [requests_limit("tenant-requests", 2), tokens_limit(1_000)]
+    for _ in range(5):
+        engine.precheck(limits)
+    engine.acquire(limits, tokens=0)
+    engine.precheck(limits)
+    engine.acquire(limits, tokens=0)
+    with pytest.raises(QuotaExceeded):
+        engine.acquire(limits, tokens=0)
+
+
+def test_precheck_refuses_a_caller_over_its_request_quota(
+    make_engine: EngineFactory, backend: str
+) -> None:
+    """Over its request quota (tokens unused), a caller gets acquire's 429 from the precheck."""
+    engine = make_engine()
+    limits = [requests_limit("tenant-requests", 1), tokens_limit(1_000)]
+    engine.acquire(limits, tokens=0)
+    with pytest.raises(QuotaExceeded) as denied:
+        engine.acquire(limits, tokens=500)  # Redis: its deny cache now knows every bucket
+    with pytest.raises(QuotaExceeded) as early:
+        engine.precheck(limits)
+    assert early.value.extra["limit"] == "tenant-requests"
+    assert early.value.headers["RateLimit-Policy"] == denied.value.headers["RateLimit-Policy"]
+    if backend == "memory":  # the fake clock has not moved: the very same answer
+        assert early.value.headers == denied.value.headers
+        assert early.value.extra == denied.value.extra
+    assert remaining_of(engine, tokens_limit(1_000)) > 0
+
+
+def test_precheck_leaves_a_wait_the_reservation_sets_to_acquire(make_engine: EngineFactory) -> None:
+    """Refused by requests while a token bucket refills slower: no precheck answer, no charge.
+
+    The exact Retry-After then depends on the reservation, which only the body gives.
+    """
+    engine = make_engine()
+    limits = [requests_limit("tenant-requests", 2), tokens_limit(1_000)]
+    engine.acquire(limits, tokens=900)  # the token bucket is full again in 54 s
+    engine.acquire(limits, tokens=0)  # the request bucket has room again in 30 s
+    with pytest.raises(QuotaExceeded) as small:
+        engine.acquire(limits, tokens=50)
+    assert small.value.extra["limit"] == "tenant-requests"
+    engine.precheck(limits)  # 30 s or up to 54 s: the body decides, so acquire answers
+    with pytest.raises(QuotaExceeded) as large:
+        engine.acquire(limits, tokens=900)
+    assert large.value.extra["limit"] == "tenant-tokens"
+    assert large.value.extra["retry_after"] > small.value.extra["retry_after"]
+
+
+def test_precheck_takes_any_sequence_of_limits(make_engine: EngineFactory) -> None:
+    """A plain list, a tuple or no limits at all: the precheck answers alike."""
+    engine = make_engine()
+    full = requests_limit("tenant-requests", 0)
+    engine.precheck([])
+    with pytest.raises(QuotaExceeded):
+        engine.acquire([full], tokens=0)  # Redis: the precheck reads its deny cache only
+    for limits in ([full], (full,)):
+        with pytest.raises(QuotaExceeded) as caught:
+            engine.precheck(limits)
+        assert caught.value.extra["retry_after"] == 60
+
+
+def test_memory_peek_decides_as_acquire(clock: FakeClock) -> None:
+    """Seeded random traffic: peek denies exactly when acquire would, with its answer."""
+    engine = QuotaEngine(QuotaSettings(burst_seconds=7), clock=clock)
+    rng = random.Random(20240611)
+    limits = [
+        requests_limit("tenant-requests", 7),
+        requests_limit("key-requests", 3, key="{acme}:key:k1:requests"),
+        tokens_limit(1_000),
+    ]
+    backend = engine._backend
+    denied = 0
+    for _ in range(2_000):
+        clock.now += rng.choice([0.0, 0.0, 0.3, 1.7, 9.0])
+        tokens = rng.choice([0, 1, 50, 400, 2_000])
+        costs = engine._costs(limits, tokens)
+        expected = backend.peek(limits, costs)
+        try:
+            grant = engine.acquire(limits, tokens=tokens)
+        except QuotaExceeded as exc:
+            denied += 1
+            assert expected is not None
+            assert exc.extra["limit"] == limits[expected.blocker].name
+            assert exc.extra["retry_after"] == expected.retry_after
+            continue
+        assert expected is None
+        if rng.random() < 0.5:
+            engine.settle(grant, rng.choice([0, tokens // 2, tokens * 2]))
+    assert 100 < denied < 1_900

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ._quota_core import Mark, Outcome
 from ._quota_limits import Limit
 from ._ratelimit_headers import UNKNOWN, HeaderRenderer
+from .errors import ValidationError
 
 
 class Grant:
@@ -74,6 +75,26 @@ class Grant:
         was_open = self._open
         self._open = False
         return was_open
+
+    def _settle_deltas(self, tokens_used: int) -> list[int] | None:
+        """What settling with ``tokens_used`` adds per limit; ``None`` if already closed."""
+        if type(tokens_used) is not int or tokens_used < 0:
+            raise ValidationError("tokens_used must be a non-negative integer", field="tokens_used")
+        if not self._close():
+            return None
+        return [
+            tokens_used - cost if limit.unit == "tokens" else 0
+            for limit, cost in zip(self.limits, self.costs, strict=True)
+        ]
+
+    def _release_deltas(self) -> list[int] | None:
+        """What releasing adds per limit (the reservation back); ``None`` if already closed."""
+        if not self._close():
+            return None
+        return [
+            -cost if limit.unit == "tokens" else 0
+            for limit, cost in zip(self.limits, self.costs, strict=True)
+        ]
 
 
 @dataclass

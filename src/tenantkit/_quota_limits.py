@@ -48,12 +48,15 @@ class LimitSet(tuple[Limit, ...]):
         made = super().__new__(cls, limits)
         made.policy_header = ", ".join([limit.policy_item for limit in limits])
         made.item_prefixes = tuple(f'"{limit.name}";r=' for limit in limits)
+        made.floor_costs = tuple([1 if limit.unit == "requests" else 0 for limit in limits])
         return made
 
     policy_header: str
     """The ``RateLimit-Policy`` value of these limits."""
     item_prefixes: tuple[str, ...]
     """Each limit's ``RateLimit`` list member up to its remaining count."""
+    floor_costs: tuple[int, ...]
+    """The least a request costs each limit: 1 a request limit, 0 a token limit."""
 
 
 _LIMITS_CACHE: dict[tuple[object, ...], LimitSet] = {}

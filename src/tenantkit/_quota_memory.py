@@ -129,6 +129,36 @@ class MemoryBackend:
             remaining, reset = _state(limits, tat, now, window)
         return Outcome(False, remaining, reset, retry, blocker, now / NS)
 
+    def peek(self, limits: Sequence[Limit], costs: Sequence[int]) -> Outcome | None:
+        """The denial ``acquire`` would give now, charging nothing; ``None`` if it admits.
+
+        Lock-free: it writes nothing, and each bucket is one immutable tuple.
+        """
+        now = round(self._clock() * NS)
+        window = self._window
+        tat = self._tat
+        retry, blocker = 0, -1
+        for i, limit in enumerate(limits):
+            q = limit.per_minute
+            if q <= 0:
+                if retry < PERIOD_SECONDS:
+                    retry, blocker = PERIOD_SECONDS, i
+                continue
+            entry = tat.get(limit.key)
+            level = 0
+            if entry is not None:  # (seconds_to_wait inlined: this is on the hot path)
+                level = (entry[0] if entry[1] == q else _exact(entry, q)[0]) - now * q
+                level = level if level > 0 else 0
+            over = level + (costs[i] or 1) * PERIOD_NS - window * q
+            if over > 0:
+                wait = -(-over // (q * NS))
+                if wait > retry:
+                    retry, blocker = wait, i
+        if blocker < 0:
+            return None
+        remaining, reset = _state(limits, tat, now, window)
+        return Outcome(False, remaining, reset, retry, blocker, now / NS)
+
     def adjust(
         self,
         limits: Sequence[Limit],

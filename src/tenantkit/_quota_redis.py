@@ -21,13 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._quota_clients import LoopClients
-from ._quota_core import (
-    Mark,
-    Outcome,
-    seconds_to_full,
-    seconds_to_wait,
-    units_left,
-)
+from ._quota_core import Mark, Outcome, seconds_to_full, seconds_to_wait, units_left
 from ._quota_denials import DenyCache
 from ._quota_lua import ACQUIRE_LUA, ADJUST_LUA, PERIOD_US, US, charge
 from .errors import ConfigurationError, StorageError
@@ -214,6 +208,10 @@ class RedisBackend:
         except self._errors as exc:
             raise StorageError(f"quota storage failed: {exc}") from exc
         return self._outcome(limits, costs, reply, sent)
+
+    def peek(self, limits: Sequence[Limit], costs: Sequence[int]) -> Outcome | None:
+        """The denial the deny cache gives now (no round trip, no charge), else ``None``."""
+        return self._cache.answer(limits, costs) if self._cache else None
 
     async def acquire_async(self, limits: Sequence[Limit], costs: Sequence[int]) -> Outcome:
         """``acquire`` on the asyncio client; never blocks the event loop."""

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from ._quota_core import PERIOD_SECONDS, Backend, Outcome
 from ._quota_grant import Grant, QuotaStats
-from ._quota_limits import Limit, LimitName, Unit, limits_for
+from ._quota_limits import Limit, LimitName, LimitSet, Unit, limits_for
 from ._quota_memory import MemoryBackend
 from ._ratelimit_headers import RETRY_AFTER, HeaderRenderer
 from .errors import (
@@ -140,6 +140,25 @@ class QuotaEngine:
             return Grant(limits, costs, outcome, self._renderer)
         return self._decide(limits, costs, outcome)
 
+    def precheck(self, limits: Sequence[Limit]) -> None:
+        """Raise the 429 a request on ``limits`` gets now whatever it reserves; charge nothing.
+
+        For a request whose body (and so its reservation) is not read yet. Only a
+        denial the reservation cannot change is given: a request limit refuses, and
+        every token bucket is full again by the Retry-After (else ``acquire``
+        decides, with the body). Memory reads its buckets; Redis its deny cache only.
+        """
+        costs = (limits if isinstance(limits, LimitSet) else LimitSet(tuple(limits))).floor_costs
+        if 1 not in costs:  # no request limit: the body sets every cost
+            return
+        outcome = self._backend.peek(limits, costs)
+        if outcome is None or limits[outcome.blocker].unit != "requests":
+            return
+        for limit, reset in zip(limits, outcome.reset, strict=True):
+            if limit.unit == "tokens" and reset > outcome.retry_after:
+                return
+        self._decide(limits, costs, outcome)
+
     @property
     def waits(self) -> bool:
         """Whether admissions wait on a network storage (else ``acquire`` never blocks)."""
@@ -153,7 +172,7 @@ class QuotaEngine:
         At most one storage round trip, none when the estimate was exact. A grant
         is settled or released once; later calls do nothing.
         """
-        deltas = self._settle_deltas(grant, tokens_used)
+        deltas = grant._settle_deltas(tokens_used)
         if deltas is None:
             return False
         self._adjust(grant, deltas)
@@ -161,7 +180,7 @@ class QuotaEngine:
 
     async def settle_async(self, grant: Grant, tokens_used: int) -> bool:
         """``settle`` on the asyncio client."""
-        deltas = self._settle_deltas(grant, tokens_used)
+        deltas = grant._settle_deltas(tokens_used)
         if deltas is None:
             return False
         await self._adjust_async(grant, deltas)
@@ -172,7 +191,7 @@ class QuotaEngine:
 
         The request itself stays counted: it reached the app.
         """
-        deltas = self._release_deltas(grant)
+        deltas = grant._release_deltas()
         if deltas is None:
             return False
         self._adjust(grant, deltas)
@@ -180,7 +199,7 @@ class QuotaEngine:
 
     async def release_async(self, grant: Grant) -> bool:
         """``release`` on the asyncio client."""
-        deltas = self._release_deltas(grant)
+        deltas = grant._release_deltas()
         if deltas is None:
             return False
         await self._adjust_async(grant, deltas)
@@ -192,13 +211,13 @@ class QuotaEngine:
         For the ASGI path: the request's task returns without waiting for Redis.
         ``drain()`` or ``aclose()`` waits for what is still pending.
         """
-        deltas = self._settle_deltas(grant, tokens_used)
+        deltas = grant._settle_deltas(tokens_used)
         if deltas is not None:
             self._schedule(grant, deltas)
 
     def release_soon(self, grant: Grant) -> None:
         """Release in a background task of the running loop (memory: at once)."""
-        deltas = self._release_deltas(grant)
+        deltas = grant._release_deltas()
         if deltas is not None:
             self._schedule(grant, deltas)
 
@@ -266,7 +285,7 @@ class QuotaEngine:
                 costs.append(tokens if tokens < capacity else capacity)
         return costs
 
-    def _decide(self, limits: Sequence[Limit], costs: list[int], outcome: Outcome) -> Grant:
+    def _decide(self, limits: Sequence[Limit], costs: Sequence[int], outcome: Outcome) -> Grant:
         if outcome.admitted:
             return Grant(limits, costs, outcome, self._renderer)
         self._stats.denied += 1
@@ -318,24 +337,6 @@ class QuotaEngine:
                 action,
                 exc,
             )
-
-    def _settle_deltas(self, grant: Grant, tokens_used: int) -> list[int] | None:
-        if type(tokens_used) is not int or tokens_used < 0:
-            raise ValidationError("tokens_used must be a non-negative integer", field="tokens_used")
-        if not grant._close():
-            return None
-        return [
-            tokens_used - cost if limit.unit == "tokens" else 0
-            for limit, cost in zip(grant.limits, grant.costs, strict=True)
-        ]
-
-    def _release_deltas(self, grant: Grant) -> list[int] | None:
-        if not grant._close():
-            return None
-        return [
-            -cost if limit.unit == "tokens" else 0
-            for limit, cost in zip(grant.limits, grant.costs, strict=True)
-        ]
 
     def _adjust(self, grant: Grant, deltas: list[int]) -> None:
         if not any(deltas):
