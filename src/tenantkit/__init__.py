@@ -6,6 +6,7 @@ Adapters keep their own import paths (``tenantkit.asgi``, ``tenantkit.wsgi``,
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._admission import Admission
 from ._db import UTCDateTime, utcnow
 from .apikeys import APIKey, APIKeyStore, IssuedKey
 from .context import (
@@ -44,7 +45,7 @@ from .errors import (
     ValidationError,
 )
 from .identity import IdentityChain, build_chain, encode_token
-from .kit import Admission, TenantKit
+from .kit import TenantKit
 from .policy import Policy
 from .quotas import Grant, Limit, QuotaEngine
 from .scoping import (

@@ -13,10 +13,11 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._admission import Admission, Caller
 from ._request import content_length, parse_reported_tokens, problem_bytes, request_id_from
 from .context import bind, reset
 from .errors import PROBLEM_CONTENT_TYPE, HTTPError, PayloadTooLarge
-from .kit import Admission, TenantKit
+from .kit import TenantKit
 from .types import RequestInfo
 
 log = logging.getLogger("tenantkit")
@@ -45,16 +46,19 @@ class TenantKitMiddleware:
         if kit.is_excluded(info.path):
             await self.app(scope, receive, self._stamp(send, request_id))
             return
+        caller: Caller | None = None
         try:
             body = None
             pending: list[Message] = []
             if scope["type"] == "http" and kit.reads_body(info):
+                # Identified first: a caller refused for who it is never uploads the body.
+                caller = await kit.identify_async(info)
                 body = await _buffer_body(
                     receive, kit.settings.max_body_bytes, headers.get("content-length"), pending
                 )
-            admission = await kit.admit_async(info, body)
+            admission = await kit.admit_async(info, body, caller)
         except HTTPError as exc:  # the rejection reads no body: nothing to replay
-            await self._reject(info, exc, scope, receive, send)
+            await self._reject(info, exc, scope, receive, send, caller)
             return
         await self._run(admission, scope, receive, send, request_id, body, pending)
 
@@ -122,9 +126,15 @@ class TenantKitMiddleware:
                 log.exception("tenantkit: settling the token reservation failed")
 
     async def _reject(
-        self, info: RequestInfo, exc: HTTPError, scope: Scope, receive: Receive, send: Send
+        self,
+        info: RequestInfo,
+        exc: HTTPError,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        caller: Caller | None = None,
     ) -> None:
-        decision = self.kit.reject(info, exc)
+        decision = self.kit.reject(info, exc, caller)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": exc.detail[:120]})
             return

@@ -1,9 +1,11 @@
 """The ``TenantKit`` facade: one framework-neutral request pipeline for every adapter.
 
-resolve identity → load tenant → policy → quotas → (app) → settle tokens.
-Adapters translate a request into a ``RequestInfo``, call ``admit`` (or
-``admit_async``), bind the returned context, run the app and call ``finish``.
-A rejection is an ``HTTPError`` turned into a ``Decision`` by ``on_reject``.
+resolve identity → load tenant → (read the body) → policy → quotas → (app) → settle tokens.
+Adapters translate a request into a ``RequestInfo`` and call ``admit`` (or
+``admit_async``); where the pipeline reads the body they call ``identify`` first,
+so that a caller rejected for who it is never uploads one, then pass the body and
+the caller to ``admit``. They bind the returned context, run the app and call
+``finish``. A rejection is an ``HTTPError`` turned into a ``Decision`` by ``on_reject``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
@@ -19,10 +20,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from . import apikeys, tenants
+from ._admission import Admission, Caller, limited
 from ._db import make_engine
 from ._kit_hooks import CallCounter, DenialHook, RejectHook
-from ._quota_limits import LimitSet, limit_set_for
-from ._ratelimit_headers import RATELIMIT_POLICY
+from ._quota_limits import limit_set_for
 from ._request import decode_body, parse_json_object, path_matches, problem_decision
 from .apikeys import APIKeyStore
 from .context import TenantContext, TokenMeter
@@ -57,46 +58,6 @@ _blocking_allowed: ContextVar[bool] = ContextVar("tenantkit.blocking", default=T
 
 # Paths whose routing answers are remembered; past this many, new paths are computed each time.
 _PATH_MEMO_SIZE = 4096
-
-
-@dataclass(slots=True)
-class Admission:
-    """An admitted request: who, which tenant, what was reserved, and its context."""
-
-    identity: Identity
-    tenant: TenantConfig
-    context: TenantContext
-    grant: Grant | None = None
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    #: The response status, set by the adapter when the response starts.
-    status: int | None = None
-
-    def released(self, failed: bool) -> bool:
-        """Return whether ``finish`` refunds the reservation rather than settling it.
-
-        So on a failure (the adapters count a response that never started or
-        never finished as one), and on a server error (5xx), when the app
-        reported no tokens: Flask turns a raising view into a 500 response, and
-        that request must not keep its estimate charged any more than on ASGI.
-        A reported count was used whatever became of the response: it is
-        settled (else a client could read a streamed completion and leave
-        before its last chunk, for free).
-        """
-        if self.context.meter.used is not None:
-            return False
-        return failed or (self.status is not None and self.status >= 500)
-
-
-def _limited(exc: HTTPError, identity: Identity, limits: LimitSet) -> None:
-    """Mark a rejection of an identified caller: who, and the limits of its route.
-
-    Every response of a limited route names its limits (``RateLimit-Policy``),
-    a 403 or a 503 as well as a 429; the ``RateLimit`` state only comes with an
-    admission or a 429, which read the buckets.
-    """
-    exc.identity = identity
-    if limits:
-        exc.headers.setdefault(RATELIMIT_POLICY, limits.policy_header)
 
 
 def _ok(healthy: bool) -> str:
@@ -199,28 +160,69 @@ class TenantKit:
 
     # -- admission ---------------------------------------------------------------
 
-    def admit(self, request: RequestInfo, body: bytes | None = None) -> Admission:
-        """Admit a request (sync) or raise the ``HTTPError`` that rejects it."""
-        identity, tenant = self._identify(request, True)
-        limits = limit_set_for(tenant, identity)
+    def identify(self, request: RequestInfo) -> Caller:
+        """Run the stages that need no body (sync): resolve the caller, load its tenant.
+
+        Raises the rejection of the caller itself (401, 403, 404, 503), and the
+        429 of a caller whose limits refuse it whatever its body reserves
+        (``QuotaEngine.precheck``, which charges nothing). An adapter calls it
+        before it reads a body, then passes the body and the caller to ``admit``.
+        """
+        caller = self._identify(request, True)
+        try:
+            self.quotas.precheck(caller[2])
+        except QuotaExceeded as exc:
+            limited(exc, caller[0], caller[2])
+            if self.denials is not None:
+                self.denials(caller[0], request, exc)
+            raise
+        return caller
+
+    async def identify_async(self, request: RequestInfo) -> Caller:
+        """``identify`` without blocking the event loop (cache misses go to a thread)."""
+        try:
+            caller = self._identify(request, False)
+        except _WouldBlock:
+            caller = await anyio.to_thread.run_sync(self._identify, request, True)
+        try:
+            self.quotas.precheck(caller[2])  # memory, or Redis' deny cache: never waits
+        except QuotaExceeded as exc:
+            limited(exc, caller[0], caller[2])
+            if self.denials is not None:
+                await anyio.to_thread.run_sync(self.denials, caller[0], request, exc)
+            raise
+        return caller
+
+    def admit(
+        self, request: RequestInfo, body: bytes | None = None, caller: Caller | None = None
+    ) -> Admission:
+        """Admit a request (sync) or raise the ``HTTPError`` that rejects it.
+
+        ``caller`` is ``identify``'s answer when the adapter asked it before
+        reading ``body``; otherwise the caller is identified here.
+        """
+        identity, tenant, limits = caller or self._identify(request, True)
         try:
             tokens = self._check_policy(request, tenant, body)
             self._check_calls(tenant)
             grant = self.quotas.acquire(limits, tokens=tokens) if limits else None
         except HTTPError as exc:
-            _limited(exc, identity, limits)
+            limited(exc, identity, limits)
             if self.denials is not None and isinstance(exc, _AUDITED_DENIALS):
                 self.denials(identity, request, exc)
             raise
         return self._admitted(request, identity, tenant, grant, tokens)
 
-    async def admit_async(self, request: RequestInfo, body: bytes | None = None) -> Admission:
+    async def admit_async(
+        self, request: RequestInfo, body: bytes | None = None, caller: Caller | None = None
+    ) -> Admission:
         """Admit a request without blocking the event loop (cache misses go to a thread)."""
-        try:
-            identity, tenant = self._identify(request, False)
-        except _WouldBlock:
-            identity, tenant = await anyio.to_thread.run_sync(self._identify, request, True)
-        limits = limit_set_for(tenant, identity)
+        if caller is None:
+            try:
+                caller = self._identify(request, False)
+            except _WouldBlock:
+                caller = await anyio.to_thread.run_sync(self._identify, request, True)
+        identity, tenant, limits = caller
         try:
             tokens = self._check_policy(request, tenant, body)
             if not self._check_calls(tenant, blocking=False):
@@ -234,7 +236,7 @@ class TenantKit:
                 else:  # memory: no coroutine per request
                     grant = quotas.acquire(limits, tokens=tokens)
         except HTTPError as exc:
-            _limited(exc, identity, limits)
+            limited(exc, identity, limits)
             if self.denials is not None and isinstance(exc, _AUDITED_DENIALS):
                 await anyio.to_thread.run_sync(self.denials, identity, request, exc)
             raise
@@ -273,8 +275,16 @@ class TenantKit:
         elif admission.context.meter.used is not None:
             self.quotas.settle_soon(grant, admission.context.meter.used)
 
-    def reject(self, request: RequestInfo, exc: HTTPError) -> Decision:
-        """Turn a rejection into the response decision through ``on_reject``."""
+    def reject(
+        self, request: RequestInfo, exc: HTTPError, caller: Caller | None = None
+    ) -> Decision:
+        """Turn a rejection into the response decision through ``on_reject``.
+
+        ``caller``: who ``identify`` had found before the rejection (a body too
+        large or unreadable), so that it names the caller and its limits.
+        """
+        if caller is not None:
+            limited(exc, caller[0], caller[2])
         return self.on_reject(request, exc)
 
     # -- health ------------------------------------------------------------------
@@ -302,7 +312,7 @@ class TenantKit:
 
     # -- stages ------------------------------------------------------------------
 
-    def _identify(self, request: RequestInfo, blocking: bool) -> tuple[Identity, TenantConfig]:
+    def _identify(self, request: RequestInfo, blocking: bool) -> Caller:
         token = _blocking_allowed.set(blocking)
         try:
             identity = self.identity.resolve(request)
@@ -316,7 +326,7 @@ class TenantKit:
             _blocking_allowed.reset(token)
         if not tenant.active:
             raise TenantSuspended(f"tenant {tenant.id!r} is suspended", reason="suspended")
-        return identity, tenant
+        return identity, tenant, limit_set_for(tenant, identity)
 
     def _tenant(self, tenant_id: str, blocking: bool) -> TenantConfig:
         if blocking:

@@ -15,6 +15,7 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from ._admission import Admission, Caller
 from ._request import (
     PROBLEM_HEADERS,
     content_length,
@@ -24,7 +25,7 @@ from ._request import (
 )
 from .context import bind, reset
 from .errors import BadRequest, HTTPError, PayloadTooLarge
-from .kit import Admission, TenantKit
+from .kit import TenantKit
 from .types import RequestInfo
 
 if TYPE_CHECKING:
@@ -55,13 +56,17 @@ class TenantKitWSGIMiddleware:
         info = _request_info(environ, request_id)
         if self.kit.is_excluded(info.path):
             return self.app(environ, self._stamp(start_response, request_id))
+        kit = self.kit
+        caller: Caller | None = None
         try:
             body = None
-            if self.kit.reads_body(info):
-                body = _read_body(environ, self.kit.settings.max_body_bytes)
-            admission = self.kit.admit(info, body)
+            if kit.reads_body(info):
+                # Identified first: a caller refused for who it is never uploads the body.
+                caller = kit.identify(info)
+                body = _read_body(environ, kit.settings.max_body_bytes)
+            admission = kit.admit(info, body, caller)
         except HTTPError as exc:
-            return self._reject(info, exc, start_response)
+            return self._reject(info, exc, start_response, caller)
         environ[ENVIRON_IDENTITY] = admission.identity
         environ[ENVIRON_TENANT] = admission.tenant
         return self._run(admission, environ, start_response, request_id)
@@ -146,9 +151,13 @@ class TenantKitWSGIMiddleware:
         return wrapped
 
     def _reject(
-        self, info: RequestInfo, exc: HTTPError, start_response: StartResponse
+        self,
+        info: RequestInfo,
+        exc: HTTPError,
+        start_response: StartResponse,
+        caller: Caller | None = None,
     ) -> Iterable[bytes]:
-        decision = self.kit.reject(info, exc)
+        decision = self.kit.reject(info, exc, caller)
         body = problem_bytes(decision)
         headers = [*PROBLEM_HEADERS, *decision.headers, ("Content-Length", str(len(body)))]
         headers.append((self._rid_header, info.request_id or ""))
