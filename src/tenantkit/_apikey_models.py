@@ -16,11 +16,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ._db import Base, UTCDateTime, utcnow
 from ._keyformat import Environment
-from ._stores import isoformat
+from ._stores import decode_cursor, encode_cursor, isoformat
 from .errors import ValidationError
 from .types import Identity
 
 __all__ = ["APIKey", "APIKeyRow", "IssuedKey", "api_key_to_dict"]
+
+KEY_ID_PATTERN: Final = re.compile(r"key_[0-9A-Za-z]{22}")
 
 
 class APIKeyRow(Base):
@@ -150,3 +152,21 @@ def check_scopes(value: object) -> list[str]:
             field="scopes",
         )
     return sorted(set(items))
+
+
+def encode_key_cursor(last: APIKey) -> str:
+    """Return the page cursor that continues after ``last`` (newest first)."""
+    return encode_cursor([last.created_at.isoformat(), last.id])
+
+
+def decode_key_cursor(cursor: object) -> tuple[datetime, str]:
+    """Return the ``(created_at, id)`` a cursor continues after; ``ValidationError`` if bad."""
+    return decode_cursor(cursor, _cursor_position)
+
+
+def _cursor_position(position: Any) -> tuple[datetime, str]:
+    stamp, key_id = position
+    created_at = datetime.fromisoformat(stamp)
+    if created_at.tzinfo is None or not KEY_ID_PATTERN.fullmatch(key_id):
+        raise ValueError("bad cursor")
+    return created_at, key_id

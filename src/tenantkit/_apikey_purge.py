@@ -13,12 +13,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import delete, inspect
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from ._apikey_models import APIKeyRow
 from ._cache import CacheGroup, VersionedCache
+from ._stores import storage_errors
+from .types import validate_tenant_id
 
-__all__ = ["delete_tenant_keys", "forget_keys", "register_cache"]
+__all__ = ["delete_tenant_keys", "forget_keys", "purge_tenant_keys", "register_cache"]
 
 API_KEYS_TABLE = APIKeyRow.__tablename__
 
@@ -54,3 +56,16 @@ def forget_keys(digests: Iterable[str]) -> None:
     it costs nothing; a read of it already under way is dropped too.
     """
     _caches.invalidate(digests)
+
+
+def purge_tenant_keys(engine: Engine, tenant_id: str) -> list[str]:
+    """Delete every key of ``tenant_id`` without a store (e.g. from the CLI); return their hashes.
+
+    Every key store in this process forgets the keys at once; other
+    processes' caches forget them within their TTL.
+    """
+    tenant_id = validate_tenant_id(tenant_id)
+    with storage_errors("API key store"), engine.begin() as conn:
+        digests = delete_tenant_keys(conn, tenant_id)
+    forget_keys(digests)
+    return digests

@@ -62,17 +62,23 @@ def purge_tenant_billing(conn: Connection, tenant_id: str) -> int:
     if present:
         postgres = conn.dialect.name == "postgresql"
         if postgres:
-            # Row-level security hides every usage row from a transaction bound to no tenant.
+            # Row-level security hides every usage row from a transaction bound to no tenant;
+            # the caller's own binding (a session= transaction may have one) is put back after.
+            before = conn.scalar(select(func.current_setting(RLS_SETTING, True)))
             conn.execute(select(func.set_config(RLS_SETTING, tenant_id, True)))
         for name in present:
             rows = table(name, column("tenant_id"))
             result = conn.execute(delete(rows).where(rows.c.tenant_id == tenant_id))
             deleted += int(getattr(result, "rowcount", 0) or 0)
         if postgres:
-            conn.execute(select(func.set_config(RLS_SETTING, "", True)))
+            conn.execute(select(func.set_config(RLS_SETTING, before or "", True)))
+    return deleted
+
+
+def forget_tenant_usage(tenant_id: str) -> None:
+    """Drop a deleted tenant's counts from every usage counter of this process (after commit)."""
     for counter in list(_counters):
         counter.forget_tenant(tenant_id)
-    return deleted
 
 
 def created_at_of(session: Session, tenant_id: str) -> datetime | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import secrets
 import threading
 import time
@@ -21,17 +20,27 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from hashlib import sha256
-from typing import Any, Final
+from typing import Final
 
 from cachetools import TTLCache
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ._apikey_models import KEY_ID_PATTERN as KEY_ID_PATTERN
 from ._apikey_models import SCOPE_PATTERN as SCOPE_PATTERN
-from ._apikey_models import APIKey, APIKeyRow, IssuedKey, api_key_to_dict, check_scopes
-from ._apikey_purge import delete_tenant_keys, forget_keys, register_cache
+from ._apikey_models import (
+    APIKey,
+    APIKeyRow,
+    IssuedKey,
+    api_key_to_dict,
+    check_scopes,
+    decode_key_cursor,
+    encode_key_cursor,
+)
+from ._apikey_purge import forget_keys, purge_tenant_keys, register_cache
 from ._cache import MISS, Miss, VersionedCache
+from ._caller_tx import when_committed, write_session
 from ._db import Base, utcnow
 from ._keyformat import BASE62 as BASE62
 from ._keyformat import BODY_LENGTH as BODY_LENGTH
@@ -54,8 +63,6 @@ from ._stores import (
     check_optional_int,
     check_optional_text,
     check_text,
-    decode_cursor,
-    encode_cursor,
     storage_errors,
 )
 from .errors import ConfigurationError, NotFound, StorageError, Unauthorized, ValidationError
@@ -78,7 +85,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KEY_ID_PATTERN: Final = re.compile(r"key_[0-9A-Za-z]{22}")
 MIN_SECRET_BYTES: Final = 32
 INVALID_KEY: Final = "invalid API key"
 
@@ -161,8 +167,13 @@ class APIKeyStore:
         token_limit: int | None = None,
         project_id: str | None = None,
         environment: Environment | None = None,
+        session: Session | None = None,
     ) -> IssuedKey:
-        """Create a key for ``tenant_id``; the returned ``key`` is the only copy."""
+        """Create a key for ``tenant_id``; the returned ``key`` is the only copy.
+
+        With ``session``, write in its transaction and leave the commit to the
+        caller; the key verifies from the store's cache only once that commits.
+        """
         tenant_id = validate_tenant_id(tenant_id)
         env = self.environment if environment is None else environment
         if env not in ("live", "test"):
@@ -182,11 +193,11 @@ class APIKeyStore:
         parsed = parse_key(key)
         digest = self._digest(key)
         row.prefix, row.last4, row.hash = parsed.prefix, parsed.last4, digest
-        with _storage_errors(), Session(self.engine) as session, session.begin():
-            session.add(row)
-            session.flush()
+        with _storage_errors(), self._writing(session) as db:
+            db.add(row)
+            db.flush()
             record = row.to_record()
-        self._cache.put(digest, _Entry(digest, record))
+        when_committed(session, lambda: self._cache.put(digest, _Entry(digest, record)))
         return IssuedKey(key=key, record=record)
 
     def verify(self, key: str) -> APIKey:
@@ -261,7 +272,7 @@ class APIKeyStore:
             .limit(limit + 1)
         )
         if cursor is not None:
-            created_at, key_id = _decode_cursor(cursor)
+            created_at, key_id = decode_key_cursor(cursor)
             query = query.where(
                 or_(
                     APIKeyRow.created_at < created_at,
@@ -273,7 +284,7 @@ class APIKeyStore:
         if len(records) > limit:
             records = records[:limit]
             last = records[-1]
-            return Page(items=records, next_cursor=_encode_cursor(last))
+            return Page(items=records, next_cursor=encode_key_cursor(last))
         return Page(items=records)
 
     def get(self, tenant_id: str, key_id: str) -> APIKey:
@@ -283,23 +294,30 @@ class APIKeyStore:
             row = self._owned(session, tenant_id, key_id)
             return row.to_record()
 
-    def revoke(self, tenant_id: str, key_id: str) -> APIKey:
-        """Revoke a tenant's key (idempotent); it fails ``verify`` from the next call here."""
+    def revoke(self, tenant_id: str, key_id: str, *, session: Session | None = None) -> APIKey:
+        """Revoke a tenant's key (idempotent); it fails ``verify`` from the next call here.
+
+        With ``session``, revoke in its transaction and leave the commit to the
+        caller: the key keeps verifying until that commits, and fails from then.
+        """
         tenant_id = validate_tenant_id(tenant_id)
-        with _storage_errors(), Session(self.engine) as session, session.begin():
-            row = self._owned(session, tenant_id, key_id)
-            session.execute(
+        with _storage_errors(), self._writing(session) as db:
+            row = self._owned(db, tenant_id, key_id)
+            db.execute(
                 update(APIKeyRow)
                 .where(APIKeyRow.id == row.id, APIKeyRow.revoked_at.is_(None))
                 .values(revoked_at=self._now())
                 .execution_options(synchronize_session=False)
             )
-            session.refresh(row)
+            db.refresh(row)
             record, digest = row.to_record(), row.hash
+        when_committed(session, lambda: self._revoked(digest, record))
+        return record
+
+    def _revoked(self, digest: str, record: APIKey) -> None:
         # Every key store in this process, not only this one, refuses it from now on.
         forget_keys([digest])
         self._cache.put(digest, _Entry(digest, record))
-        return record
 
     def delete_for_tenant(self, tenant_id: str) -> int:
         """Delete every key of a tenant and return how many (``TenantStore.delete`` does it too)."""
@@ -308,6 +326,9 @@ class APIKeyStore:
     def clear_cache(self) -> None:
         """Drop every cached verification result."""
         self._cache.clear()
+
+    def _writing(self, session: Session | None) -> AbstractContextManager[Session]:
+        return write_session(self.engine, session, mapper=APIKeyRow)
 
     def _digest(self, key: str) -> str:
         mac = self._keyed.copy()  # keyed once: a copy skips hashing the secret into its pads
@@ -365,35 +386,6 @@ class APIKeyStore:
         if expires_at <= self._now():
             raise ValidationError("expires_at must be in the future", field="expires_at")
         return expires_at
-
-
-def purge_tenant_keys(engine: Engine, tenant_id: str) -> list[str]:
-    """Delete every key of ``tenant_id`` without a store (e.g. from the CLI); return their hashes.
-
-    Every key store in this process forgets the keys at once; other
-    processes' caches forget them within their TTL.
-    """
-    tenant_id = validate_tenant_id(tenant_id)
-    with _storage_errors(), engine.begin() as conn:
-        digests = delete_tenant_keys(conn, tenant_id)
-    forget_keys(digests)
-    return digests
-
-
-def _encode_cursor(last: APIKey) -> str:
-    return encode_cursor([last.created_at.isoformat(), last.id])
-
-
-def _decode_cursor(cursor: object) -> tuple[datetime, str]:
-    return decode_cursor(cursor, _cursor_position)
-
-
-def _cursor_position(position: Any) -> tuple[datetime, str]:
-    stamp, key_id = position
-    created_at = datetime.fromisoformat(stamp)
-    if created_at.tzinfo is None or not KEY_ID_PATTERN.fullmatch(key_id):
-        raise ValueError("bad cursor")
-    return created_at, key_id
 
 
 def _storage_errors() -> AbstractContextManager[None]:

@@ -9,7 +9,6 @@ in the same transaction.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -23,11 +22,10 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ._apikey_purge import delete_tenant_keys, forget_keys
 from ._cache import MISS, CacheGroup, Miss, VersionedCache
+from ._caller_tx import when_committed, write_session
 from ._db import Base, UTCDateTime, utcnow
 from ._stores import (
     MAX_COLUMN_INT,
-    check_optional_int,
-    check_text,
     decode_cursor,
     encode_cursor,
     isoformat,
@@ -35,7 +33,9 @@ from ._stores import (
 )
 from ._stores import MAX_PAGE_SIZE as MAX_PAGE_SIZE
 from ._stores import check_limit as check_limit
-from ._tenant_incarnation import purge_tenant_billing
+from ._tenant_fields import check_status as _status
+from ._tenant_incarnation import forget_tenant_usage, purge_tenant_billing
+from ._tenant_fields import clean_fields as _clean_fields
 from .errors import Conflict, StorageError, TenantNotFound, ValidationError
 from .settings import CacheSettings
 from .types import Page, TenantConfig, TenantStatus, validate_tenant_id
@@ -140,8 +140,13 @@ class TenantStore:
         allowed_models: Sequence[str] | None = None,
         allowed_tools: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        session: Session | None = None,
     ) -> TenantConfig:
-        """Create a tenant; raise ``Conflict`` if the id is taken."""
+        """Create a tenant; raise ``Conflict`` if the id is taken.
+
+        With ``session``, write in its transaction and leave the commit to the
+        caller; caches learn of the tenant only once that commits.
+        """
         tenant_id = validate_tenant_id(id, field_name="id")
         values = _clean_fields(
             {
@@ -159,16 +164,15 @@ class TenantStore:
         now = utcnow()
         row = TenantRow(id=tenant_id, version=1, created_at=now, updated_at=now, **values)
         try:
-            with _storage_errors(), Session(self.engine) as session, session.begin():
-                session.add(row)
-                session.flush()
+            with _storage_errors(), self._writing(session) as db:
+                db.add(row)
+                db.flush()
                 config = row.to_config()
         except StorageError as exc:
             if isinstance(exc.__cause__, IntegrityError):
                 raise Conflict(f"tenant {tenant_id!r} already exists", tenant_id=tenant_id) from exc
             raise
-        _caches.invalidate([tenant_id])  # other stores may cache it as unknown
-        self._cache.put(tenant_id, config)
+        when_committed(session, lambda: self._publish(tenant_id, config))
         return config
 
     def get(self, tenant_id: str) -> TenantConfig:
@@ -203,13 +207,19 @@ class TenantStore:
         return Page(items=configs)
 
     def update(
-        self, tenant_id: str, *, expected_version: int | None = None, **fields: Any
+        self,
+        tenant_id: str,
+        *,
+        expected_version: int | None = None,
+        session: Session | None = None,
+        **fields: Any,
     ) -> TenantConfig:
         """Change the given fields and bump the version.
 
         With ``expected_version``, the write happens only if the stored version
         still equals it (compare-and-set in one SQL statement); otherwise
-        ``Conflict``.
+        ``Conflict``. With ``session``, write in its transaction and leave the
+        commit to the caller; caches see the change only once that commits.
         """
         tenant_id = validate_tenant_id(tenant_id)
         unknown = sorted(set(fields) - UPDATABLE_FIELDS)
@@ -235,16 +245,16 @@ class TenantStore:
         )
         if expected_version is not None:
             statement = statement.where(TenantRow.version == expected_version)
-        with _storage_errors(), Session(self.engine) as session, session.begin():
-            row = session.scalars(statement).one_or_none()
+        with _storage_errors(), self._writing(session) as db:
+            row = db.scalars(statement).one_or_none()
             updated = row is not None
             if row is None:
-                row = session.get(TenantRow, tenant_id)
+                row = db.get(TenantRow, tenant_id)
             config = None if row is None else row.to_config()
-        _caches.invalidate([tenant_id])
+        if updated or session is None:  # a failed write in the caller's transaction: no news
+            when_committed(session, lambda: self._publish(tenant_id, config))
         if config is None:
             raise TenantNotFound(f"tenant {tenant_id!r} not found", tenant_id=tenant_id)
-        self._cache.put(tenant_id, config)
         if not updated:
             raise Conflict(
                 f"tenant {tenant_id!r} is at version {config.version}, not {expected_version}",
@@ -253,19 +263,22 @@ class TenantStore:
             )
         return config
 
-    def delete(self, tenant_id: str) -> int:
+    def delete(self, tenant_id: str, *, session: Session | None = None) -> int:
         """Delete a tenant, its API keys, billing account and usage; return how many keys went.
 
-        Both go in one transaction, and every API key store in this process
+        All go in one transaction, and every API key store in this process
         forgets the keys at once, so they fail verification from the next
         request, also after a tenant is re-created with the same id. Raise
         ``TenantNotFound`` (deleting nothing) if there is no such tenant.
+        With ``session``, delete in its transaction and leave the commit to
+        the caller: the tenant, its keys and its usage counts go (from every
+        cache) only then.
         """
         tenant_id = validate_tenant_id(tenant_id)
         digests: list[str] = []
         try:
-            with _storage_errors(), Session(self.engine) as session, session.begin():
-                result = session.execute(
+            with _storage_errors(), self._writing(session) as db:
+                result = db.execute(
                     delete(TenantRow)
                     .where(TenantRow.id == tenant_id)
                     .returning(TenantRow.id)
@@ -273,18 +286,26 @@ class TenantStore:
                 )
                 deleted = result.first() is not None
                 if deleted:
-                    digests = delete_tenant_keys(
-                        session.connection(), tenant_id, if_table_exists=True
-                    )
-                    purge_tenant_billing(session.connection(), tenant_id)
+                    digests = delete_tenant_keys(db.connection(), tenant_id, if_table_exists=True)
+                    purge_tenant_billing(db.connection(), tenant_id)
         finally:
-            _caches.invalidate([tenant_id])
+            if session is None:
+                _caches.invalidate([tenant_id])
         # After the commit: a verification that read a key before it was
         # deleted cannot cache it afterwards (its fill is dropped as stale).
-        forget_keys(digests)
+        if session is None or deleted:
+            when_committed(session, lambda: _forget(tenant_id, digests))
         if not deleted:
             raise TenantNotFound(f"tenant {tenant_id!r} not found", tenant_id=tenant_id)
         return len(digests)
+
+    def _writing(self, session: Session | None) -> AbstractContextManager[Session]:
+        return write_session(self.engine, session, mapper=TenantRow)
+
+    def _publish(self, tenant_id: str, config: TenantConfig | None) -> None:
+        _caches.invalidate([tenant_id])  # other stores may cache it as unknown, or older
+        if config is not None:
+            self._cache.put(tenant_id, config)
 
     def invalidate(self, tenant_id: str) -> None:
         """Drop a tenant from this store's cache (after a change made elsewhere)."""
@@ -298,6 +319,12 @@ class TenantStore:
         with _storage_errors(), Session(self.engine) as session:
             row = session.get(TenantRow, tenant_id)
             return None if row is None else row.to_config()
+
+
+def _forget(tenant_id: str, digests: list[str]) -> None:
+    _caches.invalidate([tenant_id])
+    forget_keys(digests)
+    forget_tenant_usage(tenant_id)
 
 
 def tenant_to_dict(config: TenantConfig) -> dict[str, Any]:
@@ -316,57 +343,6 @@ def tenant_to_dict(config: TenantConfig) -> dict[str, Any]:
         "created_at": isoformat(config.created_at),
         "updated_at": isoformat(config.updated_at),
     }
-
-
-def _clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate writable fields, naming the first bad one; return column values."""
-    out: dict[str, Any] = {}
-    for name, value in fields.items():
-        if name == "name":
-            out[name] = check_text(value, name, max_length=200)
-        elif name == "plan":
-            out[name] = check_text(value, name, max_length=64)
-        elif name == "status":
-            out[name] = _status(value)
-        elif name in ("quota_requests_per_minute", "quota_tokens_per_minute"):
-            out[name] = check_optional_int(value, name, minimum=0)
-        elif name in ("allowed_models", "allowed_tools"):
-            out[name] = _string_list(value, name)
-        elif name == "metadata":
-            out[name] = _metadata(value)
-    return out
-
-
-def _status(value: object) -> TenantStatus:
-    if value == "active":
-        return "active"
-    if value == "suspended":
-        return "suspended"
-    raise ValidationError("status must be 'active' or 'suspended'", field="status")
-
-
-def _string_list(value: object, field: str) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence | frozenset | set):
-        raise ValidationError(f"{field} must be a list of strings or null", field=field)
-    items = list(value)
-    if not all(isinstance(item, str) and item and len(item) <= 200 for item in items):
-        raise ValidationError(f"{field} must hold non-empty strings", field=field)
-    return list(dict.fromkeys(items))
-
-
-def _metadata(value: object) -> dict[str, Any]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise ValidationError("metadata must be an object with string keys", field="metadata")
-    try:
-        # A JSON round trip both checks and deep-copies: the caller keeps its object.
-        copied: dict[str, Any] = json.loads(json.dumps(dict(value), allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(
-            f"metadata must be JSON-serialisable: {exc}", field="metadata"
-        ) from exc
-    return copied
 
 
 def _tuple_or_none(value: Sequence[str] | None) -> tuple[str, ...] | None:

@@ -132,30 +132,42 @@ class UsageRecorder:
         occurred_at: datetime | None = None,
         idempotency_key: str | None = None,
         tenant_id: str | None = None,
+        session: Session | None = None,
     ) -> UsageRecord:
         """Record one usage event for the current tenant; a repeated key returns the original.
 
         A repeat with the same key but a different type, quantity or project
-        is a 409: the key names one event for good. Bad input is a 422.
+        is a 409: the key names one event for good. Bad input is a 422. With
+        ``session`` (on the recorder's database), write in its transaction and
+        leave the commit to the caller.
         """
         tenant = _tenant(tenant_id)
         values = self._values(tenant, type, quantity, project_id, metadata, occurred_at)
         values["idempotency_key"] = _key(idempotency_key)
-        with self._sessionmaker() as session, session.begin():
-            if values["idempotency_key"] is None:
-                session.execute(table_of(UsageEvent).insert().values(values))
-                return _record_from_values(values)
-            conflict = ("tenant_id", "idempotency_key")
-            if insert_or_ignore(session, table_of(UsageEvent), values, conflict):
-                return _record_from_values(values)
-            original = session.scalars(
-                select(UsageEvent).where(
-                    UsageEvent.tenant_id == tenant,
-                    UsageEvent.idempotency_key == values["idempotency_key"],
-                )
-            ).one()
-            _check_same(original, values)
-            return UsageRecord.from_row(original, duplicate=True)
+        if session is not None:
+            return self._insert(session, tenant, values)
+        with self._sessionmaker() as own, own.begin():
+            return self._insert(own, tenant, values)
+
+    def _insert(self, session: Session, tenant: str, values: dict[str, Any]) -> UsageRecord:
+        if not isinstance(session, Session):
+            raise ConfigurationError(
+                f"session= takes a sqlalchemy.orm.Session, not {type(session).__name__}"
+            )
+        if values["idempotency_key"] is None:
+            session.execute(table_of(UsageEvent).insert().values(values))
+            return _record_from_values(values)
+        conflict = ("tenant_id", "idempotency_key")
+        if insert_or_ignore(session, table_of(UsageEvent), values, conflict):
+            return _record_from_values(values)
+        original = session.scalars(
+            select(UsageEvent).where(
+                UsageEvent.tenant_id == tenant,
+                UsageEvent.idempotency_key == values["idempotency_key"],
+            )
+        ).one()
+        _check_same(original, values)
+        return UsageRecord.from_row(original, duplicate=True)
 
     def get(self, event_id: str, *, tenant_id: str | None = None) -> UsageRecord | None:
         """Return one of the current tenant's events by id, or ``None``."""
