@@ -1,25 +1,30 @@
 """Platform admin: tenants and their API keys (``Authorization: Bearer $ADMIN_TOKEN``).
 
 These paths are in ``Settings.exclude_paths``: the tenant pipeline skips
-them and the app checks the admin token itself.
+them and the app checks the admin token itself. Each change and its audit
+entry are one transaction: tenantkit's stores write through the session
+(``session=``), so a failure anywhere keeps nothing of the change.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from anyio.to_thread import run_sync
 from sqlalchemy import delete
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tenantkit import audit
 from tenantkit.apikeys import IssuedKey, api_key_to_dict
-from tenantkit.audit import AuditLog
-from tenantkit.context import bound_tenant
+from tenantkit.context import TenantContext, bind, reset
 from tenantkit.errors import Conflict, NotFound
 from tenantkit.tenants import tenant_to_dict
-from tenantkit.types import TENANT_ID_PATTERN, TenantConfig
+from tenantkit.types import TENANT_ID_PATTERN, Identity, TenantConfig
 
 from ..auth import require_admin_token
 from ..models import TENANT_DATA, DeliveryQueue
@@ -110,16 +115,30 @@ def _new_key(issued: IssuedKey) -> dict[str, Any]:
     }
 
 
-def _audit(s: Services, request: Request, action: str, tenant_id: str, **fields: Any) -> None:
-    """Record a platform admin's action in the tenant's own audit log."""
-    AuditLog(s.db.engine).record(
-        action,
-        tenant_id=tenant_id,
-        actor="platform:admin",
+@contextmanager
+def _transaction(s: Services, request: Request, tenant_id: str) -> Iterator[Session]:
+    """One transaction on ``tenant_id``'s behalf, committed if the block returns.
+
+    Audit entries written in it go to the tenant's own log, attributed to
+    the platform admin, with the request's id and client.
+    """
+    ctx = TenantContext(
+        identity=Identity(tenant_id=tenant_id, source="system"),
         request_id=request.headers.get("x-request-id"),
-        client_ip=request.client.host if request.client else None,
-        **fields,
+        client=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
     )
+    token = bind(ctx)
+    try:
+        with audit.acting_as("platform:admin"), s.db.sessions.begin() as session:
+            yield session
+    finally:
+        reset(token)
+
+
+def _audit(session: Session, action: str, tenant_id: str, **fields: Any) -> None:
+    """Record a platform admin's action in the tenant's own audit log, in ``session``."""
+    audit.record(session, action, tenant_id=tenant_id, **fields)
 
 
 def _admin(request: Request) -> Services:
@@ -147,11 +166,12 @@ async def create_tenant(request: Request) -> Response:
     assert api_keys is not None  # the app always configures an API key secret
 
     def work() -> tuple[TenantConfig, IssuedKey]:
-        config = s.kit.tenants.create(id=tenant_id, **data)
-        issued = api_keys.issue(tenant_id, name="default")
-        _audit(
-            s, request, "tenant.created", tenant_id, resource_type="tenant", resource_id=tenant_id
-        )
+        with _transaction(s, request, tenant_id) as session:
+            config = s.kit.tenants.create(id=tenant_id, session=session, **data)
+            issued = api_keys.issue(tenant_id, name="default", session=session)
+            _audit(
+                session, "tenant.created", tenant_id, resource_type="tenant", resource_id=tenant_id
+            )
         return config, issued
 
     config, issued = await run_sync(work)
@@ -199,30 +219,15 @@ async def update_tenant(request: Request) -> Response:
     if not data:
         raise invalid([{"field": "body", "message": "give a field to change besides version"}])
 
-    def work() -> TenantConfig:
-        before, config = _update(s, tenant_id, expected, data)
-        after = tenant_to_dict(config)
-        changes = {k: [before[k], after[k]] for k in data if before[k] != after[k]}
-        _audit(
-            s,
-            request,
-            "tenant.updated",
-            tenant_id,
-            resource_type="tenant",
-            resource_id=tenant_id,
-            changes=changes,
-        )
-        return config
-
-    updated = await run_sync(work)
+    updated = await run_sync(lambda: _update(s, request, tenant_id, expected, data))
     await s.invalidations.tenant_changed(tenant_id)
     return json(tenant_to_dict(updated))
 
 
 def _update(
-    s: Services, tenant_id: str, expected: int | None, data: dict[str, Any]
-) -> tuple[dict[str, Any], TenantConfig]:
-    """Apply ``data``; return the stored values it replaced (for the audit) and the result.
+    s: Services, request: Request, tenant_id: str, expected: int | None, data: dict[str, Any]
+) -> TenantConfig:
+    """Apply ``data`` and audit what it replaced, in one transaction; return the result.
 
     The before-values are read from the database, not this process's cache
     (another process may have changed the tenant since), and the write is a
@@ -230,15 +235,28 @@ def _update(
     """
     for attempt in range(_UPDATE_ATTEMPTS):
         s.kit.tenants.invalidate(tenant_id)
-        before = s.kit.tenants.get(tenant_id)
-        version = before.version if expected is None else expected
+        before = tenant_to_dict(s.kit.tenants.get(tenant_id))
+        version = before["version"] if expected is None else expected
         try:
-            config = s.kit.tenants.update(tenant_id, expected_version=version, **data)
+            with _transaction(s, request, tenant_id) as session:
+                config = s.kit.tenants.update(
+                    tenant_id, expected_version=version, session=session, **data
+                )
+                after = tenant_to_dict(config)
+                changes = {k: [before[k], after[k]] for k in data if before[k] != after[k]}
+                _audit(
+                    session,
+                    "tenant.updated",
+                    tenant_id,
+                    resource_type="tenant",
+                    resource_id=tenant_id,
+                    changes=changes,
+                )
         except Conflict:
             if expected is not None or attempt == _UPDATE_ATTEMPTS - 1:
                 raise
             continue
-        return tenant_to_dict(before), config
+        return config
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
@@ -254,16 +272,14 @@ async def delete_tenant(request: Request) -> Response:
     await run_sync(lambda: s.kit.tenants.get(tenant_id))  # 404 before touching anything
 
     def purge() -> None:
-        with bound_tenant(tenant_id):
+        with _transaction(s, request, tenant_id) as session:
             # Scoped bulk deletes: each statement is limited to this tenant.
-            s.db.transaction(lambda session: _delete_data(session, tenant_id))
-        if s.kit.api_keys is not None:
-            s.kit.api_keys.delete_for_tenant(tenant_id)
-        s.kit.tenants.delete(tenant_id)
-        # The audit trail outlives the tenant: compliance records are kept to retention.
-        _audit(
-            s, request, "tenant.deleted", tenant_id, resource_type="tenant", resource_id=tenant_id
-        )
+            _delete_data(session, tenant_id)
+            s.kit.tenants.delete(tenant_id, session=session)  # and its API keys
+            # The audit trail outlives the tenant: compliance records are kept to retention.
+            _audit(
+                session, "tenant.deleted", tenant_id, resource_type="tenant", resource_id=tenant_id
+            )
 
     await run_sync(purge)
     await s.invalidations.tenant_changed(tenant_id)
@@ -319,21 +335,22 @@ async def create_key(request: Request) -> Response:
 
     def work() -> IssuedKey:
         s.kit.tenants.get(tenant_id)
-        issued = api_keys.issue(
-            tenant_id,
-            name=data.get("name", "api key"),
-            scopes=data.get("scopes") or (),
-            rate_limit=data.get("rate_limit"),
-            token_limit=data.get("token_limit"),
-        )
-        _audit(
-            s,
-            request,
-            "api_key.issued",
-            tenant_id,
-            resource_type="api_key",
-            resource_id=issued.record.id,
-        )
+        with _transaction(s, request, tenant_id) as session:
+            issued = api_keys.issue(
+                tenant_id,
+                name=data.get("name", "api key"),
+                scopes=data.get("scopes") or (),
+                rate_limit=data.get("rate_limit"),
+                token_limit=data.get("token_limit"),
+                session=session,
+            )
+            _audit(
+                session,
+                "api_key.issued",
+                tenant_id,
+                resource_type="api_key",
+                resource_id=issued.record.id,
+            )
         return issued
 
     issued = await run_sync(work)
@@ -354,10 +371,11 @@ async def revoke_key(request: Request) -> Response:
     assert api_keys is not None
 
     def work() -> None:
-        api_keys.revoke(tenant_id, key_id)
-        _audit(
-            s, request, "api_key.revoked", tenant_id, resource_type="api_key", resource_id=key_id
-        )
+        with _transaction(s, request, tenant_id) as session:
+            api_keys.revoke(tenant_id, key_id, session=session)
+            _audit(
+                session, "api_key.revoked", tenant_id, resource_type="api_key", resource_id=key_id
+            )
 
     await run_sync(work)
     await s.invalidations.keys_changed(tenant_id)
