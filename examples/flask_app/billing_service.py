@@ -23,6 +23,8 @@ from tenantkit.types import TenantConfig
 from tenantkit.usage import UsageRecord
 from tenantkit.webhooks import StripeWebhooks
 
+from .org_changes import follow_stripe
+
 log = logging.getLogger("examples.flask_app.billing")
 
 #: Usage types pushed to Stripe, by the ``event_name`` of their Stripe meter.
@@ -43,6 +45,7 @@ class BillingService:
     ) -> None:
         client = make_client(api_key, api_base=api_base)
         self.tenants = tenants
+        self.sessions = sessions
         self.stripe = StripeBilling(
             client, sessions, plans=plans, on_plan_change=self._plan_changed
         )
@@ -92,9 +95,7 @@ class BillingService:
         return account.to_dict()
 
     def _plan_changed(self, tenant_id: str, plan: str) -> None:
-        current = self.tenants.get(tenant_id)
-        if current.plan != plan:
-            self.tenants.update(tenant_id, plan=plan)
+        follow_stripe(self.sessions, self.tenants, tenant_id, plan=plan)
 
 
 @contextmanager
@@ -110,15 +111,13 @@ def _configuration_as_503() -> Iterator[None]:
 def build_webhooks(
     secret: str, sessions: Callable[[], Session], plans: Plans, tenants: TenantStore
 ) -> StripeWebhooks:
-    """Return the verified webhook handler; Stripe's word changes plan and status."""
+    """Return the verified webhook handler; Stripe's word changes plan and status (audited)."""
 
     def plan_changed(tenant_id: str, plan: str) -> None:
-        if tenants.get(tenant_id).plan != plan:
-            tenants.update(tenant_id, plan=plan)
+        follow_stripe(sessions, tenants, tenant_id, plan=plan)
 
     def status_changed(tenant_id: str, status: str) -> None:
-        if tenants.get(tenant_id).status != status:
-            tenants.update(tenant_id, status=status)
+        follow_stripe(sessions, tenants, tenant_id, status=status)
 
     return StripeWebhooks(
         secret,

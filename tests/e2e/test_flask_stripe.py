@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from tests.e2e._flask_server import FakeClock, Served, make_config, onboard, serve
 from tests.stripe_local.fixtures import (
     API_KEY,
@@ -22,6 +24,8 @@ from tests.stripe_local.fixtures import (
     running_localstripe,
     sign,
 )
+
+from tenantkit._audit_model import AuditRow
 
 WEBHOOK_SECRET = "whsec_flask_example_test"
 
@@ -138,6 +142,13 @@ def test_webhooks_are_verified_and_a_canceled_subscription_suspends(
     assert (replay_status, replay["handled"], replay["duplicate"]) == (200, False, True)
     suspended = owner.get(f"/organizations/{org.id}")
     assert (suspended.status_code, suspended.json()["reason"]) == (403, "suspended")
+    with Session(served.app.extensions["flask_app"].jobs_engine) as session:
+        [entry] = session.scalars(
+            select(AuditRow).where(
+                AuditRow.tenant_id == org.id, AuditRow.action == "organization.status_changed"
+            )
+        )
+    assert (entry.actor, entry.changes) == ("stripe", {"status": ["active", "suspended"]})
 
 
 def test_onboarding_on_free_needs_no_subscription(served: Served) -> None:

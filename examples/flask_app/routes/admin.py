@@ -12,11 +12,10 @@ from tenantkit.context import bound_tenant
 from tenantkit.errors import UnprocessableEntity
 from tenantkit.tenants import tenant_to_dict
 
-from .. import schemas
+from .. import org_changes, schemas
 from ..api import endpoint
 from ..context import platform
 from ..jobs import purge_audit
-from ..org_changes import record_changes
 from ..serialize import page
 
 bp = Blueprint("admin", __name__)
@@ -53,13 +52,12 @@ def update_organization(org_id: str, body: dict[str, Any]) -> ResponseReturnValu
     p = platform()
     p.kit.tenants.invalidate(org_id)  # read what is stored: the entry below diffs against it
     before = p.kit.tenants.get(org_id)
-    updated = p.kit.tenants.update(org_id, expected_version=before.version, **body)
     with (
-        bound_tenant(updated, request_id=g.get("request_id")),
+        bound_tenant(before, request_id=g.get("request_id")),
         audit.acting_as(PLATFORM_ACTOR),
         p.sessions() as session,
     ):
-        record_changes(session, before, updated)
+        updated = org_changes.change(session, p.kit.tenants, before, **body)
         session.commit()
     return jsonify(tenant_to_dict(updated))
 

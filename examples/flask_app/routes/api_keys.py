@@ -56,6 +56,7 @@ def create_key(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
         scopes=body["scopes"],
         rate_limit=body.get("rate_limit"),
         project_id=project_id,
+        session=db(),
     )
     _record("api_key.created", issued.record)
     return created(
@@ -87,11 +88,12 @@ def list_keys(org_id: str, query: dict[str, Any]) -> ResponseReturnValue:
     responses=(401, 403, 404),
 )
 def revoke_key(org_id: str, key_id: str) -> ResponseReturnValue:
-    _record("api_key.revoked", keys().revoke(org_id, key_id))
+    _record("api_key.revoked", keys().revoke(org_id, key_id, session=db()))
     return "", 204
 
 
 def _record(action: str, record: APIKey) -> None:
+    """Audit a key change made in this request's session, and commit the two together."""
     metadata = {"name": record.name, "scopes": list(record.scopes), "prefix": record.prefix}
     audit.record(db(), action, resource_type="api_key", resource_id=record.id, metadata=metadata)
     db().commit()

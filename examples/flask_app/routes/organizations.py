@@ -16,12 +16,11 @@ from tenantkit.context import bound_tenant, current_tenant
 from tenantkit.errors import Conflict, TenantNotFound, Unauthorized, UnprocessableEntity
 from tenantkit.types import TenantConfig
 
-from .. import schemas
+from .. import org_changes, schemas
 from ..api import endpoint
 from ..context import db, now, platform
 from ..members import issue_token
 from ..models import Membership, Organization, User
-from ..org_changes import record_changes
 from ..security import new_id
 from ..serialize import created, iso, settings_dict, user_dict
 from ..usage_view import current_usage, project_count, seats
@@ -136,8 +135,7 @@ def change_plan(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
     if p.billing is not None:
         p.billing.change_plan(tenant.id, target.name)  # the tenant's plan follows Stripe
     elif target.name != tenant.plan:
-        updated = p.kit.tenants.update(tenant.id, expected_version=tenant.version, plan=target.name)
-        record_changes(session, tenant, updated)
+        org_changes.change(session, p.kit.tenants, tenant, plan=target.name)
         session.commit()
     return jsonify(_organization(session, g.org))
 

@@ -73,6 +73,7 @@ def record_usage(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
         project_id=body["project_id"],
         metadata=body.get("metadata") or {},
         idempotency_key=key,
+        session=db(),  # the event and its audit entry commit together
     )
     if not record.duplicate:
         audit.record(
@@ -82,7 +83,7 @@ def record_usage(org_id: str, body: dict[str, Any]) -> ResponseReturnValue:
             resource_id=record.id,
             metadata={"type": kind, "quantity": record.quantity, "project_id": record.project_id},
         )
-        db().commit()
+    db().commit()
     if p.billing is not None and not record.duplicate:
         p.billing.on_usage(record)
     response = jsonify(record.to_dict())
