@@ -34,8 +34,8 @@ from ._stores import (
 from ._stores import MAX_PAGE_SIZE as MAX_PAGE_SIZE
 from ._stores import check_limit as check_limit
 from ._tenant_fields import check_status as _status
-from ._tenant_incarnation import forget_tenant_usage, purge_tenant_billing
 from ._tenant_fields import clean_fields as _clean_fields
+from ._tenant_incarnation import forget_tenant_usage, purge_tenant_billing
 from .errors import Conflict, StorageError, TenantNotFound, ValidationError
 from .settings import CacheSettings
 from .types import Page, TenantConfig, TenantStatus, validate_tenant_id
