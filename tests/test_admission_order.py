@@ -313,7 +313,12 @@ def test_an_unannounced_oversize_body_of_an_identified_caller_is_413(
 def test_a_caller_over_its_request_quota_gets_429_unread(
     kit: Any, jwt_for: Callable[..., str], post: Post
 ) -> None:
-    """Past its request quota, a caller's next request is a 429 before its body is read."""
+    """Once refused by its request quota, a caller's next request is a 429 before its body is read.
+
+    The first refusal reads the body (an admitted request pays no peek at the
+    buckets before its body); every later one, until a request is admitted
+    again, is answered unread.
+    """
     denials: list[tuple[str, int]] = []
     kit.denials = lambda identity, request, error: denials.append(
         (identity.tenant_id, error.status)
@@ -321,13 +326,15 @@ def test_a_caller_over_its_request_quota_gets_429_unread(
     headers = _bearer(jwt_for(kit, "busy"))
     first = post(kit, headers, PAYLOAD)
     assert first.status == 200 and first.seen == [PAYLOAD]
+    refused = post(kit, headers, PAYLOAD)
+    assert (refused.status, refused.app_calls) == (429, 0)
     second = post(kit, headers, PAYLOAD, read=False)
     assert (second.status, second.reads, second.app_calls) == (429, 0, 0)
     assert second.problem()["limit"] == "tenant-requests"
     assert int(second.headers["retry-after"]) >= 1
     assert second.headers["ratelimit-policy"] == '"tenant-requests";q=1;w=60;qu="requests"'
     assert '"tenant-requests";r=0;' in second.headers["ratelimit"]
-    assert denials == [("busy", 429)]
+    assert denials == [("busy", 429), ("busy", 429)]
 
 
 def test_an_admitted_body_reaches_the_app_intact(

@@ -39,14 +39,9 @@ log = logging.getLogger("tenantkit.quotas")
 STORAGE_RETRY_AFTER = 1
 """Seconds a 503 asks clients to wait when the quota storage is down (fail_closed)."""
 
-_SCHEMES = {
-    "memory": "memory",
-    "redis": "redis",
-    "rediss": "redis",
-    "redis+unix": "redis",
-    "redis+cluster": "redis",
-    "redis+sentinel": "redis",
-}
+_SCHEMES = {"memory": "memory"} | dict.fromkeys(
+    ("redis", "rediss", "redis+unix", "redis+cluster", "redis+sentinel"), "redis"
+)
 
 
 class QuotaEngine:
@@ -102,6 +97,7 @@ class QuotaEngine:
         self._stats = QuotaStats()
         self._last_failure_log = -1e9
         self._pending: set[asyncio.Task[None]] = set()
+        self._denied: dict[str, bool] = {}  # request limits denied since they last admitted
 
     # -- admission ----------------------------------------------------------------------
 
@@ -143,16 +139,20 @@ class QuotaEngine:
     def precheck(self, limits: Sequence[Limit]) -> None:
         """Raise the 429 a request on ``limits`` gets now whatever it reserves; charge nothing.
 
-        For a request whose body (and so its reservation) is not read yet. Only a
+        For a request whose body is not read yet, and only once one of its request
+        limits has denied (until it admits again): else nothing is peeked. Only a
         denial the reservation cannot change is given: a request limit refuses, and
         every token bucket is full again by the Retry-After (else ``acquire``
         decides, with the body). Memory reads its buckets; Redis its deny cache only.
         """
+        denied = self._denied
+        if not denied or not any([limit.key in denied for limit in limits]):
+            return  # the hot path: no request limit of these denied lately
         costs = (limits if isinstance(limits, LimitSet) else LimitSet(tuple(limits))).floor_costs
-        if 1 not in costs:  # no request limit: the body sets every cost
-            return
         outcome = self._backend.peek(limits, costs)
         if outcome is None or limits[outcome.blocker].unit != "requests":
+            for limit in limits:
+                denied.pop(limit.key, None)
             return
         for limit, reset in zip(limits, outcome.reset, strict=True):
             if limit.unit == "tokens" and reset > outcome.retry_after:
@@ -294,6 +294,9 @@ class QuotaEngine:
         headers = dict(self._renderer.render(limits, outcome.remaining, outcome.reset))
         headers[RETRY_AFTER] = str(retry)
         if limit.unit == "requests":
+            if len(self._denied) >= 100_000:  # bounded: forgetting only costs a body read
+                self._denied.clear()
+            self._denied[limit.key] = True
             detail = f"{limit.name} quota of {limit.per_minute} requests per minute exceeded"
         else:
             detail = (
