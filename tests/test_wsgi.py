@@ -321,3 +321,45 @@ def test_real_server_chunked_body_is_read(
         big = client.post("/api/chat/completions", content=iter([b"x" * 700, b"y" * 700]))
     assert ok.status_code == 200 and ok.json() == {"echo": {"model": "m", "messages": []}}
     assert big.status_code == 413
+
+
+def test_a_response_never_closed_leaves_no_tenant_for_the_next_request(
+    kit: Any, jwt_for: Callable[..., str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that never calls close(): the thread's next request runs with no tenant."""
+    seen: list[str | None] = []
+
+    def record(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        ctx = context.get_context()
+        seen.append(None if ctx is None else ctx.tenant.id)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    middleware = TenantKitWSGIMiddleware(record, kit)
+
+    def serve(path: str, tenant: str | None = None) -> None:
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "wsgi.input": io.BytesIO(),
+            "wsgi.url_scheme": "http",
+        }
+        if tenant is not None:
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {jwt_for(kit, tenant)}"
+        b"".join(middleware(environ, lambda status, headers, exc_info=None: None))
+        # ... and, like the faulty server, never result.close()
+
+    try:
+        serve("/x", "acme")
+        assert context.get_context() is not None  # left bound by the unclosed response
+        with caplog.at_level("WARNING", logger="tenantkit"):
+            serve("/health")
+        serve("/x", "globex")
+        serve("/health")
+        assert seen == ["acme", None, "globex", None]
+        assert "never closed" in caplog.text
+        assert context.get_context() is None  # an excluded path binds nothing itself
+    finally:  # whatever failed, leave this test thread with no tenant bound
+        leftover = context.get_context()
+        if leftover is not None:
+            context.unbind_if(leftover)

@@ -52,6 +52,18 @@ def reset(token: Token[TenantContext | None]) -> None:
     _current.reset(token)
 
 
+def unbind_if(ctx: TenantContext) -> bool:
+    """Unbind ``ctx`` if it is the bound context; return whether it was.
+
+    For an adapter that finds a request's context still bound when the next
+    request starts in the same thread (its server never closed the response).
+    """
+    if _current.get() is not ctx:
+        return False
+    _current.set(None)
+    return True
+
+
 def current_context() -> TenantContext:
     """Return the bound context, or raise ``NoTenantError``."""
     ctx = _current.get()

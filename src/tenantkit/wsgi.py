@@ -2,7 +2,10 @@
 
 The tenant context stays bound while the response iterable is produced and is
 reset when the server closes it (a streamed body is generated after the app
-returns). Per-request data is under ``environ["tenantkit.*"]``.
+returns). A server that never closes a response (PEP 3333 requires it) would
+leave that tenant bound in its thread: the next request in the thread unbinds
+it first, so it never runs under another request's tenant. Per-request data is
+under ``environ["tenantkit.*"]``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from http import HTTPStatus
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -23,7 +27,7 @@ from ._request import (
     problem_bytes,
     request_id_from,
 )
-from .context import bind, reset
+from .context import TenantContext, bind, reset, unbind_if
 from .errors import BadRequest, HTTPError, PayloadTooLarge
 from .kit import TenantKit
 from .types import RequestInfo
@@ -36,6 +40,10 @@ log = logging.getLogger("tenantkit")
 ENVIRON_IDENTITY = "tenantkit.identity"
 ENVIRON_TENANT = "tenantkit.tenant"
 ENVIRON_REQUEST_ID = "tenantkit.request_id"
+
+# The context a request bound in this thread and has not reset yet (its response
+# is still being served, or its server never closed it).
+_open: ContextVar[TenantContext | None] = ContextVar("tenantkit.wsgi.open", default=None)
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 
@@ -51,6 +59,11 @@ class TenantKitWSGIMiddleware:
         self._token_header = kit.settings.quota.token_header.lower()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        stale = _open.get()
+        if stale is not None:  # a response of this thread the server never closed
+            _open.set(None)
+            if unbind_if(stale):
+                log.warning("tenantkit: a WSGI response was never closed; its tenant is unbound")
         request_id = request_id_from(environ.get(_environ_key(self._rid_header)))
         environ[ENVIRON_REQUEST_ID] = request_id
         info = _request_info(environ, request_id)
@@ -79,6 +92,7 @@ class TenantKitWSGIMiddleware:
         request_id: str,
     ) -> Iterable[bytes]:
         token = bind(admission.context)
+        opened = _open.set(admission.context)
         finished = False
 
         def finish(failed: bool) -> None:
@@ -89,6 +103,7 @@ class TenantKitWSGIMiddleware:
             # Closed from another context: nothing of ours is bound there.
             with contextlib.suppress(ValueError):
                 reset(token)
+                _open.reset(opened)
             try:
                 self.kit.finish(admission, failed=failed)
             except Exception:
