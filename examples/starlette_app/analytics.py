@@ -8,6 +8,11 @@ Two small hooks feed one log:
   and cause (quota, policy...) of a refused request, then renders the usual
   problem document.
 
+The note goes into a slot that ``RequestLogMiddleware`` makes for each request
+and hands down in a context variable, never into a table keyed by the client's
+``X-Request-ID``: two requests sharing an id, or a refusal whose response never
+left, cannot move a record onto another request.
+
 ``RequestLogMiddleware`` runs *outside* tenantkit's middleware and writes the
 row just before the last byte of the response leaves, so a client that has
 its answer also finds it in ``/api/analytics/requests``.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -50,7 +56,6 @@ from .problems import complete
 
 log = logging.getLogger("starlette_app")
 STATE_KEY = "tenant_context"
-_MAX_PENDING = 10_000
 
 
 #: Rejections worth an audit entry (security-relevant, and bounded: quota 429s are
@@ -63,6 +68,19 @@ class _Rejection:
     identity: Identity
     cause: str
     problem: Mapping[str, Any]
+
+
+class _Slot:
+    """One request's rejection, if tenantkit refused it (made per request, never shared)."""
+
+    __slots__ = ("rejection",)
+
+    def __init__(self) -> None:
+        self.rejection: _Rejection | None = None
+
+
+#: The slot of the request being handled (set by ``RequestLogMiddleware``).
+_current: ContextVar[_Slot | None] = ContextVar("starlette_app_request_slot", default=None)
 
 
 def cause_of(exc: HTTPError) -> str:
@@ -87,7 +105,6 @@ class Analytics:
         self.db = db
         self.kit = kit
         self.routes = routes
-        self._pending: dict[str, _Rejection] = {}
 
     # -- hooks ----------------------------------------------------------------------
 
@@ -102,11 +119,9 @@ class Analytics:
                 identity = None
         rendered = default_on_reject(request, exc)
         decision = Decision(rendered.status, complete(dict(rendered.problem)), rendered.headers)
-        if identity is not None and request.request_id:
-            if len(self._pending) >= _MAX_PENDING:  # responses never sent (client gone)
-                self._pending.clear()
-            rejection = _Rejection(identity, cause_of(exc), decision.problem)
-            self._pending[request.request_id] = rejection
+        slot = _current.get()
+        if identity is not None and slot is not None:
+            slot.rejection = _Rejection(identity, cause_of(exc), decision.problem)
         return decision
 
     def _identity_of(self, request: RequestInfo) -> Identity | None:
@@ -116,10 +131,11 @@ class Analytics:
         except HTTPError:
             return None  # no valid credential: the request belongs to no tenant
 
-    async def record(self, scope: Scope, status: int, request_id: str) -> None:
+    async def record(
+        self, scope: Scope, status: int, request_id: str, rejection: _Rejection | None = None
+    ) -> None:
         """Log one finished tenant request (called by ``RequestLogMiddleware``)."""
         ctx = scope.get("state", {}).get(STATE_KEY)
-        rejection = self._pending.pop(request_id, None)
         if ctx is not None:
             identity, cause, tokens = ctx.identity, None, ctx.meter.used or 0
         elif rejection is not None:
@@ -256,6 +272,7 @@ class RequestLogMiddleware:
             return
         status = 500
         request_id = ""
+        slot = _Slot()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, request_id
@@ -263,7 +280,11 @@ class RequestLogMiddleware:
                 status = message["status"]
                 request_id = Headers(raw=message["headers"]).get("x-request-id", "")
             elif message["type"] == "http.response.body" and not message.get("more_body"):
-                await self.analytics.record(scope, status, request_id)
+                await self.analytics.record(scope, status, request_id, slot.rejection)
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        token = _current.set(slot)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            _current.reset(token)

@@ -1,0 +1,227 @@
+"""Starlette example: what the app records (analytics rows, audit entries) names the right request.
+
+The app is driven in-process over raw ASGI, so a test can hold one request's
+response while another runs, or drop a response as a vanished client does,
+without depending on timing. Runs on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import anyio
+import pytest
+from examples.starlette_app import AppConfig, create_app
+from examples.starlette_app.db import prepare
+from examples.starlette_app.services import Services
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL
+from starlette.applications import Starlette
+from starlette.types import Message
+
+from tenantkit.audit import AuditLog
+from tenantkit.context import bound_tenant
+
+ADMIN_TOKEN = "e2e-admin-records"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The app with its tables created, on SQLite or a PostgreSQL database of its own."""
+    name = ""
+    admin_url: URL | None = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('records') / 'app.db'}"
+    else:
+        admin_url = request.getfixturevalue("postgres_admin_url")
+        name = f"tk_records_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        url = admin_url.set(database=name).render_as_string(hide_password=False)
+    config = AppConfig.from_env(
+        {
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "JWT_SECRET": "e2e-jwt-secret-records-" + "r" * 32,
+            "DATABASE_URL": url,
+            "TRUST_TENANT_HEADER": "1",
+            "OUTBOX_WORKER": "0",
+            "ARGON2_MEMORY_KIB": "8192",
+            "ARGON2_TIME_COST": "1",
+        }
+    )
+    built = create_app(config)
+    s: Services = built.state.services
+    prepare(s.kit, app_role=None)
+    try:
+        yield built
+    finally:
+        s.kit.engine.dispose()
+        if admin_url is not None:
+            admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+class Dropped(OSError):
+    """The client went away: the server cannot send the response."""
+
+
+async def call(
+    app: Starlette,
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: Any = None,
+    started: anyio.Event | None = None,
+    release: anyio.Event | None = None,
+    drop: bool = False,
+) -> tuple[int, dict[str, str], Any]:
+    """Send one request over ASGI; return its status, headers and decoded body.
+
+    ``started`` is set when the response starts; the response then waits for
+    ``release``. ``drop``: sending the response fails, as to a vanished client.
+    """
+    raw = b"" if body is None else json.dumps(body).encode()
+    pairs = {**(headers or {}), "content-type": "application/json"}
+    pairs["content-length"] = str(len(raw))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+    done = anyio.Event()
+    sent_body = False
+    start: Message = {}
+    chunks: list[bytes] = []
+
+    async def receive() -> Message:
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            if drop:
+                raise Dropped("client disconnected")
+            start = message
+            if started is not None:
+                started.set()
+            if release is not None:
+                await release.wait()
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                done.set()
+
+    await app(scope, receive, send)
+    response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    data = b"".join(chunks)
+    return start["status"], response_headers, json.loads(data) if data else None
+
+
+def _services(app: Starlette) -> Services:
+    services: Services = app.state.services
+    return services
+
+
+async def _new_tenant(app: Starlette, **fields: Any) -> str:
+    tenant_id = f"rec-{uuid.uuid4().hex[:10]}"
+    status, _, body = await call(
+        app, "POST", "/admin/tenants", headers=ADMIN, body={"tenant_id": tenant_id, **fields}
+    )
+    assert status == 201, body
+    return tenant_id
+
+
+def _report(app: Starlette, tenant_id: str) -> dict[str, Any]:
+    with bound_tenant(tenant_id):
+        return _services(app).analytics.report(60)
+
+
+def _actions(app: Starlette, tenant_id: str, action: str) -> Sequence[Any]:
+    return AuditLog(_services(app).kit.engine).query(tenant_id, action=action).items
+
+
+def test_a_shared_request_id_never_moves_a_record_to_another_tenant(app: Starlette) -> None:
+    """Same X-Request-ID: tenant A refused while B is admitted, then a dropped and a 401 one.
+
+    Each tenant's analytics and audit trail show its own requests only: A's
+    policy refusal is neither lost nor written into B's log, and the refusal
+    whose response never left does not claim a later unauthenticated request.
+    """
+
+    async def scenario() -> None:
+        a = await _new_tenant(app, allowed_models=["allowed-model"])
+        b = await _new_tenant(app)
+        shared = f"shared-{uuid.uuid4().hex[:8]}"
+        refused = {"model": "forbidden-model", "messages": [{"role": "user", "content": "hi"}]}
+        started, release = anyio.Event(), anyio.Event()
+        results: dict[str, int] = {}
+
+        async def refused_request() -> None:
+            status, _, _ = await call(
+                app,
+                "POST",
+                "/api/chat/completions",
+                headers={"X-Tenant-ID": a, "X-Request-ID": shared},
+                body=refused,
+                started=started,
+                release=release,
+            )
+            results["a"] = status
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(refused_request)
+            await started.wait()  # A is refused; its response waits
+            status, _, _ = await call(
+                app, "GET", "/api/users", headers={"X-Tenant-ID": b, "X-Request-ID": shared}
+            )
+            results["b"] = status
+            release.set()
+        assert results == {"a": 403, "b": 200}
+
+        leftover = f"left-{uuid.uuid4().hex[:8]}"
+        with pytest.raises(Dropped):
+            await call(
+                app,
+                "POST",
+                "/api/chat/completions",
+                headers={"X-Tenant-ID": a, "X-Request-ID": leftover},
+                body=refused,
+                drop=True,
+            )
+        status, _, _ = await call(app, "GET", "/api/users", headers={"X-Request-ID": leftover})
+        assert status == 401
+
+        report_a, report_b = _report(app, a), _report(app, b)
+        assert (report_a["total_requests"], report_a["by_status"]) == (1, {"403": 1})
+        assert report_a["rejections"]["policy"] == 1
+        assert (report_b["total_requests"], report_b["by_status"]) == (1, {"200": 1})
+        assert report_b["rejected"] == 0
+        assert len(_actions(app, a, "policy.denied")) == 1
+        assert len(_actions(app, b, "policy.denied")) == 0
+
+    anyio.run(scenario)
