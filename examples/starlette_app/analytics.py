@@ -51,7 +51,7 @@ from tenantkit.kit import TenantKit, default_on_reject
 from tenantkit.types import Decision, Identity, RequestInfo
 
 from .db import Database
-from .models import RequestLog, TaskMetric, minute_of, rfc3339, utcnow
+from .models import METHOD_LENGTH, RequestLog, TaskMetric, minute_of, rfc3339, utcnow
 from .problems import complete
 
 log = logging.getLogger("starlette_app")
@@ -146,7 +146,7 @@ class Analytics:
         row = RequestLog(
             at=now,
             minute=minute_of(now),
-            method=scope["method"],
+            method=scope["method"][:METHOD_LENGTH],
             route=self._route(scope),
             status=status,
             rejected=cause,

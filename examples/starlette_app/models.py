@@ -219,6 +219,10 @@ class TaskMetric(TenantScoped, Base):
     value: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
 
+#: The longest HTTP method the request log stores (a longer custom one is recorded cut to it).
+METHOD_LENGTH = 10
+
+
 class RequestLog(TenantScoped, Base):
     """One request of a tenant (admitted or rejected), for ``/api/analytics/requests``."""
 
@@ -230,7 +234,7 @@ class RequestLog(TenantScoped, Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     # The minute the request falls in: reports group by it in SQL on any database.
     minute: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
-    method: Mapped[str] = mapped_column(String(10), nullable=False)
+    method: Mapped[str] = mapped_column(String(METHOD_LENGTH), nullable=False)
     route: Mapped[str] = mapped_column(String(200), nullable=False)
     status: Mapped[int] = mapped_column(Integer, nullable=False)
     rejected: Mapped[str | None] = mapped_column(String(32))

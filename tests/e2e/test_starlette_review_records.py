@@ -225,3 +225,19 @@ def test_a_shared_request_id_never_moves_a_record_to_another_tenant(app: Starlet
         assert len(_actions(app, b, "policy.denied")) == 0
 
     anyio.run(scenario)
+
+
+def test_a_long_custom_method_is_still_recorded(app: Starlette) -> None:
+    """A method longer than the column is recorded truncated to it, not dropped on PostgreSQL."""
+
+    async def scenario() -> None:
+        tenant = await _new_tenant(app)
+        status, _, _ = await call(
+            app, "BASELINE-CONTROL", "/api/users", headers={"X-Tenant-ID": tenant}
+        )
+        assert status == 405
+        report = _report(app, tenant)
+        assert report["total_requests"] == 1
+        assert report["by_route"] == {"BASELINE-C /api/users": 1}
+
+    anyio.run(scenario)
