@@ -2,6 +2,7 @@
 
 The middleware stack, outermost first::
 
+    SaneRequestId          an X-Request-ID unsafe to echo or log is replaced, for all below
     RequestLogMiddleware   per-tenant analytics (admitted and rejected requests)
     UnknownPaths           404 for paths no route serves, before any credential is asked
     TenantKitMiddleware    resolve → tenant → policy → quotas → (app) → settle tokens
@@ -42,6 +43,30 @@ from .routes import ROUTES
 from .services import Services
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_REQUEST_ID_KEY = b"x-request-id"
+
+
+class SaneRequestId:
+    """Replace an ``X-Request-ID`` unsafe to echo or log with a generated one, up front.
+
+    tenantkit replaces such an id only in the response it sends; done here,
+    the routes, their audit entries and the request log see the very id the
+    response carries. A repeated header counts as unsafe (tenantkit joins
+    the values with a comma).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            given = [v for k, v in scope["headers"] if k == _REQUEST_ID_KEY]
+            sane = len(given) == 1 and _REQUEST_ID.fullmatch(given[0].decode("latin-1"))
+            if given and not sane:
+                kept = [(k, v) for k, v in scope["headers"] if k != _REQUEST_ID_KEY]
+                generated = (_REQUEST_ID_KEY, uuid.uuid4().hex.encode("latin-1"))
+                scope = {**scope, "headers": [*kept, generated]}
+        await self.app(scope, receive, send)
 
 
 class UnknownPaths:
@@ -60,9 +85,8 @@ class UnknownPaths:
             return
         request = Request(scope, receive)
         response = problem(NotFound(f"no route for {request.url.path}"), request)
-        given = request.headers.get("x-request-id", "")
-        sane = _REQUEST_ID.fullmatch(given) is not None  # echo only what is safe to log
-        response.headers["X-Request-ID"] = given if sane else uuid.uuid4().hex
+        given = request.headers.get("x-request-id")  # made sane by SaneRequestId
+        response.headers["X-Request-ID"] = given or uuid.uuid4().hex
         await response(scope, receive, send)
 
 
@@ -114,6 +138,7 @@ def create_app(config: AppConfig | None = None) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         middleware=[
+            Middleware(SaneRequestId),
             Middleware(RequestLogMiddleware, analytics=analytics),
             Middleware(UnknownPaths),
             Middleware(TenantKitMiddleware, kit=kit),

@@ -241,3 +241,27 @@ def test_a_long_custom_method_is_still_recorded(app: Starlette) -> None:
         assert report["by_route"] == {"BASELINE-C /api/users": 1}
 
     anyio.run(scenario)
+
+
+@pytest.mark.parametrize("given", ["x" * 300, "has spaces in it", "ok-id, ok-id"])
+def test_admin_audit_entries_carry_the_request_id_the_response_sends(
+    app: Starlette, given: str
+) -> None:
+    """An insane X-Request-ID is replaced; the audit entry records the replacement, not it."""
+
+    async def scenario() -> None:
+        tenant_id = f"rec-{uuid.uuid4().hex[:10]}"
+        status, headers, body = await call(
+            app,
+            "POST",
+            "/admin/tenants",
+            headers={**ADMIN, "X-Request-ID": given},
+            body={"tenant_id": tenant_id},
+        )
+        assert status == 201, body
+        sent = headers["x-request-id"]
+        assert sent != given
+        (entry,) = _actions(app, tenant_id, "tenant.created")
+        assert entry.request_id == sent
+
+    anyio.run(scenario)
