@@ -265,3 +265,24 @@ def test_admin_audit_entries_carry_the_request_id_the_response_sends(
         assert entry.request_id == sent
 
     anyio.run(scenario)
+
+
+def test_revoking_a_revoked_key_again_changes_nothing(app: Starlette) -> None:
+    """Three DELETEs of one key: each 204, one api_key.revoked entry; an unknown key is 404."""
+
+    async def scenario() -> None:
+        tenant_id = await _new_tenant(app)
+        path = f"/admin/tenants/{tenant_id}/api-keys"
+        status, _, issued = await call(app, "POST", path, headers=ADMIN, body={"name": "k"})
+        assert status == 201, issued
+        key_id = issued["key_id"]
+        for _ in range(3):
+            status, _, body = await call(app, "DELETE", f"{path}/{key_id}", headers=ADMIN)
+            assert status == 204, body
+        revoked = _actions(app, tenant_id, "api_key.revoked")
+        assert [entry.resource_id for entry in revoked] == [key_id]
+        for unknown in ("key_" + "x" * 22, "not-a-key-id"):
+            status, _, _ = await call(app, "DELETE", f"{path}/{unknown}", headers=ADMIN)
+            assert status == 404
+
+    anyio.run(scenario)

@@ -13,14 +13,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from anyio.to_thread import run_sync
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from tenantkit import audit
-from tenantkit.apikeys import IssuedKey, api_key_to_dict
+from tenantkit.apikeys import KEY_ID_PATTERN, APIKeyRow, IssuedKey, api_key_to_dict
 from tenantkit.context import TenantContext, bind, reset
 from tenantkit.errors import Conflict, NotFound
 from tenantkit.tenants import tenant_to_dict
@@ -358,7 +358,7 @@ async def create_key(request: Request) -> Response:
 
 
 @operation(
-    "Revoke an API key; it stops working at once",
+    "Revoke an API key; it stops working at once (again: 204, nothing changes)",
     tag="admin",
     security="admin",
     responses={204: None},
@@ -372,6 +372,8 @@ async def revoke_key(request: Request) -> Response:
 
     def work() -> None:
         with _transaction(s, request, tenant_id) as session:
+            if _revoked_already(session, tenant_id, key_id):
+                return  # idempotent: no second revocation, no second audit entry
             api_keys.revoke(tenant_id, key_id, session=session)
             _audit(
                 session, "api_key.revoked", tenant_id, resource_type="api_key", resource_id=key_id
@@ -380,6 +382,22 @@ async def revoke_key(request: Request) -> Response:
     await run_sync(work)
     await s.invalidations.keys_changed(tenant_id)
     return Response(status_code=204)
+
+
+def _revoked_already(session: Session, tenant_id: str, key_id: str) -> bool:
+    """Whether the tenant's key ``key_id`` is revoked (False if unknown: revoke answers 404).
+
+    The row is locked (PostgreSQL), so of two concurrent revokes the second
+    waits for the first to commit and then finds it revoked.
+    """
+    if KEY_ID_PATTERN.fullmatch(key_id) is None:
+        return False
+    revoked_at = session.execute(
+        select(APIKeyRow.revoked_at)
+        .where(APIKeyRow.id == key_id, APIKeyRow.tenant_id == tenant_id)
+        .with_for_update()
+    ).scalar_one_or_none()
+    return revoked_at is not None
 
 
 routes = [
