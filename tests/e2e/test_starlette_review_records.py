@@ -17,13 +17,14 @@ import pytest
 from examples.starlette_app import AppConfig, create_app
 from examples.starlette_app.db import prepare
 from examples.starlette_app.services import Services
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL
 from starlette.applications import Starlette
 from starlette.types import Message
 
 from tenantkit.audit import AuditLog
 from tenantkit.context import bound_tenant
+from tenantkit.errors import TenantNotFound
 
 ADMIN_TOKEN = "e2e-admin-records"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -284,5 +285,52 @@ def test_revoking_a_revoked_key_again_changes_nothing(app: Starlette) -> None:
         for unknown in ("key_" + "x" * 22, "not-a-key-id"):
             status, _, _ = await call(app, "DELETE", f"{path}/{unknown}", headers=ADMIN)
             assert status == 404
+
+    anyio.run(scenario)
+
+
+def test_onboarding_audits_the_new_tenant_in_its_own_transaction(app: Starlette) -> None:
+    """A signup writes tenant.created by the signing-up user; if that write fails, nothing stays."""
+    s = _services(app)
+    engine = s.kit.engine
+
+    def refuse(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO TENANTKIT_AUDIT_LOG") and (
+            "tenant.created" in repr(parameters)
+        ):
+            raise engine.dialect.loaded_dbapi.OperationalError("injected: audit write failed")
+
+    async def onboard(tenant_id: str) -> tuple[int, dict[str, str], Any]:
+        body = {
+            "tenant_name": "Signup Audit",
+            "tenant_id": tenant_id,
+            "email": "owner@signup.example",
+            "password": "signup-password",
+        }
+        return await call(
+            app, "POST", "/onboarding", headers={"X-Request-ID": "signup-1"}, body=body
+        )
+
+    async def scenario() -> None:
+        tenant_id = f"rec-{uuid.uuid4().hex[:10]}"
+        event.listen(engine, "before_cursor_execute", refuse)
+        try:
+            status, _, body = await onboard(tenant_id)
+        finally:
+            event.remove(engine, "before_cursor_execute", refuse)
+        assert status == 503, body
+        s.kit.tenants.invalidate(tenant_id)
+        with pytest.raises(TenantNotFound):
+            s.kit.tenants.get(tenant_id)
+
+        status, headers, body = await onboard(tenant_id)
+        assert status == 201, body
+        (entry,) = _actions(app, tenant_id, "tenant.created")
+        assert (entry.actor, entry.resource_type, entry.resource_id) == (
+            "signup:owner@signup.example",
+            "tenant",
+            tenant_id,
+        )
+        assert entry.request_id == headers["x-request-id"] == "signup-1"
 
     anyio.run(scenario)

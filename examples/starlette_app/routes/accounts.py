@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tenantkit import audit
-from tenantkit.context import bound_tenant
+from tenantkit.context import TenantContext, bind, bound_tenant, reset
 from tenantkit.errors import TenantNotFound, TenantSuspended, Unauthorized
 from tenantkit.identity import encode_token
 from tenantkit.quotas import Limit
@@ -107,27 +107,40 @@ async def onboard(request: Request) -> Response:
     hashed = await run_sync(s.passwords.hash, data["password"])
 
     def work() -> tuple[TenantConfig, User]:
-        tenant = s.kit.tenants.create(
-            id=tenant_id,
-            name=data["tenant_name"],
-            quota_requests_per_minute=s.config.default_requests_per_minute,
-            quota_tokens_per_minute=s.config.default_tokens_per_minute,
-            metadata={"onboarded_by": data["email"]},
+        # One transaction: the tenant, its admin and the audit entry are kept together or
+        # not at all (no half-made tenant without an admin, no tenant without its entry).
+        ctx = TenantContext(
+            identity=Identity(tenant_id=tenant_id, source="system"),
+            request_id=request.headers.get("x-request-id"),
+            client=client,
+            user_agent=request.headers.get("user-agent"),
         )
+        token = bind(ctx)
         try:
-            with bound_tenant(tenant), audit.acting_as(email_actor("signup", data["email"])):
-                user = s.db.transaction(
-                    lambda session: add_user(
-                        session,
-                        email=data["email"],
-                        name=data.get("name") or data["email"],
-                        role=ADMIN,
-                        password_hash=hashed,
-                    )
+            with (
+                audit.acting_as(email_actor("signup", data["email"])),
+                s.db.sessions.begin() as session,
+            ):
+                tenant = s.kit.tenants.create(
+                    id=tenant_id,
+                    name=data["tenant_name"],
+                    quota_requests_per_minute=s.config.default_requests_per_minute,
+                    quota_tokens_per_minute=s.config.default_tokens_per_minute,
+                    metadata={"onboarded_by": data["email"]},
+                    session=session,
                 )
-        except BaseException:
-            s.kit.tenants.delete(tenant_id)  # no half-made tenant without an admin
-            raise
+                user = add_user(
+                    session,
+                    email=data["email"],
+                    name=data.get("name") or data["email"],
+                    role=ADMIN,
+                    password_hash=hashed,
+                )
+                audit.record(
+                    session, "tenant.created", resource_type="tenant", resource_id=tenant_id
+                )
+        finally:
+            reset(token)
         return tenant, user
 
     tenant, user = await run_sync(work)
