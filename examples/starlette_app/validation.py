@@ -24,6 +24,8 @@ EMAIL_PATTERN = (
 )
 _UNSTORABLE = "must not contain NUL characters or unpaired surrogates"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_BLANK = r"\S"
+_NOT_BLANK_RE = re.compile(_NOT_BLANK)
 # ASCII only: str.isdigit() also takes "²" (which int() refuses) and "٣" (which it reads as 3).
 _DIGITS = re.compile("[0-9]{1,18}")
 _RFC3339 = re.compile(
@@ -59,6 +61,8 @@ class Field:
     fields: tuple[Field, ...] | None = None
     any_of: tuple[Field, ...] | None = None
     lower: bool = False
+    #: A string must hold more than whitespace (a title or a name of only spaces is none).
+    not_blank: bool = False
 
     def schema(self) -> dict[str, Any]:
         """Return this field's JSON Schema."""
@@ -74,7 +78,7 @@ class Field:
         for key, value in (
             ("minLength", self.min_length),
             ("maxLength", self.max_length),
-            ("pattern", self.pattern),
+            ("pattern", self.pattern or (_NOT_BLANK if self.not_blank else None)),
             ("minimum", self.minimum),
             ("maximum", self.maximum),
             ("maxItems", self.max_items),
@@ -131,6 +135,8 @@ class Field:
             errors.append({"field": path, "message": f"must be at least {self.min_length} long"})
         elif self.max_length is not None and len(value) > self.max_length:
             errors.append({"field": path, "message": f"must be at most {self.max_length} long"})
+        elif self.not_blank and _NOT_BLANK_RE.search(value) is None:
+            errors.append({"field": path, "message": "must not be blank"})
         elif self.pattern is not None and _full_match(self.pattern, value) is None:
             errors.append({"field": path, "message": f"must match {self.pattern}"})
         elif self.enum is not None and value not in self.enum:

@@ -334,3 +334,43 @@ def test_onboarding_audits_the_new_tenant_in_its_own_transaction(app: Starlette)
         assert entry.request_id == headers["x-request-id"] == "signup-1"
 
     anyio.run(scenario)
+
+
+@pytest.mark.parametrize("blank", ["   ", "\t\n", "\u3000"])
+def test_blank_required_text_is_a_422_naming_the_field(app: Starlette, blank: str) -> None:
+    """Whitespace-only titles and names are refused like empty ones, naming the field."""
+
+    async def scenario() -> None:
+        tenant_id = f"rec-{uuid.uuid4().hex[:10]}"
+        signup = {"tenant_name": "Blank", "email": "o@blank.example", "password": "blank-pass"}
+        status, _, body = await call(
+            app, "POST", "/onboarding", body={**signup, "tenant_id": tenant_id}
+        )
+        assert status == 201, body
+        user = {"Authorization": f"Bearer {body['access_token']}"}
+        status, _, task = await call(app, "POST", "/tasks", headers=user, body={"title": "ok"})
+        assert status == 201, task
+        tenant = {"X-Tenant-ID": tenant_id}
+        member = {"email": "m@blank.example", "password": "member-pass", "role": "MEMBER"}
+        cases = [
+            ("POST", "/tasks", user, {"title": blank}, "title"),
+            ("PUT", f"/tasks/{task['task_id']}", user, {"title": blank}, "title"),
+            ("POST", "/api/users", tenant, {"email": "u@blank.example", "name": blank}, "name"),
+            ("POST", "/api/members", user, {**member, "name": blank}, "name"),
+            (
+                "POST",
+                "/onboarding",
+                {},
+                {**signup, "tenant_name": blank, "tenant_id": "b-1"},
+                "tenant_name",
+            ),
+            ("POST", "/onboarding", {}, {**signup, "tenant_id": "b-2", "name": blank}, "name"),
+            ("POST", "/admin/tenants", ADMIN, {"tenant_id": "b-3", "name": blank}, "name"),
+            ("POST", f"/admin/tenants/{tenant_id}/api-keys", ADMIN, {"name": blank}, "name"),
+            ("PUT", f"/admin/tenants/{tenant_id}", ADMIN, {"name": blank}, "name"),
+        ]
+        for method, path, headers, payload, field in cases:
+            status, _, problem = await call(app, method, path, headers=headers, body=payload)
+            assert (status, problem.get("fields")) == (422, [field]), (method, path, problem)
+
+    anyio.run(scenario)

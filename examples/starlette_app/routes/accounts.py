@@ -34,7 +34,7 @@ from ..validation import Body, Field, email_field, invalid, read_json
 PASSWORD = Field("password", "string", required=True, min_length=8, max_length=1024)
 ONBOARD = Body(
     (
-        Field("tenant_name", "string", required=True, min_length=1, max_length=200),
+        Field("tenant_name", "string", required=True, min_length=1, max_length=200, not_blank=True),
         email_field(),
         PASSWORD,
         Field(
@@ -43,7 +43,14 @@ ONBOARD = Body(
             pattern=TENANT_ID_PATTERN.pattern,
             description="defaults to a slug of tenant_name",
         ),
-        Field("name", "string", min_length=1, max_length=200, description="the admin's name"),
+        Field(
+            "name",
+            "string",
+            min_length=1,
+            max_length=200,
+            not_blank=True,
+            description="the admin's name",
+        ),
     )
 )
 LOGIN = Body(

@@ -36,7 +36,7 @@ from ..validation import Body, Field, invalid, query_int, read_json
 MAX_LIMIT = 2**31 - 1
 #: Compare-and-set rounds of an update without a version before giving up with 409.
 _UPDATE_ATTEMPTS = 5
-_NAMES = Field("name", "string", min_length=1, max_length=200)
+_NAMES = Field("name", "string", min_length=1, max_length=200, not_blank=True)
 _TENANT_FIELDS = (
     _NAMES,
     Field(

@@ -37,11 +37,15 @@ from ..paging import page, page_params
 from ..services import Services, services
 from ..validation import Body, Field, email_field, invalid, query_choice, query_text, read_json
 
-TITLE = Field("title", "string", min_length=1, max_length=200)
+TITLE = Field("title", "string", min_length=1, max_length=200, not_blank=True)
 DESCRIPTION = Field("description", "string", max_length=10_000)
 ASSIGNEE = email_field("assigned_to", required=False, nullable=True)
 CREATE_TASK = Body(
-    (Field("title", "string", required=True, min_length=1, max_length=200), DESCRIPTION, ASSIGNEE)
+    (
+        Field("title", "string", required=True, min_length=1, max_length=200, not_blank=True),
+        DESCRIPTION,
+        ASSIGNEE,
+    )
 )
 UPDATE_TASK = Body(
     (TITLE, DESCRIPTION, ASSIGNEE, Field("status", "string", enum=TASK_STATUSES)), min_fields=1

@@ -26,7 +26,7 @@ from ..paging import page, page_params
 from ..services import json, services
 from ..validation import Body, Field, email_field, read_json
 
-NAME = Field("name", "string", required=True, min_length=1, max_length=200)
+NAME = Field("name", "string", required=True, min_length=1, max_length=200, not_blank=True)
 CREATE_USER = Body((email_field(), NAME))
 CREATE_MEMBER = Body(
     (
