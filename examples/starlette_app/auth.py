@@ -146,7 +146,7 @@ class RefuseStaleTokens:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = get_context() if scope["type"] == "http" else None
-        if ctx is None or not issued_before(ctx.identity, ctx.tenant):
+        if ctx is None or ctx.tenant is None or not issued_before(ctx.identity, ctx.tenant):
             await self.app(scope, receive, send)
             return
         report_tokens(0)
