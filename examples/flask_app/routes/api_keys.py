@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from tenantkit import audit
-from tenantkit.apikeys import APIKey, APIKeyStore
+from tenantkit.apikeys import APIKey, APIKeyRow, APIKeyStore
 from tenantkit.errors import UnprocessableEntity
 
 from .. import schemas
@@ -88,8 +88,21 @@ def list_keys(org_id: str, query: dict[str, Any]) -> ResponseReturnValue:
     responses=(401, 403, 404),
 )
 def revoke_key(org_id: str, key_id: str) -> ResponseReturnValue:
-    _record("api_key.revoked", keys().revoke(org_id, key_id, session=db()))
+    already = _revoked_already(key_id)
+    record = keys().revoke(org_id, key_id, session=db())  # 404 unless it is this org's key
+    if not already:  # a repeat changes nothing, so it is not audited again
+        _record("api_key.revoked", record)
     return "", 204
+
+
+def _revoked_already(key_id: str) -> bool:
+    """Lock the key's row for this transaction; return whether it is revoked already.
+
+    The lock (FOR UPDATE on PostgreSQL) makes a concurrent DELETE of the same
+    key wait for this one and then see it revoked, so only one is audited.
+    """
+    row = db().get(APIKeyRow, key_id, with_for_update=True)
+    return row is not None and row.revoked_at is not None
 
 
 def _record(action: str, record: APIKey) -> None:
