@@ -5,9 +5,19 @@ Runs on SQLite and on PostgreSQL (row-level security, the app as its own role).
 
 from __future__ import annotations
 
+from examples.flask_app.models import User
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from tests.e2e._flask_server import Served, onboard
-from tests.e2e.test_flask_audit_atomic import count, new_key, platform, served
+from tests.e2e.test_flask_audit_atomic import (
+    assert_503,
+    audit_write_fails,
+    count,
+    entries,
+    new_key,
+    platform,
+    served,
+)
 
 from tenantkit._audit_model import AuditRow
 
@@ -36,3 +46,26 @@ def test_revoking_a_revoked_key_again_writes_no_new_entry(served: Served) -> Non
     assert foreign.status_code == 404, foreign.text
     assert audit_count(served, other.id, "api_key.revoked") == 0
     assert audit_count(served, org.id, "api_key.revoked") == 1
+
+
+def test_starting_mfa_enrolment_is_audited_without_the_secret(served: Served) -> None:
+    """POST /auth/mfa/enroll stores a TOTP secret: one entry naming the user, never the secret."""
+    org = onboard(served)
+    started = served.client(org.token).post("/auth/mfa/enroll")
+    assert started.status_code == 201, started.text
+    secret = started.json()["secret"]
+    [entry] = entries(platform(served).jobs_engine, org.id, "auth.mfa_enrollment_started")
+    assert entry.actor == f"user:{org.owner_id}"
+    assert (entry.resource_type, entry.resource_id) == ("user", org.owner_id)
+    assert secret not in repr((entry.meta, entry.changes))
+
+
+def test_mfa_enrolment_keeps_no_secret_when_the_audit_write_fails(served: Served) -> None:
+    """The secret and its entry are one transaction: 503, and no secret is stored."""
+    p, org = platform(served), onboard(served)
+    with audit_write_fails(p, "auth.mfa_enrollment_started") as refused:
+        response = served.client(org.token).post("/auth/mfa/enroll")
+    assert_503(response, refused)
+    with Session(p.jobs_engine) as session:
+        user = session.get(User, org.owner_id)
+        assert user is not None and user.totp_secret is None
