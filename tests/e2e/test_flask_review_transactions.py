@@ -5,10 +5,11 @@ Runs on SQLite and on PostgreSQL (row-level security, the app as its own role).
 
 from __future__ import annotations
 
-from examples.flask_app.models import User
+import pytest
+from examples.flask_app.models import Organization, User
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from tests.e2e._flask_server import Served, onboard
+from tests.e2e._flask_server import PASSWORD, Served, onboard, unique
 from tests.e2e.test_flask_audit_atomic import (
     assert_503,
     audit_write_fails,
@@ -20,6 +21,9 @@ from tests.e2e.test_flask_audit_atomic import (
 )
 
 from tenantkit._audit_model import AuditRow
+from tenantkit.errors import TenantNotFound
+from tenantkit.tenants import TenantRow, TenantStore
+from tenantkit.types import TenantConfig
 
 __all__ = ["served"]  # the fixture: SQLite, and PostgreSQL with the app role
 
@@ -69,3 +73,43 @@ def test_mfa_enrolment_keeps_no_secret_when_the_audit_write_fails(served: Served
     with Session(p.jobs_engine) as session:
         user = session.get(User, org.owner_id)
         assert user is not None and user.totp_secret is None
+
+
+def test_a_failed_onboarding_leaves_nothing_and_can_be_retried(served: Served) -> None:
+    """POST /organizations is one transaction: tenant, organization, owner and entries, or none.
+
+    The last write (the membership's audit entry) fails: 503, no tenant row,
+    organization, user or audit entry, and a tenant cache that had the slug
+    as unknown still has it so (a store on a clock that stands still, so the
+    negative entry cannot expire). The same request then succeeds.
+    """
+    p = platform(served)
+    slug = unique("atomic")
+    email = f"owner@{slug}.example.com"
+    body = {
+        "name": "Atomic",
+        "slug": slug,
+        "owner_email": email,
+        "owner_password": PASSWORD,
+        "plan": "starter",
+    }
+    watcher = TenantStore(p.engine, clock=lambda: 0.0)
+    with pytest.raises(TenantNotFound):
+        watcher.get(slug)
+    with audit_write_fails(p, "membership.created") as refused:
+        response = served.client().post("/organizations", json=body)
+    assert_503(response, refused)
+
+    assert count(p.jobs_engine, select(func.count()).where(TenantRow.id == slug)) == 0
+    assert count(p.jobs_engine, select(func.count()).where(Organization.id == slug)) == 0
+    assert count(p.jobs_engine, select(func.count()).where(User.email == email)) == 0
+    assert count(p.jobs_engine, select(func.count()).where(AuditRow.tenant_id == slug)) == 0
+    assert watcher.peek(slug) is None
+    assert not isinstance(p.kit.tenants.peek(slug), TenantConfig)
+
+    retry = served.client().post("/organizations", json=body)
+    assert retry.status_code == 201, retry.text
+    assert watcher.get(slug).plan == "starter"
+    owner = served.client(retry.json()["token"]["access_token"])
+    assert owner.get(f"/organizations/{slug}").status_code == 200
+    assert audit_count(served, slug, "organization.created") == 1

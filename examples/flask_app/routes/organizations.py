@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Blueprint, g, jsonify
@@ -13,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from tenantkit import audit
 from tenantkit.context import bound_tenant, current_tenant
-from tenantkit.errors import Conflict, TenantNotFound, Unauthorized, UnprocessableEntity
+from tenantkit.errors import Conflict, Unauthorized, UnprocessableEntity
 from tenantkit.types import TenantConfig
 
 from .. import org_changes, schemas
@@ -26,7 +25,6 @@ from ..serialize import created, iso, settings_dict, user_dict
 from ..usage_view import current_usage, project_count, seats
 
 bp = Blueprint("organizations", __name__)
-log = logging.getLogger("examples.flask_app")
 
 
 @bp.post("/organizations")
@@ -44,33 +42,32 @@ log = logging.getLogger("examples.flask_app")
 def onboard(body: dict[str, Any]) -> ResponseReturnValue:
     p = platform()
     org_id = body["slug"]
-    tenant = p.kit.tenants.create(
-        id=org_id,
-        name=body["name"],
-        plan=body["plan"],
-        quota_requests_per_minute=p.config.default_rate_limit,
-    )
-    try:
-        with bound_tenant(tenant, request_id=g.get("request_id")), p.sessions() as session:
-            user = _owner(session, body)
-            moment = now()
-            org = Organization(id=org_id, owner_id=user.id, created_at=moment, updated_at=moment)
-            member = Membership(
-                user_id=user.id,
-                role="owner",
-                status="active",
-                joined_at=moment,
-                created_at=moment,
-                updated_at=moment,
-            )
-            session.add_all([org, member])
-            with audit.acting_as(f"user:{user.id}"):
-                session.commit()
-            token = issue_token(user, member, org, mfa=False)
-            summary = _organization(session, org)
-    except BaseException:
-        _undo_tenant(org_id)
-        raise
+    # One transaction: the tenant, its organization, the owner and their audit entries,
+    # or none of them; the tenant caches learn of it only once that commits.
+    with bound_tenant(org_id, request_id=g.get("request_id")), p.sessions() as session:
+        tenant = p.kit.tenants.create(
+            id=org_id,
+            name=body["name"],
+            plan=body["plan"],
+            quota_requests_per_minute=p.config.default_rate_limit,
+            session=session,
+        )
+        user = _owner(session, body)
+        moment = now()
+        org = Organization(id=org_id, owner_id=user.id, created_at=moment, updated_at=moment)
+        member = Membership(
+            user_id=user.id,
+            role="owner",
+            status="active",
+            joined_at=moment,
+            created_at=moment,
+            updated_at=moment,
+        )
+        session.add_all([org, member])
+        with audit.acting_as(f"user:{user.id}"):
+            session.commit()
+        token = issue_token(user, member, org, mfa=False)
+        summary = _organization(session, org, tenant=tenant)
     if p.billing is not None:
         p.billing.on_onboarding(tenant, user.email)
     return created(
@@ -175,12 +172,3 @@ def _organization(
         "owner_id": org.owner_id,
         "created_at": iso(org.created_at),
     }
-
-
-def _undo_tenant(org_id: str) -> None:
-    try:
-        platform().kit.tenants.delete(org_id)
-    except TenantNotFound:
-        pass
-    except Exception:  # the original error matters more than the clean-up's
-        log.exception("could not remove tenant %s after a failed onboarding", org_id)
