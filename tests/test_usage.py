@@ -21,7 +21,7 @@ from tenantkit.errors import (
     UnprocessableEntity,
 )
 from tenantkit.types import TenantConfig
-from tenantkit.usage import UsageEvent, UsageRecorder
+from tenantkit.usage import MAX_QUANTITY, UsageEvent, UsageRecorder
 
 
 class FakeClock:
@@ -215,6 +215,25 @@ def test_report_totals_are_exact(recorder: UsageRecorder, clock: FakeClock) -> N
     assert report.events == 5
     body = json.loads(json.dumps(report.to_dict()))
     assert body["amount"] == "30.50" and body["period_start"] == "2026-01-01T00:00:00Z"
+
+
+def test_totals_past_a_64_bit_integer_stay_exact(recorder: UsageRecorder, engine: Engine) -> None:
+    """1,025 events of the largest quantity sum past 2**63 - 1; report and total stay exact.
+
+    SQLite's SUM raised "integer overflow" there (a 503 for every report of the tenant).
+    """
+    tenant, n = tenant_id(), 1_025
+    with bound_tenant(tenant), sessions(engine)() as session:
+        for _ in range(n):
+            recorder.record("compute", MAX_QUANTITY, project_id="batch", session=session)
+        recorder.record("compute", 3, project_id="web", session=session)
+        session.commit()
+    report = recorder.report(tenant, "2026-01", plan="starter")
+    assert report.totals == {"compute": n * MAX_QUANTITY + 3}
+    assert report.by_project == {"batch": {"compute": n * MAX_QUANTITY}, "web": {"compute": 3}}
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    assert recorder.total("compute", start, end, tenant_id=tenant) == n * MAX_QUANTITY + 3
+    assert recorder.total("storage_gb", start, end, tenant_id=tenant) == 0
 
 
 def test_report_of_a_hard_capped_plan_and_of_enterprise(recorder: UsageRecorder) -> None:

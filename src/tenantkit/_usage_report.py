@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ._usage_cycle import cycle_bounds, cycle_of
-from ._usage_models import UsageEvent
+from ._usage_models import UsageEvent, joined_sum, quantity_sums
 from .plans import Plan
 
 CENTS = Decimal("0.01")
@@ -84,15 +84,16 @@ def build_report(
         UsageEvent.occurred_at < end,
     )
     rows = session.execute(
-        select(UsageEvent.project_id, UsageEvent.type, func.sum(UsageEvent.quantity))
+        select(UsageEvent.project_id, UsageEvent.type, *quantity_sums())
         .where(*window)
         .group_by(UsageEvent.project_id, UsageEvent.type)
     ).all()
     totals: dict[str, int] = {}
     by_project: dict[str | None, dict[str, int]] = {}
-    for project, kind, quantity in rows:
-        totals[kind] = totals.get(kind, 0) + int(quantity)
-        by_project.setdefault(project, {})[kind] = int(quantity)
+    for project, kind, high, low in rows:
+        quantity = joined_sum(high, low)
+        totals[kind] = totals.get(kind, 0) + quantity
+        by_project.setdefault(project, {})[kind] = quantity
     statuses = session.execute(
         select(UsageEvent.meter_status, func.count())
         .where(*window)

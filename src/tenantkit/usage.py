@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ._db import utcnow
 from ._stores import storable_text
 from ._usage_alerts import UsageAlert, UsageAlerts
 from ._usage_counter import ApiCallCounter
-from ._usage_models import UsageEvent, insert_or_ignore, table_of
+from ._usage_models import UsageEvent, insert_or_ignore, joined_sum, quantity_sums, table_of
 from ._usage_report import UsageReport, build_report
 from .context import current_tenant_id, get_context
 from .errors import ConfigurationError, Conflict, CrossTenantError, UnprocessableEntity
@@ -188,15 +188,15 @@ class UsageRecorder:
         """Return the summed quantity of ``type`` events in ``[start, end)``."""
         tenant = _tenant(tenant_id)
         with self._sessionmaker() as session:
-            value = session.scalar(
-                select(func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
+            high, low = session.execute(
+                select(*quantity_sums()).where(
                     UsageEvent.tenant_id == tenant,
                     UsageEvent.type == type,
                     UsageEvent.occurred_at >= start,
                     UsageEvent.occurred_at < end,
                 )
-            )
-            return int(value or 0)
+            ).one()
+            return joined_sum(high, low)
 
     def report(
         self,

@@ -21,9 +21,11 @@ from tests.e2e.test_flask_audit_atomic import (
 )
 
 from tenantkit._audit_model import AuditRow
+from tenantkit.context import bound_tenant
 from tenantkit.errors import TenantNotFound
 from tenantkit.tenants import TenantRow, TenantStore
 from tenantkit.types import TenantConfig
+from tenantkit.usage import MAX_QUANTITY
 
 __all__ = ["served"]  # the fixture: SQLite, and PostgreSQL with the app role
 
@@ -113,3 +115,25 @@ def test_a_failed_onboarding_leaves_nothing_and_can_be_retried(served: Served) -
     owner = served.client(retry.json()["token"]["access_token"])
     assert owner.get(f"/organizations/{slug}").status_code == 200
     assert audit_count(served, slug, "organization.created") == 1
+
+
+def test_usage_totals_past_a_64_bit_integer_are_reported(served: Served) -> None:
+    """1,025 events of the largest quantity: /usage and the organization answer 200, exactly.
+
+    SQLite's SUM overflowed there, and both routes answered 503 from then on.
+    """
+    p, org = platform(served), onboard(served, plan="pro")
+    owner = served.client(org.token)
+    project = owner.post(f"/organizations/{org.id}/projects", json={"name": "W", "slug": "web"})
+    assert project.status_code == 201, project.text
+    n = 1_025
+    with bound_tenant(org.id), p.sessions() as session:
+        for _ in range(n):
+            p.usage.record(
+                "compute", MAX_QUANTITY, project_id=project.json()["id"], session=session
+            )
+        session.commit()
+    report = owner.get(f"/organizations/{org.id}/usage")
+    assert report.status_code == 200, report.text
+    assert report.json()["totals"]["compute"] == n * MAX_QUANTITY
+    assert owner.get(f"/organizations/{org.id}").status_code == 200
