@@ -373,3 +373,44 @@ def test_concurrent_updates_from_one_read_let_exactly_one_win(served: Served) ->
     final = owner.get(path).json()
     assert final["version"] == project["version"] + 1
     assert final["name"] == f"name-{statuses.index(200)}"
+
+
+def test_onboarding_cannot_claim_an_invited_email(served: Served) -> None:
+    """An invitee's account (no password yet) is theirs to claim by accepting, never by onboarding.
+
+    Onboarding with that email used to set the account's password, so the real
+    invitee got a 401 on accepting, and the stranger held their account.
+    """
+    org = onboard(served)
+    email = f"invitee@{org.id}.example.com"
+    token = (
+        served.client(org.token)
+        .post(f"/organizations/{org.id}/invitations", json={"email": email})
+        .json()["token"]
+    )
+    slug = unique("squat")
+    squat = {
+        "name": "Squat",
+        "slug": slug,
+        "owner_email": email,
+        "owner_password": "a stranger's password",
+        "plan": "starter",
+    }
+    taken = served.client().post("/organizations", json=squat)
+    assert taken.status_code == 409 and "invitation" in taken.json()["detail"]
+    assert (
+        served.client()
+        .post("/auth/token", json={"email": email, "password": "a stranger's password"})
+        .status_code
+        == 401
+    )
+    accepted = served.client().post(
+        f"/invitations/{token}/accept", json={"name": "Invitee", "password": PASSWORD}
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert sign_in(served, email, org.id)["access_token"]
+    # Once the invitee has a password, onboarding another organization takes it.
+    again = served.client().post("/organizations", json={**squat, "owner_password": PASSWORD})
+    assert again.status_code == 201, again.text
+    assert again.json()["owner"]["email"] == email
+    assert sign_in(served, email, slug)["access_token"]  # the invitee's password opens both

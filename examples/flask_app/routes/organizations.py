@@ -37,7 +37,8 @@ bp = Blueprint("organizations", __name__)
     responses=(401, 409, 422),
     response="Onboarded",
     description="Creates the organization (a tenant), its owner and a token for the owner. "
-    "An existing user onboards another organization by giving their own password.",
+    "An existing user onboards another organization by giving their own password; an "
+    "email with a pending invitation (no password yet) is a 409 until it is accepted.",
 )
 def onboard(body: dict[str, Any]) -> ResponseReturnValue:
     p = platform()
@@ -145,12 +146,17 @@ def _owner(session: Session, body: dict[str, Any]) -> User:
         if not p.passwords.verify(user.password_hash, body["owner_password"]):
             raise Unauthorized("this email has an account; give its password to onboard")
         return user
-    if user is None:
-        user = User(id=new_id("usr"), email=email, created_at=now())
-        session.add(user)
-    user.name = body.get("owner_name") or user.name or email.split("@")[0]
+    if user is not None:
+        # Invited, never signed up: its password is the invitee's to set, by accepting.
+        raise Conflict(
+            "this email has a pending invitation; accept it (setting a password), then onboard"
+            " with that password"
+        )
+    user = User(id=new_id("usr"), email=email, created_at=now())
+    session.add(user)
+    user.name = body.get("owner_name") or email.split("@")[0]
     user.password_hash = p.passwords.hash(body["owner_password"])
-    user.home_org_id = user.home_org_id or body["slug"]
+    user.home_org_id = body["slug"]
     try:
         session.flush()
     except IntegrityError as exc:  # the same new email onboarded twice at once
