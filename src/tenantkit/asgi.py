@@ -22,6 +22,8 @@ from .types import RequestInfo
 
 log = logging.getLogger("tenantkit")
 
+_DENIAL = "websocket.http.response"  # the ASGI extension for a handshake's HTTP response
+
 
 class TenantKitMiddleware:
     """Resolve, admit and scope every HTTP request; pass ``lifespan`` through."""
@@ -135,9 +137,12 @@ class TenantKitMiddleware:
         caller: Caller | None = None,
     ) -> None:
         decision = self.kit.reject(info, exc, caller)
-        if scope["type"] == "websocket":
+        if scope["type"] == "websocket" and _DENIAL not in scope.get("extensions", ()):
+            # No way to answer the handshake with a response: refuse it (a 403 to the client).
             await send({"type": "websocket.close", "code": 1008, "reason": exc.detail[:120]})
             return
+        # An HTTP response, or a websocket handshake's denial response (the same problem
+        # document, status and headers: 401 with its challenge, 429 with Retry-After).
         headers = dict(decision.headers)
         headers[self._rid_header] = info.request_id or ""
         response = Response(
