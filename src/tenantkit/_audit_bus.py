@@ -13,16 +13,14 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from ._audit_model import AuditEntry
+from ._caller_tx import defer
 
 log = logging.getLogger("tenantkit.audit")
 
 Subscriber = Callable[[list[AuditEntry]], Any]
-PENDING_KEY = "tenantkit.audit.pending"
-LISTENING_KEY = "tenantkit.audit.listening"
 
 _subscribers: list[Subscriber] = []
 _lock = threading.Lock()
@@ -55,49 +53,10 @@ def notify(entries: Sequence[AuditEntry]) -> None:
 
 
 def add_pending(session: Session, entries: Sequence[AuditEntry]) -> None:
-    """Remember ``entries`` until the session's transaction ends."""
-    if not entries:
-        return
-    if not session.info.get(LISTENING_KEY):
-        # Per session, so record() works on any session, installed or not;
-        # a second listener on the class is harmless (the first pops the list).
-        event.listen(session, "after_commit", after_commit)
-        event.listen(session, "after_soft_rollback", after_soft_rollback)
-        event.listen(session, "after_transaction_end", after_transaction_end)
-        session.info[LISTENING_KEY] = True
-    transaction = session.get_nested_transaction() or session.get_transaction()
-    pending: list[tuple[SessionTransaction | None, AuditEntry]]
-    pending = session.info.setdefault(PENDING_KEY, [])
-    pending.extend((transaction, entry) for entry in entries)
+    """Hold ``entries`` until the session's outermost transaction commits, then notify.
 
-
-def after_commit(session: Session) -> None:
-    # A released savepoint also fires after_commit; only the outermost commit counts.
-    if session.in_nested_transaction():
-        return
-    pending = session.info.pop(PENDING_KEY, [])
-    notify([entry for _, entry in pending])
-
-
-def after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
-    pending = session.info.get(PENDING_KEY)
-    if not pending:
-        return
-    session.info[PENDING_KEY] = [
-        (tx, entry) for tx, entry in pending if not _within(tx, previous_transaction)
-    ]
-
-
-def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    # Whatever is left when the outermost transaction ends (close without
-    # commit) was never committed.
-    if transaction.parent is None:
-        session.info.pop(PENDING_KEY, None)
-
-
-def _within(tx: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
-    while tx is not None:
-        if tx is ancestor:
-            return True
-        tx = tx.parent
-    return False
+    Per session, so ``record()`` works on any session, installed or not; a
+    savepoint rollback drops its own entries, a close without commit all.
+    """
+    for entry in entries:
+        defer(session, notify, entry)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from .errors import ConfigurationError
 
-__all__ = ["when_committed", "write_session"]
+__all__ = ["defer", "when_committed", "write_session"]
 
 log = logging.getLogger("tenantkit")
 
@@ -61,15 +61,34 @@ def when_committed(session: Session | None, callback: Callback) -> None:
     if session is None:
         callback()
         return
+    defer(session, _run_callbacks, callback)
+
+
+def defer(session: Session, flush: Callable[[list[Any]], None], item: Any) -> None:
+    """Hold ``item`` until ``session``'s outermost transaction commits, then ``flush`` it.
+
+    At the commit each ``flush`` is called once with its items in the order
+    they were deferred (so the audit bus hands one commit's entries over in
+    one list). Items deferred in a savepoint that rolls back are dropped, and
+    so is everything when the session ends without a commit.
+    """
     if not session.info.get(LISTENING_KEY):
         event.listen(session, "after_commit", _after_commit)
         event.listen(session, "after_soft_rollback", _after_soft_rollback)
         event.listen(session, "after_transaction_end", _after_transaction_end)
         session.info[LISTENING_KEY] = True
     transaction = session.get_nested_transaction() or session.get_transaction()
-    pending: list[tuple[SessionTransaction | None, Callback]]
+    pending: list[tuple[SessionTransaction | None, Callable[[list[Any]], None], Any]]
     pending = session.info.setdefault(PENDING_KEY, [])
-    pending.append((transaction, callback))
+    pending.append((transaction, flush, item))
+
+
+def _run_callbacks(callbacks: list[Callback]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:  # the commit has happened; the cache converges within its TTL
+            log.exception("post-commit cache update %r failed", callback)
 
 
 def _same_database(bind: Engine, engine: Engine) -> bool:
@@ -89,18 +108,18 @@ def _after_commit(session: Session) -> None:
     # A released savepoint fires after_commit too; only the outermost commit counts.
     if session.in_nested_transaction():
         return
-    for _, callback in session.info.pop(PENDING_KEY, []):
-        try:
-            callback()
-        except Exception:  # the commit has happened; the cache converges within its TTL
-            log.exception("post-commit cache update %r failed", callback)
+    batches: dict[Callable[[list[Any]], None], list[Any]] = {}
+    for _, flush, item in session.info.pop(PENDING_KEY, []):
+        batches.setdefault(flush, []).append(item)
+    for flush, items in batches.items():
+        flush(items)
 
 
 def _after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
     pending = session.info.get(PENDING_KEY)
     if pending:
         session.info[PENDING_KEY] = [
-            (tx, callback) for tx, callback in pending if not _within(tx, previous_transaction)
+            entry for entry in pending if not _within(entry[0], previous_transaction)
         ]
 
 
