@@ -1,4 +1,4 @@
-"""Platform admin: tenants and their API keys (``Authorization: Bearer $ADMIN_TOKEN``).
+"""Platform admin: tenants (``Authorization: Bearer $ADMIN_TOKEN``); their keys: ``admin_keys``.
 
 These paths are in ``Settings.exclude_paths``: the tenant pipeline skips
 them and the app checks the admin token itself. Each change and its audit
@@ -13,14 +13,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from anyio.to_thread import run_sync
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from tenantkit import audit
-from tenantkit.apikeys import KEY_ID_PATTERN, APIKeyRow, IssuedKey, api_key_to_dict
+from tenantkit.apikeys import IssuedKey, api_key_to_dict
 from tenantkit.context import TenantContext, bind, reset
 from tenantkit.errors import Conflict, NotFound
 from tenantkit.tenants import tenant_to_dict
@@ -36,9 +36,9 @@ from ..validation import Body, Field, invalid, query_int, read_json
 MAX_LIMIT = 2**31 - 1
 #: Compare-and-set rounds of an update without a version before giving up with 409.
 _UPDATE_ATTEMPTS = 5
-_NAMES = Field("name", "string", min_length=1, max_length=200, not_blank=True)
+NAMES = Field("name", "string", min_length=1, max_length=200, not_blank=True)
 _TENANT_FIELDS = (
-    _NAMES,
+    NAMES,
     Field(
         "quota_requests_per_minute",
         "integer",
@@ -86,27 +86,18 @@ UPDATE_TENANT = Body(
     ),
     min_fields=1,
 )
-CREATE_KEY = Body(
-    (
-        _NAMES,
-        Field("scopes", "array", max_items=50, items=Field("scope", "string", max_length=100)),
-        Field("rate_limit", "integer", nullable=True, minimum=1, maximum=MAX_LIMIT),
-        Field("token_limit", "integer", nullable=True, minimum=1, maximum=MAX_LIMIT),
-    )
-)
-
 TENANT = {"type": "object", "required": ["id", "status", "version"]}
 NEW_KEY = {"type": "object", "required": ["key_id", "key", "key_prefix"]}
 
 
-def _tenant_id(request: Request) -> str:
+def path_tenant_id(request: Request) -> str:
     tenant_id: str = request.path_params["tenant_id"]
     if TENANT_ID_PATTERN.fullmatch(tenant_id) is None:
         raise NotFound(f"tenant {tenant_id!r} not found")
     return tenant_id
 
 
-def _new_key(issued: IssuedKey) -> dict[str, Any]:
+def new_key(issued: IssuedKey) -> dict[str, Any]:
     return {
         **api_key_to_dict(issued.record),
         "key_id": issued.record.id,
@@ -116,7 +107,7 @@ def _new_key(issued: IssuedKey) -> dict[str, Any]:
 
 
 @contextmanager
-def _transaction(s: Services, request: Request, tenant_id: str) -> Iterator[Session]:
+def transaction(s: Services, request: Request, tenant_id: str) -> Iterator[Session]:
     """One transaction on ``tenant_id``'s behalf, committed if the block returns.
 
     Audit entries written in it go to the tenant's own log, attributed to
@@ -136,12 +127,12 @@ def _transaction(s: Services, request: Request, tenant_id: str) -> Iterator[Sess
         reset(token)
 
 
-def _audit(session: Session, action: str, tenant_id: str, **fields: Any) -> None:
+def audit_admin(session: Session, action: str, tenant_id: str, **fields: Any) -> None:
     """Record a platform admin's action in the tenant's own audit log, in ``session``."""
     audit.record(session, action, tenant_id=tenant_id, **fields)
 
 
-def _admin(request: Request) -> Services:
+def admin_services(request: Request) -> Services:
     s = services(request)
     require_admin_token(request, s.config.admin_token)
     return s
@@ -156,7 +147,7 @@ def _admin(request: Request) -> Services:
     errors=(409,),
 )
 async def create_tenant(request: Request) -> Response:
-    s = _admin(request)
+    s = admin_services(request)
     data = CREATE_TENANT.parse(await read_json(request, max_bytes=s.config.max_body_bytes))
     tenant_id = data.pop("tenant_id")
     # Omitted quotas get the platform defaults (as signups do); an explicit null is unlimited.
@@ -166,17 +157,17 @@ async def create_tenant(request: Request) -> Response:
     assert api_keys is not None  # the app always configures an API key secret
 
     def work() -> tuple[TenantConfig, IssuedKey]:
-        with _transaction(s, request, tenant_id) as session:
+        with transaction(s, request, tenant_id) as session:
             config = s.kit.tenants.create(id=tenant_id, session=session, **data)
             issued = api_keys.issue(tenant_id, name="default", session=session)
-            _audit(
+            audit_admin(
                 session, "tenant.created", tenant_id, resource_type="tenant", resource_id=tenant_id
             )
         return config, issued
 
     config, issued = await run_sync(work)
     await s.invalidations.tenant_changed(tenant_id)  # others may cache it as unknown
-    body = {**tenant_to_dict(config), "api_key": _new_key(issued)}
+    body = {**tenant_to_dict(config), "api_key": new_key(issued)}
     return json(body, 201, location=f"/admin/tenants/{tenant_id}")
 
 
@@ -188,7 +179,7 @@ async def create_tenant(request: Request) -> Response:
     responses={200: list_of(TENANT)},
 )
 async def list_tenants(request: Request) -> Response:
-    s = _admin(request)
+    s = admin_services(request)
     limit = query_int(request, "limit", 50, low=1, high=200)
     cursor = request.query_params.get("cursor")
     found = await run_sync(lambda: s.kit.tenants.list(limit=limit, cursor=cursor))
@@ -198,8 +189,8 @@ async def list_tenants(request: Request) -> Response:
 
 @operation("Get a tenant", tag="admin", security="admin", responses={200: TENANT})
 async def get_tenant(request: Request) -> Response:
-    s = _admin(request)
-    tenant_id = _tenant_id(request)
+    s = admin_services(request)
+    tenant_id = path_tenant_id(request)
     return json(tenant_to_dict(await run_sync(lambda: s.kit.tenants.get(tenant_id))))
 
 
@@ -212,8 +203,8 @@ async def get_tenant(request: Request) -> Response:
     errors=(409,),
 )
 async def update_tenant(request: Request) -> Response:
-    s = _admin(request)
-    tenant_id = _tenant_id(request)
+    s = admin_services(request)
+    tenant_id = path_tenant_id(request)
     data = UPDATE_TENANT.parse(await read_json(request, max_bytes=s.config.max_body_bytes))
     expected = data.pop("version", None)
     if not data:
@@ -238,13 +229,13 @@ def _update(
         before = tenant_to_dict(s.kit.tenants.get(tenant_id))
         version = before["version"] if expected is None else expected
         try:
-            with _transaction(s, request, tenant_id) as session:
+            with transaction(s, request, tenant_id) as session:
                 config = s.kit.tenants.update(
                     tenant_id, expected_version=version, session=session, **data
                 )
                 after = tenant_to_dict(config)
                 changes = {k: [before[k], after[k]] for k in data if before[k] != after[k]}
-                _audit(
+                audit_admin(
                     session,
                     "tenant.updated",
                     tenant_id,
@@ -267,17 +258,17 @@ def _update(
     responses={204: None},
 )
 async def delete_tenant(request: Request) -> Response:
-    s = _admin(request)
-    tenant_id = _tenant_id(request)
+    s = admin_services(request)
+    tenant_id = path_tenant_id(request)
     await run_sync(lambda: s.kit.tenants.get(tenant_id))  # 404 before touching anything
 
     def purge() -> None:
-        with _transaction(s, request, tenant_id) as session:
+        with transaction(s, request, tenant_id) as session:
             # Scoped bulk deletes: each statement is limited to this tenant.
             _delete_data(session, tenant_id)
             s.kit.tenants.delete(tenant_id, session=session)  # and its API keys
             # The audit trail outlives the tenant: compliance records are kept to retention.
-            _audit(
+            audit_admin(
                 session, "tenant.deleted", tenant_id, resource_type="tenant", resource_id=tenant_id
             )
 
@@ -292,126 +283,10 @@ def _delete_data(session: Any, tenant_id: str) -> None:
         session.execute(delete(model))
 
 
-@operation(
-    "List a tenant's API keys (never the key itself)",
-    tag="admin",
-    security="admin",
-    query=PAGE_QUERY,
-    responses={200: list_of({"type": "object"})},
-)
-async def list_keys(request: Request) -> Response:
-    s = _admin(request)
-    tenant_id = _tenant_id(request)
-    limit = query_int(request, "limit", 50, low=1, high=200)
-    cursor = request.query_params.get("cursor")
-    api_keys = s.kit.api_keys
-    assert api_keys is not None
-
-    def work() -> dict[str, Any]:
-        s.kit.tenants.get(tenant_id)
-        found = api_keys.list(tenant_id, limit=limit, cursor=cursor)
-        return {
-            "items": [api_key_to_dict(k) for k in found.items],
-            "next_cursor": found.next_cursor,
-        }
-
-    return json(await run_sync(work))
-
-
-@operation(
-    "Issue another API key for a tenant (shown once)",
-    tag="admin",
-    security="admin",
-    body=CREATE_KEY,
-    responses={201: NEW_KEY},
-)
-async def create_key(request: Request) -> Response:
-    s = _admin(request)
-    tenant_id = _tenant_id(request)
-    raw = await read_json(request, max_bytes=s.config.max_body_bytes)
-    data = CREATE_KEY.parse(raw)
-    api_keys = s.kit.api_keys
-    assert api_keys is not None
-
-    def work() -> IssuedKey:
-        s.kit.tenants.get(tenant_id)
-        with _transaction(s, request, tenant_id) as session:
-            issued = api_keys.issue(
-                tenant_id,
-                name=data.get("name", "api key"),
-                scopes=data.get("scopes") or (),
-                rate_limit=data.get("rate_limit"),
-                token_limit=data.get("token_limit"),
-                session=session,
-            )
-            _audit(
-                session,
-                "api_key.issued",
-                tenant_id,
-                resource_type="api_key",
-                resource_id=issued.record.id,
-            )
-        return issued
-
-    issued = await run_sync(work)
-    return json(_new_key(issued), 201, location=f"/admin/tenants/{tenant_id}/api-keys")
-
-
-@operation(
-    "Revoke an API key; it stops working at once (again: 204, nothing changes)",
-    tag="admin",
-    security="admin",
-    responses={204: None},
-)
-async def revoke_key(request: Request) -> Response:
-    s = _admin(request)
-    tenant_id = _tenant_id(request)
-    key_id: str = request.path_params["key_id"]
-    api_keys = s.kit.api_keys
-    assert api_keys is not None
-
-    def work() -> None:
-        with _transaction(s, request, tenant_id) as session:
-            if _revoked_already(session, tenant_id, key_id):
-                return  # idempotent: no second revocation, no second audit entry
-            api_keys.revoke(tenant_id, key_id, session=session)
-            _audit(
-                session, "api_key.revoked", tenant_id, resource_type="api_key", resource_id=key_id
-            )
-
-    await run_sync(work)
-    await s.invalidations.keys_changed(tenant_id)
-    return Response(status_code=204)
-
-
-def _revoked_already(session: Session, tenant_id: str, key_id: str) -> bool:
-    """Whether the tenant's key ``key_id`` is revoked (False if unknown: revoke answers 404).
-
-    The row is locked (PostgreSQL), so of two concurrent revokes the second
-    waits for the first to commit and then finds it revoked.
-    """
-    if KEY_ID_PATTERN.fullmatch(key_id) is None:
-        return False
-    revoked_at = session.execute(
-        select(APIKeyRow.revoked_at)
-        .where(APIKeyRow.id == key_id, APIKeyRow.tenant_id == tenant_id)
-        .with_for_update()
-    ).scalar_one_or_none()
-    return revoked_at is not None
-
-
 routes = [
     Route("/admin/tenants", create_tenant, methods=["POST"], name="tenants"),
     Route("/admin/tenants", list_tenants, methods=["GET"], name="tenants"),
     Route("/admin/tenants/{tenant_id}", get_tenant, methods=["GET"], name="tenant"),
     Route("/admin/tenants/{tenant_id}", update_tenant, methods=["PUT"], name="tenant"),
     Route("/admin/tenants/{tenant_id}", delete_tenant, methods=["DELETE"], name="tenant"),
-    Route("/admin/tenants/{tenant_id}/api-keys", create_key, methods=["POST"], name="api_keys"),
-    Route("/admin/tenants/{tenant_id}/api-keys", list_keys, methods=["GET"], name="api_keys"),
-    Route(
-        "/admin/tenants/{tenant_id}/api-keys/{key_id}",
-        revoke_key,
-        methods=["DELETE"],
-        name="api_key",
-    ),
 ]
