@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 
+from tenantkit import audit
+from tenantkit._db import make_engine
 from tenantkit.cli import build_parser, main
 
 
@@ -41,3 +44,46 @@ def test_python_dash_m() -> None:
         [sys.executable, "-m", "tenantkit", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("tenantkit ")
+
+
+def _run_into_closed_pipe(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (``| head -1``) has already gone
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "tenantkit", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
+def test_output_to_a_closed_pipe_is_one_line_not_a_traceback(tmp_path: Any) -> None:
+    """`tenantkit tenants list | head -1` with the reader gone: one line on stderr, exit 1."""
+    db = ["--database-url", f"sqlite:///{tmp_path / 'pipe.db'}"]
+    assert main(["tenants", "create", "acme", *db]) == 0
+    done = _run_into_closed_pipe(["tenants", "list", *db], dict(os.environ))
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert "output" in done.stderr
+    assert done.returncode == 1
+
+
+def test_audit_export_to_a_closed_pipe_exits_1_like_every_command(tmp_path: Any) -> None:
+    """audit export whose reader has gone follows the same rule: one line, exit 1."""
+    url = f"sqlite:///{tmp_path / 'pipe-audit.db'}"
+    engine = make_engine(url)
+    audit.create_tables(engine)
+    audit.AuditLog(engine).record("user.login", tenant_id="acme")
+    engine.dispose()
+    done = _run_into_closed_pipe(
+        ["audit", "export", "--tenant", "acme", "--database-url", url], dict(os.environ)
+    )
+    assert "Traceback" not in done.stderr
+    assert "output closed" in done.stderr
+    assert done.returncode == 1

@@ -158,13 +158,9 @@ def audit_export(args: argparse.Namespace) -> int:
             end=args.end,
         )
         if args.output is None:
-            try:
-                sys.stdout.writelines(lines)
-                sys.stdout.flush()
-            except BrokenPipeError:
-                # The reader (``| head``) has gone: stop quietly, as cat does.
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
+            # A reader gone early (``| head``) raises BrokenPipeError: main() reports it.
+            sys.stdout.writelines(lines)
+            sys.stdout.flush()
             return 0
         try:
             with open(args.output, "w", encoding="utf-8") as out:

@@ -7,6 +7,7 @@ in its ``_cli_*`` module; this module only builds the parser and dispatches.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
@@ -37,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
+    """Run the command line; return the exit code.
+
+    1 for an error a user can fix, with one line on stderr; also 1 when the
+    reader of stdout went away (``| head -1``) before the output was written.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int | None] = args.func
@@ -46,6 +51,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TenantKitError as exc:
         print(f"tenantkit: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        _silence_stdout()
+        print("tenantkit: error: output closed before it was all written", file=sys.stderr)
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (an in-process capture)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
