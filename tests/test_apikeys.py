@@ -823,12 +823,13 @@ def run_cli(argv: list[str]) -> int:
 
 
 @pytest.fixture
-def cli_env(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Point the CLI's settings at the test database and secret; return the URL."""
+def cli_env(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point the CLI's settings at the test database and secret; yield the URL."""
     url = engine.url.render_as_string(hide_password=False)
     monkeypatch.setenv("TENANTKIT_DATABASE_URL", url)
     monkeypatch.setenv("TENANTKIT_API_KEY_SECRET", SECRET)
-    return url
+    yield url
+    TenantRow.__table__.drop(engine, checkfirst=True)
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
@@ -842,6 +843,7 @@ def test_cli_issue_list_revoke(
     cli_env: str, engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """issue prints the key once; list never shows it; revoke stops it working."""
+    cli_json(capsys, ["tenants", "create", "acme"])
     issued = cli_json(
         capsys,
         ["api-keys", "issue", "acme", "--name", "ci", "--scope", "read:usage",
@@ -904,6 +906,7 @@ def test_cli_key_errors_exit_1(
     cli_env: str, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     """Key command errors (another tenant's key included) exit 1 with one line on stderr."""
+    cli_json(capsys, ["tenants", "create", "acme"])
     key_id = cli_json(capsys, ["api-keys", "issue", "acme", "--name", "ci"])["id"]
     assert run_cli([part.replace("KEY", key_id) for part in argv]) == 1
     out, err = capsys.readouterr()

@@ -87,3 +87,42 @@ def test_audit_export_to_a_closed_pipe_exits_1_like_every_command(tmp_path: Any)
     assert "Traceback" not in done.stderr
     assert "output closed" in done.stderr
     assert done.returncode == 1
+
+
+KEY_SECRET = "cli-test-secret-" + "k" * 32
+
+
+def test_api_keys_issue_for_an_unknown_tenant_fails(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """api-keys issue/list for a tenant that does not exist (a typo): exit 1, no key made."""
+    monkeypatch.setenv("TENANTKIT_API_KEY_SECRET", KEY_SECRET)
+    db = ["--database-url", f"sqlite:///{tmp_path / 'keys.db'}"]
+    assert main(["tenants", "create", "acme", *db]) == 0
+    capsys.readouterr()
+    assert main(["api-keys", "issue", "acmee", "--name", "ci", *db]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "acmee" in captured.err and "not found" in captured.err
+    assert main(["api-keys", "list", "acmee", *db]) == 1
+    assert "not found" in capsys.readouterr().err
+    # Creating the tenant later does not bring a forgotten key to life.
+    assert main(["tenants", "create", "acmee", *db]) == 0
+    capsys.readouterr()
+    assert main(["api-keys", "list", "acmee", *db]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == []
+
+
+def test_api_key_whose_secret_could_not_be_printed_is_not_kept(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """api-keys issue into a closed pipe: the key nobody saw is not left valid in the store."""
+    monkeypatch.setenv("TENANTKIT_API_KEY_SECRET", KEY_SECRET)
+    db = ["--database-url", f"sqlite:///{tmp_path / 'lost.db'}"]
+    assert main(["tenants", "create", "acme", *db]) == 0
+    capsys.readouterr()
+    env = {**os.environ, "TENANTKIT_API_KEY_SECRET": KEY_SECRET}
+    done = _run_into_closed_pipe(["api-keys", "issue", "acme", "--name", "ci", *db], env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert main(["api-keys", "list", "acme", *db]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == []

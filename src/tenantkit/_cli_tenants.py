@@ -17,8 +17,10 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from ._db import make_engine
+from ._stores import storage_errors
 from .apikeys import APIKeyStore, api_key_to_dict
 from .errors import ConfigurationError, StorageError, TenantKitError, ValidationError
 from .settings import Settings
@@ -224,27 +226,35 @@ def tenants_delete(args: argparse.Namespace) -> int:
 def api_keys_issue(args: argparse.Namespace) -> int:
     """Issue a key and print it with its record; the key is not shown again."""
     with _user_errors(), _key_store(args) as store:
+        _require_tenant(store.engine, args.tenant_id)
         expires_at = args.expires_at
         if args.expires_in_days is not None:
             expires_at = datetime.now(UTC) + timedelta(days=args.expires_in_days)
-        issued = store.issue(
-            args.tenant_id,
-            name=args.name,
-            scopes=args.scopes,
-            expires_at=expires_at,
-            rate_limit=args.rate_limit,
-            token_limit=args.token_limit,
-            project_id=args.project_id,
-            environment=args.environment,
-        )
-        print("store this key now: it cannot be shown again", file=sys.stderr)
-        return _print({"key": issued.key, **api_key_to_dict(issued.record)})
+        with storage_errors("API key store"), Session(store.engine) as session:
+            issued = store.issue(
+                args.tenant_id,
+                name=args.name,
+                scopes=args.scopes,
+                expires_at=expires_at,
+                rate_limit=args.rate_limit,
+                token_limit=args.token_limit,
+                project_id=args.project_id,
+                environment=args.environment,
+                session=session,
+            )
+            print("store this key now: it cannot be shown again", file=sys.stderr)
+            _print({"key": issued.key, **api_key_to_dict(issued.record)})
+            sys.stdout.flush()
+            # Commit once the key is out: a key nobody saw (| head, a full disk) is not kept.
+            session.commit()
+        return 0
     return 1
 
 
 def api_keys_list(args: argparse.Namespace) -> int:
     """Print one page of a tenant's keys."""
     with _user_errors(), _key_store(args) as store:
+        _require_tenant(store.engine, args.tenant_id)
         page = store.list(args.tenant_id, limit=args.limit, cursor=args.cursor)
         return _print(
             {"items": [api_key_to_dict(k) for k in page.items], "next_cursor": page.next_cursor}
@@ -305,6 +315,13 @@ def _key_store(args: argparse.Namespace) -> Iterator[APIKeyStore]:
         yield store
     finally:
         engine.dispose()
+
+
+def _require_tenant(engine: Engine, tenant_id: str) -> None:
+    """Raise ``TenantNotFound`` for an unknown tenant: a mistyped id must not get a key."""
+    tenants = TenantStore(engine)
+    tenants.create_all()
+    tenants.get(tenant_id)
 
 
 def _engine(args: argparse.Namespace, settings: Settings) -> Engine:
