@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from tenantkit.errors import ConfigurationError
+from tenantkit.kit import TenantKit
 from tenantkit.settings import JWTSettings, Settings
 
 
@@ -101,3 +102,28 @@ def test_configuration_error_is_a_value_error() -> None:
     """ConfigurationError also carries the built-in meaning of ValueError."""
     with pytest.raises(ValueError):
         Settings(max_body_bytes=-1)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # 0 made redis-py's blocking pool fill an unbounded queue: start-up never returned.
+        ({"TENANTKIT_QUOTA_REDIS_MAX_CONNECTIONS": "0"}, "TENANTKIT_QUOTA_REDIS_MAX_CONNECTIONS"),
+        ({"TENANTKIT_QUOTA_REDIS_MAX_CONNECTIONS": "-1"}, "TENANTKIT_QUOTA_REDIS_MAX_CONNECTIONS"),
+        ({"TENANTKIT_DATABASE_URL": ""}, "TENANTKIT_DATABASE_URL"),
+        ({"TENANTKIT_DATABASE_URL": "not a url"}, "TENANTKIT_DATABASE_URL"),
+        ({"TENANTKIT_DATABASE_URL": "nosuchdb://x/y"}, "TENANTKIT_DATABASE_URL"),
+        ({"TENANTKIT_DATABASE_URL": "postgresql://u:pw@host:port/db"}, "TENANTKIT_DATABASE_URL"),
+    ],
+)
+def test_bad_kit_configuration_fails_at_start_up_naming_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    """TenantKit.from_env refuses a setting that would hang or fail later, naming it."""
+    base = {
+        "TENANTKIT_DATABASE_URL": "sqlite://",
+        "TENANTKIT_API_KEY_SECRET": "settings-test-" + "s" * 32,
+        "TENANTKIT_QUOTA_STORAGE_URI": "redis://127.0.0.1:1/0",  # never connected at start-up
+    }
+    with pytest.raises(ConfigurationError, match=message):
+        TenantKit.from_env({**base, **env})

@@ -67,6 +67,18 @@ class QuotaSettings:
     max_keys: int = 1_000_000
     redis_max_connections: int = 16
 
+    def __post_init__(self) -> None:
+        # 0 would make redis-py's blocking pool fill an unbounded queue: start-up hangs.
+        if (
+            isinstance(self.redis_max_connections, bool)
+            or not isinstance(self.redis_max_connections, int)
+            or self.redis_max_connections < 1
+        ):
+            raise ConfigurationError(
+                "quota.redis_max_connections (TENANTKIT_QUOTA_REDIS_MAX_CONNECTIONS) "
+                "must be a whole number of at least 1"
+            )
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
