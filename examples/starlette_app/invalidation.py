@@ -94,7 +94,7 @@ class Invalidations:
                             self._clear()
                         async for message in pubsub.listen():
                             if message.get("type") == "message":
-                                self.apply(_text(message["data"]))
+                                self._apply_one(message["data"])
                 except Exception as exc:
                     log.warning("cache invalidation channel lost (%s); retrying", exc)
                     missed = True
@@ -102,6 +102,17 @@ class Invalidations:
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
+
+    def _apply_one(self, data: Any) -> None:
+        """Apply one message; a malformed one is logged and dropped on its own.
+
+        Letting it end the subscription would clear every tenant's cache on the
+        reconnect and lose the messages published meanwhile.
+        """
+        try:
+            self.apply(_text(data))
+        except Exception as exc:
+            log.warning("ignored malformed cache invalidation %r: %s", data, exc)
 
     def _clear(self) -> None:
         self.kit.tenants.clear_cache()
