@@ -114,6 +114,11 @@ def test_configuration_error_is_a_value_error() -> None:
         ({"TENANTKIT_DATABASE_URL": "not a url"}, "TENANTKIT_DATABASE_URL"),
         ({"TENANTKIT_DATABASE_URL": "nosuchdb://x/y"}, "TENANTKIT_DATABASE_URL"),
         ({"TENANTKIT_DATABASE_URL": "postgresql://u:pw@host:port/db"}, "TENANTKIT_DATABASE_URL"),
+        # A negative or NaN cache setting turned the cache off without a word (0 does, as told).
+        ({"TENANTKIT_CACHE_TTL_SECONDS": "-5"}, "TENANTKIT_CACHE_TTL_SECONDS"),
+        ({"TENANTKIT_CACHE_TTL_SECONDS": "nan"}, "TENANTKIT_CACHE_TTL_SECONDS"),
+        ({"TENANTKIT_CACHE_NEGATIVE_TTL_SECONDS": "inf"}, "TENANTKIT_CACHE_NEGATIVE_TTL_SECONDS"),
+        ({"TENANTKIT_CACHE_MAXSIZE": "-1"}, "TENANTKIT_CACHE_MAXSIZE"),
     ],
 )
 def test_bad_kit_configuration_fails_at_start_up_naming_the_variable(
@@ -127,3 +132,11 @@ def test_bad_kit_configuration_fails_at_start_up_naming_the_variable(
     }
     with pytest.raises(ConfigurationError, match=message):
         TenantKit.from_env({**base, **env})
+
+
+def test_a_cache_of_zero_is_off_and_allowed() -> None:
+    """0 turns the cache off, as documented: no error."""
+    settings = Settings.from_env(
+        {"TENANTKIT_CACHE_TTL_SECONDS": "0", "TENANTKIT_CACHE_MAXSIZE": "0"}
+    )
+    assert (settings.cache.ttl_seconds, settings.cache.maxsize) == (0, 0)

@@ -7,6 +7,7 @@ add the group's name: ``TENANTKIT_JWT_SECRET`` sets ``Settings.jwt.secret``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -48,6 +49,20 @@ class CacheSettings:
     ttl_seconds: float = 30.0
     maxsize: int = 10_000
     negative_ttl_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        # 0 turns the cache off, as documented; a negative or NaN value did so silently.
+        for name in ("ttl_seconds", "negative_ttl_seconds", "maxsize"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigurationError(
+                    f"cache.{name} (TENANTKIT_CACHE_{name.upper()}) must be a number"
+                )
+            if not (0 <= value < math.inf) or (name == "maxsize" and value != int(value)):
+                raise ConfigurationError(
+                    f"cache.{name} (TENANTKIT_CACHE_{name.upper()}) must be a finite number of "
+                    "at least 0 (0 turns the cache off)" + (", whole" if name == "maxsize" else "")
+                )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
