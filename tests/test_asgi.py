@@ -312,3 +312,18 @@ async def test_policy_applies_inside_a_mount(picky_kit: Any) -> None:
     assert denied.status_code == 403
     assert allowed.status_code == 200
     assert allowed.json()["echo"]["model"] == "m1"
+
+
+@pytest.mark.parametrize("suffix", ["%0A", "%0a"])
+async def test_policy_applies_to_the_chat_path_with_a_final_newline(
+    picky_kit: Any, suffix: str
+) -> None:
+    """``/api/chat/completions%0A`` is checked: Starlette's ``$`` routes it to the chat handler."""
+    async with client_for(build_app(picky_kit)) as client:
+        r = await client.post(
+            "/api/chat/completions" + suffix,
+            json={"model": "m2", "messages": []},
+            headers={"X-Tenant-ID": "acme"},
+        )
+    assert r.status_code == 403, r.text
+    assert r.json()["reason"] == "model_not_allowed"

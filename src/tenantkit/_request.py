@@ -85,8 +85,13 @@ def path_matches(path: str, prefixes: Iterable[str]) -> bool:
     """Return whether ``path`` equals a prefix or lies below it by whole segments.
 
     ``/health`` matches ``/health`` and ``/health/db``, never ``/healthz``;
-    ``/`` matches the root path only (it is no wildcard).
+    ``/`` matches the root path only (it is no wildcard). A final newline is
+    ignored, as routers do whose patterns end in ``$`` (Starlette's): they run
+    ``/api/chat/completions`` for ``/api/chat/completions%0A``, so the policy
+    must see that route too.
     """
+    if path[-1:] == "\n":
+        path = path[:-1]
     for prefix in prefixes:
         base = prefix.rstrip("/")
         if base == "":

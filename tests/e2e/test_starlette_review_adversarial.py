@@ -156,3 +156,21 @@ def test_tenant_update_audits_the_stored_values_not_a_cached_copy(tmp_path: Path
         entries = one.get("/api/audit", headers=key, params={"action": "tenant.updated"})
         changes = [e["changes"] for e in entries.json()["items"]]
     assert changes == [{"plan": ["pro", "free"]}, {"plan": ["free", "pro"]}]
+
+
+def test_a_newline_after_the_chat_path_does_not_skip_the_policy(client: httpx.Client) -> None:
+    """``POST /api/chat/completions%0A`` over uvicorn is denied by the policy like the route."""
+    tenant_id = f"nl-{uuid.uuid4().hex[:10]}"
+    created = client.post(
+        "/admin/tenants",
+        headers=ADMIN,
+        json={"tenant_id": tenant_id, "allowed_models": ["gpt-4o-mini"], "allowed_tools": []},
+    )
+    assert created.status_code == 201, created.text
+    key = {"Authorization": f"Bearer {created.json()['api_key']['key']}"}
+    body = {"model": "not-allowed", "messages": [{"role": "user", "content": "hi"}]}
+    denied = client.post("/api/chat/completions", headers=key, json=body)
+    assert assert_problem(denied, 403)["reason"] == "model_not_allowed"
+    for suffix in ("%0A", "%0a"):
+        response = client.post("/api/chat/completions" + suffix, headers=key, json=body)
+        assert assert_problem(response, 403)["reason"] == "model_not_allowed"
