@@ -36,7 +36,11 @@ def kit(make_kit: Callable[..., Any]) -> Any:
 
 
 def _handshake(
-    kit: Any, headers: dict[str, str], extensions: dict[str, Any] | None = None
+    kit: Any,
+    headers: dict[str, str],
+    extensions: dict[str, Any] | None = None,
+    *,
+    null_extensions: bool = False,
 ) -> list[dict[str, Any]]:
     """Open ``/ws`` as a server would (over raw ASGI); return what the app stack sent."""
     app = TenantKitMiddleware(Starlette(routes=[WebSocketRoute("/ws", echo_tenant)]), kit)
@@ -52,7 +56,7 @@ def _handshake(
         "client": ("127.0.0.1", 5000),
         "server": ("test", 80),
         "subprotocols": [],
-        "extensions": extensions if extensions is not None else DENIAL,
+        "extensions": None if null_extensions else extensions if extensions is not None else DENIAL,
     }
     incoming = [{"type": "websocket.connect"}]
     sent: list[dict[str, Any]] = []
@@ -119,8 +123,11 @@ def test_a_handshake_over_its_request_quota_is_a_429_with_retry_after(
     assert problem["limit"] == "tenant-requests"
 
 
-def test_without_the_denial_extension_a_refused_handshake_is_closed(kit: Any) -> None:
+@pytest.mark.parametrize("extensions", [{}, None], ids=["none-offered", "null"])
+def test_without_the_denial_extension_a_refused_handshake_is_closed(
+    kit: Any, extensions: dict[str, Any] | None
+) -> None:
     """A server without ``websocket.http.response`` gets a close (1008) before any accept."""
-    sent = _handshake(kit, {}, extensions={})
+    sent = _handshake(kit, {}, extensions=extensions, null_extensions=extensions is None)
     assert [m["type"] for m in sent] == ["websocket.close"]
     assert sent[0]["code"] == 1008

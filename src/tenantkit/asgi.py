@@ -137,7 +137,7 @@ class TenantKitMiddleware:
         caller: Caller | None = None,
     ) -> None:
         decision = self.kit.reject(info, exc, caller)
-        if scope["type"] == "websocket" and _DENIAL not in scope.get("extensions", ()):
+        if scope["type"] == "websocket" and _DENIAL not in (scope.get("extensions") or ()):
             # No way to answer the handshake with a response: refuse it (a 403 to the client).
             await send({"type": "websocket.close", "code": 1008, "reason": exc.detail[:120]})
             return
