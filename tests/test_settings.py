@@ -119,6 +119,14 @@ def test_configuration_error_is_a_value_error() -> None:
         ({"TENANTKIT_CACHE_TTL_SECONDS": "nan"}, "TENANTKIT_CACHE_TTL_SECONDS"),
         ({"TENANTKIT_CACHE_NEGATIVE_TTL_SECONDS": "inf"}, "TENANTKIT_CACHE_NEGATIVE_TTL_SECONDS"),
         ({"TENANTKIT_CACHE_MAXSIZE": "-1"}, "TENANTKIT_CACHE_MAXSIZE"),
+        # An empty header name matched nothing; one with a newline would split a response.
+        ({"TENANTKIT_TENANT_HEADER": ""}, "TENANTKIT_TENANT_HEADER"),
+        ({"TENANTKIT_REQUEST_ID_HEADER": "X Request"}, "TENANTKIT_REQUEST_ID_HEADER"),
+        (
+            {"TENANTKIT_QUOTA_TOKEN_HEADER": "X-Used\r\nSet-Cookie: a=b"},
+            "TENANTKIT_QUOTA_TOKEN_HEADER",
+        ),
+        ({"TENANTKIT_AUDIT_RETENTION_DAYS": "0"}, "TENANTKIT_AUDIT_RETENTION_DAYS"),
     ],
 )
 def test_bad_kit_configuration_fails_at_start_up_naming_the_variable(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -142,6 +143,21 @@ class Settings:
             raise ConfigurationError("the 'path' resolver needs path_prefix, e.g. '/t'")
         if self.max_body_bytes <= 0:
             raise ConfigurationError("max_body_bytes must be positive")
+        for name, value in (
+            ("tenant_header", self.tenant_header),
+            ("request_id_header", self.request_id_header),
+            ("quota.token_header", self.quota.token_header),
+        ):
+            if not isinstance(value, str) or _FIELD_NAME.fullmatch(value) is None:
+                # An empty name matches no header; one with a newline splits a response.
+                variable = "TENANTKIT_" + name.upper().replace(".", "_")
+                raise ConfigurationError(f"{name} ({variable}) must be an HTTP header name")
+        if isinstance(self.audit_retention_days, bool) or not (
+            isinstance(self.audit_retention_days, int) and self.audit_retention_days >= 1
+        ):
+            raise ConfigurationError(
+                "audit_retention_days (TENANTKIT_AUDIT_RETENTION_DAYS) must be at least 1"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -159,6 +175,8 @@ class Settings:
 
 
 T = TypeVar("T")
+# RFC 9110's field-name: one or more token characters.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def from_mapping(cls: type[T], config: Mapping[str, Any], overrides: Mapping[str, Any]) -> T:
