@@ -803,3 +803,33 @@ def test_cli_rejects_bad_option_values(capsys: pytest.CaptureFixture[str]) -> No
         run_cli(["tenants", "create", "acme", "--metadata", "[1]"])
     assert info.value.code == 2
     assert "--metadata" in capsys.readouterr().err
+
+
+def test_cli_reads_of_a_database_without_tables_create_none(
+    capsys: pytest.CaptureFixture[str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tenants list`` or ``api-keys list`` on the wrong database says so and leaves it as is."""
+    from sqlalchemy import create_engine, inspect
+
+    monkeypatch.delenv("TENANTKIT_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TENANTKIT_API_KEY_SECRET", "cli-tables-test-" + "k" * 32)
+    url = f"sqlite:///{tmp_path / 'other-app.db'}"
+    reads = (
+        ["tenants", "list"],
+        ["tenants", "show", "acme"],
+        ["tenants", "suspend", "acme"],
+        ["api-keys", "list", "acme"],
+        ["api-keys", "issue", "acme", "--name", "ci"],
+    )
+    for argv in reads:
+        assert run_cli([*argv, "--database-url", url]) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: this database has no tenantkit_tenants table"), err
+    engine = create_engine(url)
+    assert inspect(engine).get_table_names() == []
+    engine.dispose()
+    assert run_cli(["tenants", "create", "acme", "--database-url", url]) == 0
+    capsys.readouterr()
+    assert run_cli(["api-keys", "list", "acme", "--database-url", url]) == 1
+    assert "no tenantkit_api_keys table" in capsys.readouterr().err
+    assert run_cli(["api-keys", "issue", "acme", "--name", "ci", "--database-url", url]) == 0

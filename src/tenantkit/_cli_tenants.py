@@ -15,16 +15,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ._db import make_engine
 from ._stores import storage_errors
-from .apikeys import APIKeyStore, api_key_to_dict
+from .apikeys import APIKeyRow, APIKeyStore, api_key_to_dict
 from .errors import ConfigurationError, StorageError, TenantKitError, ValidationError
 from .settings import Settings
-from .tenants import TenantStore, tenant_to_dict
+from .tenants import TenantRow, TenantStore, tenant_to_dict
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -163,7 +164,7 @@ def tenants_show(args: argparse.Namespace) -> int:
 
 def tenants_create(args: argparse.Namespace) -> int:
     """Create a tenant and print it."""
-    with _user_errors(), _tenant_store(args) as store:
+    with _user_errors(), _tenant_store(args, create=True) as store:
         config = store.create(
             id=args.tenant_id,
             name=args.name,
@@ -225,7 +226,7 @@ def tenants_delete(args: argparse.Namespace) -> int:
 
 def api_keys_issue(args: argparse.Namespace) -> int:
     """Issue a key and print it with its record; the key is not shown again."""
-    with _user_errors(), _key_store(args) as store:
+    with _user_errors(), _key_store(args, create=True) as store:
         _require_tenant(store.engine, args.tenant_id)
         expires_at = args.expires_at
         if args.expires_in_days is not None:
@@ -288,19 +289,23 @@ def _user_errors() -> Iterator[None]:
 
 
 @contextmanager
-def _tenant_store(args: argparse.Namespace) -> Iterator[TenantStore]:
+def _tenant_store(args: argparse.Namespace, *, create: bool = False) -> Iterator[TenantStore]:
+    """The tenant store; only ``create`` makes its table (a read of the wrong database must not)."""
     settings = Settings.from_env()
     engine = _engine(args, settings)
     try:
         store = TenantStore(engine, cache=settings.cache)
-        store.create_all()
+        if create:
+            store.create_all()
+        else:
+            _require_table(engine, TenantRow.__tablename__)
         yield store
     finally:
         engine.dispose()
 
 
 @contextmanager
-def _key_store(args: argparse.Namespace) -> Iterator[APIKeyStore]:
+def _key_store(args: argparse.Namespace, *, create: bool = False) -> Iterator[APIKeyStore]:
     settings = Settings.from_env()
     engine = _engine(args, settings)
     try:
@@ -311,17 +316,29 @@ def _key_store(args: argparse.Namespace) -> Iterator[APIKeyStore]:
             environment=settings.api_key_environment,
             touch_interval_seconds=0,
         )
-        store.create_all()
+        _require_table(engine, TenantRow.__tablename__)
+        if create:
+            store.create_all()
+        else:
+            _require_table(engine, APIKeyRow.__tablename__)
         yield store
     finally:
         engine.dispose()
 
 
+def _require_table(engine: Engine, table: str) -> None:
+    with storage_errors("tenant store"):
+        present = inspect(engine).has_table(table)
+    if not present:
+        raise ConfigurationError(
+            f"this database has no {table} table: check --database-url "
+            "(a first 'tenantkit tenants create' makes the tables)"
+        )
+
+
 def _require_tenant(engine: Engine, tenant_id: str) -> None:
     """Raise ``TenantNotFound`` for an unknown tenant: a mistyped id must not get a key."""
-    tenants = TenantStore(engine)
-    tenants.create_all()
-    tenants.get(tenant_id)
+    TenantStore(engine).get(tenant_id)
 
 
 def _engine(args: argparse.Namespace, settings: Settings) -> Engine:
