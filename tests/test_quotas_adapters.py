@@ -62,7 +62,8 @@ async def asgi_chat(request: Request) -> Response:
     doc = json.loads(await request.body())
     reported = request.headers.get("x-report")
     headers = {TOKEN_HEADER: reported} if reported else {}
-    return JSONResponse({"model": doc["model"]}, headers=headers)
+    status = int(request.headers.get("x-status", "200"))
+    return JSONResponse({"model": doc["model"]}, status_code=status, headers=headers)
 
 
 async def asgi_boom(request: Request) -> Response:
@@ -77,7 +78,7 @@ def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
     headers = [("Content-Type", "application/json")]
     if environ.get("HTTP_X_REPORT"):
         headers.append((TOKEN_HEADER, environ["HTTP_X_REPORT"]))
-    start_response("200 OK", headers)
+    start_response(f"{environ.get('HTTP_X_STATUS', '200')} Status", headers)
     return [json.dumps({"model": json.loads(raw)["model"]}).encode()]
 
 
@@ -287,6 +288,27 @@ def test_app_error_releases_the_reservation(
     else:
         assert send(kit, "/boom" + CHAT, body(), **key_for(kit)).status_code == 500
     assert remaining_tokens(kit, "acme", 50_000) == 50_000
+
+
+@pytest.mark.parametrize(
+    ("status", "report", "spent"),
+    [
+        ("200", None, ESTIMATE),  # a success the app did not count: the estimate stands
+        ("422", None, 0),  # the app's own refusal used no tokens it told of: released
+        ("429", None, 0),  # say, its upstream's rate limit
+        ("307", None, 0),  # a redirect served no completion
+        ("422", "40", 40),  # a count reported is charged, whatever the status
+    ],
+)
+def test_a_response_other_than_a_success_without_a_count_releases_the_reservation(
+    make: Callable[..., Any], send: Send, status: str, report: str | None, spent: int
+) -> None:
+    """Only a 2xx keeps an unreported estimate; any other answer gives it back."""
+    kit = make(quota_tokens_per_minute=50_000)
+    headers = {"X-Status": status, **({"X-Report": report} if report else {})}
+    response = send(kit, CHAT, body(), **key_for(kit), **headers)
+    assert response.status_code == int(status)
+    assert remaining_tokens(kit, "acme", 50_000) == 50_000 - spent
 
 
 @pytest.mark.parametrize("on_failure", ["fail_closed", "fail_open"])

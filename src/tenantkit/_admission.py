@@ -34,16 +34,17 @@ class Admission:
         """Return whether ``finish`` refunds the reservation rather than settling it.
 
         So on a failure (the adapters count a response that never started or
-        never finished as one), and on a server error (5xx), when the app
-        reported no tokens: Flask turns a raising view into a 500 response, and
-        that request must not keep its estimate charged any more than on ASGI.
-        A reported count was used whatever became of the response: it is
-        settled (else a client could read a streamed completion and leave
-        before its last chunk, for free).
+        never finished as one), and on any response but a success (2xx), when
+        the app reported no tokens: Flask turns a raising view into a 500
+        response, which must not keep its estimate charged any more than on
+        ASGI, and an app's own 4xx (its validation, an upstream's 429) or a
+        redirect served no completion. A reported count was used whatever
+        became of the response: it is settled (else a client could read a
+        streamed completion and leave before its last chunk, for free).
         """
         if self.context.meter.used is not None:
             return False
-        return failed or (self.status is not None and self.status >= 500)
+        return failed or (self.status is not None and not 200 <= self.status < 300)
 
 
 def limited(exc: HTTPError, identity: Identity, limits: LimitSet) -> None:
