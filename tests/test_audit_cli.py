@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tenantkit import audit
 from tenantkit._audit_model import LOG
 from tenantkit._cli_audit import ProgressBar, register
 from tenantkit._db import make_engine
+from tenantkit.errors import StorageError
 from test_audit_support import FakeClock, clock_fixture  # noqa: F401  (fixtures)
 
 
@@ -173,3 +175,38 @@ def test_progress_bar_renders_in_place() -> None:
     text = out.getvalue()
     assert text.count("\r") == 3 and text.endswith("\n")
     assert "[#####-----]  50% 2/4" in text and "[##########] 100% 4/4" in text
+
+
+def test_failed_export_leaves_the_output_file_as_it_was(
+    db: tuple[str, Engine],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bad filters, a database without the log or a failure mid-stream: exit 1, one line,
+    and ``-o`` neither truncates the previous export nor leaves half a new one behind."""
+    url, engine = db
+    audit.AuditLog(engine).record("user.login", tenant_id="acme")
+    out = tmp_path / "acme.jsonl"
+    out.write_text("previous export\n")
+    bare = f"sqlite:///{tmp_path}/bare.db"
+    make_engine(bare).dispose()
+    for argv in (
+        ("--start", "2024-02-01", "--end", "2024-01-01", "--database-url", url),
+        ("--tenant", "Bad Tenant", "--database-url", url),
+        ("--database-url", bare),
+    ):
+        assert run("audit", "export", "--tenant", "acme", "-o", str(out), *argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
+        assert out.read_text() == "previous export\n"
+
+    def broken(*args: object, **kwargs: object) -> Iterator[str]:
+        yield '{"seq": 1}\n'
+        raise StorageError("the database went away")
+
+    monkeypatch.setattr(audit, "export_jsonl", broken)
+    assert run("audit", "export", "--tenant", "acme", "-o", str(out), "--database-url", url) == 1
+    assert "went away" in capsys.readouterr().err
+    assert out.read_text() == "previous export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acme.jsonl", "bare.db", "cli.db"]

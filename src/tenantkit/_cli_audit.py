@@ -11,8 +11,9 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -162,11 +163,7 @@ def audit_export(args: argparse.Namespace) -> int:
             sys.stdout.writelines(lines)
             sys.stdout.flush()
             return 0
-        try:
-            with open(args.output, "w", encoding="utf-8") as out:
-                out.writelines(lines)
-        except OSError as exc:
-            raise ConfigurationError(f"cannot write {args.output}: {exc.strerror}") from exc
+        _write_whole(args.output, lines)
         return 0
     return 1
 
@@ -261,6 +258,46 @@ def _timestamp(raw: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an RFC 3339 time or date: {raw!r}") from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _write_whole(path: str, lines: Iterable[str]) -> None:
+    """Write ``lines`` to ``path`` all or nothing: a bad filter, a database error or a
+    failure mid-way leaves a previous file there untouched and no partial one.
+
+    A regular file is written beside itself and renamed into place; anything else
+    (a pipe, ``/dev/stdout``) is written directly.
+    """
+    try:
+        if os.path.exists(path) and not os.path.isfile(path):
+            with open(path, "w", encoding="utf-8") as out:
+                out.writelines(lines)
+            return
+        folder, name = os.path.split(os.path.abspath(path))
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write {path}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.writelines(lines)
+        os.chmod(temp, _mode_for(path))
+        os.replace(temp, path)
+    except OSError as exc:
+        with suppress(OSError):
+            os.unlink(temp)
+        raise ConfigurationError(f"cannot write {path}: {exc.strerror}") from exc
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _mode_for(path: str) -> int:
+    """The mode ``open(path, "w")`` would leave: the file's own, else 0o666 less the umask."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o7777
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextmanager
