@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -164,3 +164,19 @@ def test_export_lines_are_verifiable(engine: Engine) -> None:
         assert entry["prev_hash"] == prev
         assert compute_hash(entry) == entry["hash"]
         prev = entry["hash"]
+
+
+def test_times_past_the_utc_calendar_are_a_422(engine: Engine) -> None:
+    """An aware time that leaves years 1..9999 once in UTC is refused naming the field,
+    not passed to the database to fail there as a driver error."""
+    log = audit.AuditLog(engine)
+    log.record("step", tenant_id="acme")
+    late = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
+    early = datetime(1, 1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+    for name, value in (("start", late), ("end", early)):
+        with pytest.raises(UnprocessableEntity) as caught:
+            log.query("acme", **{name: value})
+        assert caught.value.extra["field"] == name
+        with pytest.raises(UnprocessableEntity) as caught:
+            list(log.export_jsonl("acme", **{name: value}))
+        assert caught.value.extra["field"] == name

@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, select
@@ -138,6 +138,10 @@ def _filtered(
     for name, value in (("start", start), ("end", end)):
         if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
             raise UnprocessableEntity(f"{name} must be a timezone-aware datetime", field=name)
+        try:
+            _ = value.astimezone(UTC) if value is not None else None  # as the column stores it
+        except OverflowError:
+            raise UnprocessableEntity(f"{name} is out of range in UTC", field=name) from None
     if start is not None:
         conditions.append(LOG.c.time >= start)
     if end is not None:
