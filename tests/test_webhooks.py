@@ -581,6 +581,20 @@ def test_a_stranger_customers_event_never_changes_a_tenant_with_its_own_customer
     assert account is not None and account.status == "none" and account.plan is None
 
 
+def _on_starter(
+    local_stripe: LocalStripe, engine: Engine, plans: Plans
+) -> tuple[str, StripeBilling, Any, str]:
+    """A new tenant with a card on file, subscribed to Starter through StripeBilling."""
+    tenant = tenant_id()
+    client = local_stripe.client()
+    billing = StripeBilling(client, sessions(engine), plans=plans)
+    billing.ensure_customer(tenant)
+    billing.set_payment_method(tenant, add_card(client))
+    subscription = billing.subscribe(tenant, "starter").stripe_subscription_id
+    assert subscription is not None
+    return tenant, billing, client, subscription
+
+
 def test_an_update_of_a_replaced_subscription_changes_nothing(
     hooks: StripeWebhooks,
     local_stripe: LocalStripe,
@@ -589,13 +603,7 @@ def test_an_update_of_a_replaced_subscription_changes_nothing(
     store: TenantStore,
 ) -> None:
     """A late update of the tenant's old, canceled subscription leaves the new one in charge."""
-    tenant = tenant_id()
-    client = local_stripe.client()
-    billing = StripeBilling(client, sessions(engine), plans=plans)
-    billing.ensure_customer(tenant)
-    billing.set_payment_method(tenant, add_card(client))
-    old = billing.subscribe(tenant, "starter").stripe_subscription_id
-    assert old is not None
+    tenant, billing, client, old = _on_starter(local_stripe, engine, plans)
     client.v1.subscriptions.update(old, params={"metadata": {"note": "x"}})
     late = _latest(local_stripe, "customer.subscription.updated", old)
     billing.cancel(tenant)
@@ -616,13 +624,7 @@ def test_a_failed_invoice_of_a_replaced_subscription_changes_nothing(
     store: TenantStore,
 ) -> None:
     """A payment failure on the old subscription's invoice leaves the paid new one active."""
-    tenant = tenant_id()
-    client = local_stripe.client()
-    billing = StripeBilling(client, sessions(engine), plans=plans)
-    billing.ensure_customer(tenant)
-    billing.set_payment_method(tenant, add_card(client))
-    old = billing.subscribe(tenant, "starter").stripe_subscription_id
-    assert old is not None
+    tenant, billing, client, old = _on_starter(local_stripe, engine, plans)
     paid = _latest(local_stripe, "invoice.payment_succeeded", old)
     billing.cancel(tenant)
     new = billing.subscribe(tenant, "pro").stripe_subscription_id
