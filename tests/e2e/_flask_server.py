@@ -20,8 +20,12 @@ from typing import Any
 import httpx
 from examples.flask_app import AppConfig, Clock, create_app
 from flask import Flask
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL
 from waitress import wasyncore
 from waitress.server import create_server
+
+from tenantkit.rls import drop_app_role
 
 START = 1_800_000_000.0  # 2027-01-15T08:00:00Z: a fixed, ordinary moment
 PASSWORD = "correct horse battery"
@@ -102,6 +106,29 @@ def serve(config: AppConfig, clock: FakeClock | None = None) -> Iterator[Served]
         stop.set()
         thread.join(20)
         app.extensions["flask_app"].close()
+
+
+@contextlib.contextmanager
+def serve_on_postgres(postgres_url: URL, tmp_dir: Path) -> Iterator[Served]:
+    """Serve the app on PostgreSQL with row-level security, as a role of its own.
+
+    The role is dropped afterwards (its grants live on the shared tables,
+    which stay for other tests).
+    """
+    role = f"tk_flask_{uuid.uuid4().hex[:10]}"
+    config = make_config(
+        tmp_dir,
+        database_url=postgres_url.render_as_string(hide_password=False),
+        database_app_role=role,
+    )
+    try:
+        with serve(config, FakeClock()) as running:
+            yield running
+    finally:
+        owner = create_engine(postgres_url)
+        with owner.begin() as conn:
+            drop_app_role(conn, role)
+        owner.dispose()
 
 
 def unique(prefix: str) -> str:

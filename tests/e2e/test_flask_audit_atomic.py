@@ -10,7 +10,6 @@ as its own role).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,14 +18,21 @@ from typing import Any
 import pytest
 from examples.flask_app.context import Platform
 from examples.flask_app.org_changes import follow_stripe
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
-from tests.e2e._flask_server import FakeClock, Org, Served, make_config, onboard, serve
+from tests.e2e._flask_server import (
+    FakeClock,
+    Org,
+    Served,
+    make_config,
+    onboard,
+    serve,
+    serve_on_postgres,
+)
 
 from tenantkit._audit_model import AuditRow
 from tenantkit.apikeys import APIKeyRow
-from tenantkit.rls import drop_app_role
 from tenantkit.tenants import TenantRow
 from tenantkit.usage import UsageEvent
 
@@ -39,20 +45,8 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
             yield running
         return
     postgres_url: URL = request.getfixturevalue("postgres_url")
-    role = f"tk_flask_{uuid.uuid4().hex[:10]}"
-    config = make_config(
-        tmp_path,
-        database_url=postgres_url.render_as_string(hide_password=False),
-        database_app_role=role,
-    )
-    try:
-        with serve(config, FakeClock()) as running:
-            yield running
-    finally:
-        owner = create_engine(postgres_url)
-        with owner.begin() as conn:
-            drop_app_role(conn, role)
-        owner.dispose()
+    with serve_on_postgres(postgres_url, tmp_path) as running:
+        yield running
 
 
 def platform(served: Served) -> Platform:

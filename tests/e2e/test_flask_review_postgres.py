@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy.engine import URL
-from tests.e2e._flask_server import FakeClock, Served, make_config, onboard, serve
-
-from tenantkit.rls import drop_app_role
+from tests.e2e._flask_server import (
+    Served,
+    onboard,
+    serve_on_postgres,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -21,20 +21,8 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 def served(postgres_url: URL, tmp_path: Path) -> Iterator[Served]:
     """The app on PostgreSQL with row-level security, as its own role (dropped afterwards)."""
-    role = f"tk_flask_{uuid.uuid4().hex[:10]}"
-    config = make_config(
-        tmp_path,
-        database_url=postgres_url.render_as_string(hide_password=False),
-        database_app_role=role,
-    )
-    try:
-        with serve(config, FakeClock()) as running:
-            yield running
-    finally:
-        owner = create_engine(postgres_url)
-        with owner.begin() as conn:
-            drop_app_role(conn, role)
-        owner.dispose()
+    with serve_on_postgres(postgres_url, tmp_path) as running:
+        yield running
 
 
 @pytest.mark.parametrize("raw_id", ["%00", "usr_%00x"])
