@@ -246,6 +246,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.parametrize("size", ["small", "oversize"])
 @pytest.mark.parametrize(("headers", "status", "slug"), REFUSED)
 def test_a_refused_caller_never_uploads_its_body(
     kit: Any,
@@ -254,24 +255,14 @@ def test_a_refused_caller_never_uploads_its_body(
     headers: Callable[..., dict[str, str]],
     status: int,
     slug: str,
+    size: str,
 ) -> None:
-    """An unauthenticated, forged, mismatched, unknown or suspended caller: refused unread."""
-    sent = post(kit, headers(kit, jwt_for), PAYLOAD, read=False)
-    assert (sent.status, sent.reads, sent.app_calls) == (status, 0, 0)
-    assert sent.problem()["type"].endswith(slug)
+    """An unauthenticated, forged, mismatched, unknown or suspended caller: refused unread.
 
-
-@pytest.mark.parametrize(("headers", "status", "slug"), REFUSED)
-def test_an_oversize_body_of_a_refused_caller_is_its_refusal_not_413(
-    kit: Any,
-    jwt_for: Callable[..., str],
-    post: Post,
-    headers: Callable[..., dict[str, str]],
-    status: int,
-    slug: str,
-) -> None:
-    """Past max_body_bytes, a caller refused for who it is gets that refusal, unread."""
-    sent = post(kit, headers(kit, jwt_for), OVERSIZE, read=False)
+    Past max_body_bytes too: such a caller gets that refusal, not a 413.
+    """
+    payload = PAYLOAD if size == "small" else OVERSIZE
+    sent = post(kit, headers(kit, jwt_for), payload, read=False)
     assert (sent.status, sent.reads, sent.app_calls) == (status, 0, 0)
     assert sent.problem()["type"].endswith(slug)
 
