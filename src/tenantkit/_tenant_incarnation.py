@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from ._db import UTCDateTime
+from ._scoping_session import SETTING as RLS_SETTING  # the usage tables are TenantScoped
 
 __all__ = ["created_at_of", "incarnation_marker", "predates", "purge_tenant_billing"]
 
@@ -36,7 +37,6 @@ PURGED_TABLES: Final = (
     "tenantkit_usage_alerts",
 )
 TENANTS_TABLE: Final = "tenantkit_tenants"
-RLS_SETTING: Final = "app.tenant_id"  # rls.SETTING; the usage tables are TenantScoped
 
 
 class _Forgetful(Protocol):
